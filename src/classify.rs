@@ -1,0 +1,1 @@
+//! Which commands can be offloaded to a worker, and their kind.

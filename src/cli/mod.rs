@@ -1,0 +1,90 @@
+//! The command line: argument definitions and one file per subcommand.
+//!
+//! Each subcommand file is glue: it turns arguments into calls on the library
+//! modules and their results into output and an exit code.
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod config;
+pub mod daemon;
+pub mod exec;
+pub mod lab;
+
+/// Route build commands to remote build workers over SSH.
+#[derive(Debug, Parser)]
+#[command(name = "rch", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Print nothing of rch's own (the command's output still flows); also RCH_QUIET=1.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a build command on a remote worker (or locally when it cannot be offloaded).
+    Exec(exec::ExecArgs),
+    /// Show, check and create configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Control the rch daemon.
+    #[command(subcommand)]
+    Daemon(daemon::DaemonCommand),
+    /// Throwaway local sshd workers for trying rch.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+}
+
+/// A usage error: exit 64 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Run the parsed command and return the process exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    let global = cli.global;
+    let result = match cli.command {
+        Command::Exec(args) => exec::run(args, &global),
+        Command::Config(cmd) => config::run(cmd, &global),
+        Command::Daemon(cmd) => daemon::run(cmd, &global),
+        Command::Lab(cmd) => lab::run(cmd, &global),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => report(err),
+    }
+}
+
+/// Print an error as one line on stderr and choose its exit code.
+fn report(err: anyhow::Error) -> i32 {
+    if let Some(e) = err.downcast_ref::<crate::config::ConfigError>() {
+        eprintln!("rch: config error: {e}");
+        return crate::EXIT_CONFIG;
+    }
+    if let Some(e) = err.downcast_ref::<UsageError>() {
+        eprintln!("rch: {e}");
+        return crate::EXIT_USAGE;
+    }
+    eprintln!("rch: {err:#}");
+    1
+}
+
+/// Run a future to completion on a fresh single-threaded runtime.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(fut)
+}

@@ -1,0 +1,39 @@
+//! rch routes build commands to remote build workers over SSH.
+//!
+//! The crate is one library plus the `rch` binary (`src/main.rs`), which only
+//! parses arguments and dispatches into [`cli`]. The map of the crate:
+//!
+//! - [`cli`]: one file per subcommand; glue between arguments and the modules below.
+//! - [`config`]: layered configuration (defaults < user < lab < project < env < flags) and validation.
+//! - [`paths`]: where rch keeps its config, state, socket and SSH control sockets (XDG).
+//! - [`breaker`]: the per-worker circuit breaker; a pure state machine, time passed in.
+//! - [`select`]: worker choice, slot accounting and the FIFO wait queue; pure.
+//! - [`classify`]: which commands can be offloaded, and their kind.
+//! - [`protocol`]: the messages between the CLI and the daemon, framing and version.
+//! - [`client`]: the CLI side of the daemon socket (connect, auto-start, requests).
+//! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
+//! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
+//! - [`remote`]: SSH master connections, rsync transfer, remote execution.
+//! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
+//! - [`ui`]: tables, progress and output modes.
+
+pub mod breaker;
+pub mod build;
+pub mod classify;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod lab;
+pub mod paths;
+pub mod protocol;
+pub mod remote;
+pub mod select;
+pub mod ui;
+
+/// Exit code when a command could run nowhere it was allowed to (EX_TEMPFAIL).
+pub const EXIT_UNAVAILABLE: i32 = 75;
+/// Exit code for a configuration error (EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit code for a usage error (EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;

@@ -1,0 +1,1 @@
+//! Remote side: SSH, transfer, execution.
