@@ -1,1 +1,373 @@
-//! TODO
+//! The path of one build: classify, lease, sync, run, bring artifacts back,
+//! release, and fail over to the next worker or to local execution.
+//!
+//! Whatever fails around the build, its output and exit code reach the user:
+//! a worker that fails as infrastructure is reported to the daemon and the
+//! build moves on; only a build's own exit code is its answer.
+
+use crate::classify::{self, Artifacts, Decision, Offload};
+use crate::client::Client;
+use crate::config::{Fallback, Loaded, WorkerConfig};
+use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
+use crate::remote::{self, sync::Pull, RemoteFailure, Target};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Set in the environment of every command rch runs, so wrappers inside it
+/// run the real tool instead of calling rch again.
+pub const INSIDE_VAR: &str = "RCH_INSIDE";
+
+/// Exit code of a build interrupted by the user (SIGINT).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// What the caller decided before the build (from config, env and flags).
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub argv: Vec<OsString>,
+    pub cwd: PathBuf,
+    pub quiet: bool,
+}
+
+/// Where a build ran and why: the one stderr line of every run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Remote(String),
+    Local(String),
+    /// Fail-closed: it ran nowhere (exit 75).
+    Nowhere(String),
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Remote(id) => write!(f, "rch: ran on {id}"),
+            Placement::Local(reason) => write!(f, "rch: ran locally: {reason}"),
+            Placement::Nowhere(reason) => write!(f, "rch: could not run remotely: {reason}"),
+        }
+    }
+}
+
+/// Run an offloadable command the rch way and return its exit code.
+pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i32 {
+    if !loaded.config.general.enabled {
+        let why = match loaded.origin("general.enabled").to_string() {
+            o if o.starts_with("env") => "disabled by RCH_DISABLE".to_string(),
+            o => format!("rch disabled ({o})"),
+        };
+        return local_now(req, &why);
+    }
+    let mut build = Build::new(loaded, req, offload);
+    let (code, placement) = build.run().await;
+    announce(&placement, req.quiet);
+    code
+}
+
+/// Print where the build ran; a fail-closed refusal is printed even when quiet.
+fn announce(placement: &Placement, quiet: bool) {
+    if !quiet || matches!(placement, Placement::Nowhere(_)) {
+        eprintln!("{placement}");
+    }
+}
+
+/// Run the command here right away (not offloadable, disabled, `--local`).
+pub fn local_now(req: &ExecRequest, why: &str) -> i32 {
+    let code = run_local(&req.argv, &req.cwd);
+    announce(&Placement::Local(why.to_string()), req.quiet);
+    code
+}
+
+/// Run the command here, stdio inherited; 128+N when it dies by signal N.
+pub fn run_local(argv: &[OsString], cwd: &Path) -> i32 {
+    let Some((program, args)) = argv.split_first() else {
+        return crate::EXIT_USAGE;
+    };
+    let status = std::process::Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .env(INSIDE_VAR, "1")
+        .status();
+    match status {
+        Ok(s) => exit_code(s),
+        Err(e) => {
+            eprintln!("rch: cannot run {}: {e}", program.to_string_lossy());
+            if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// What one attempt on a worker came to.
+enum Attempt {
+    /// The command ran there; its exit code.
+    Ran(i32),
+    /// The worker failed as infrastructure; `started` = the command had begun.
+    Failed { failure: RemoteFailure, started: bool },
+    Interrupted,
+}
+
+struct Build<'a> {
+    loaded: &'a Loaded,
+    req: &'a ExecRequest,
+    offload: Offload,
+    root: PathBuf,
+    command: String,
+    job: JobReport,
+    exclude: Vec<String>,
+}
+
+impl<'a> Build<'a> {
+    fn new(loaded: &'a Loaded, req: &'a ExecRequest, offload: Offload) -> Self {
+        let root = project_root(loaded, &req.cwd, &offload);
+        let command = display_command(&req.argv);
+        let job = JobReport {
+            project: root.display().to_string(),
+            command: command.clone(),
+            ..Default::default()
+        };
+        Build {
+            loaded,
+            req,
+            offload,
+            root,
+            command,
+            job,
+            exclude: Vec::new(),
+        }
+    }
+
+    async fn run(&mut self) -> (i32, Placement) {
+        let socket = crate::paths::socket_path();
+        let mut client = match Client::connect_or_start(&socket).await {
+            Ok(c) => c,
+            Err(e) => return self.no_worker(None, format!("daemon unavailable: {e:#}")).await,
+        };
+        loop {
+            let queued = Instant::now();
+            let answer = match self.lease(&mut client).await {
+                Ok(a) => a,
+                Err(e) => return self.no_worker(None, format!("daemon unavailable: {e}")).await,
+            };
+            self.job.queue_ms += queued.elapsed().as_millis() as u64;
+            let worker = match answer {
+                Lease::Granted(w) => w,
+                Lease::Local(reason) => return self.no_worker(Some(&mut client), reason).await,
+            };
+            let id = worker.id.clone();
+            match self.attempt(worker.clone()).await {
+                Attempt::Ran(code) => {
+                    let outcome = AttemptOutcome::Success { exit_code: code };
+                    let _ = client.call(Request::Release { outcome }).await;
+                    self.job.worker = Some(id.clone());
+                    self.job.outcome = "success".into();
+                    self.job.exit_code = Some(code);
+                    self.finish(&mut client).await;
+                    return (code, Placement::Remote(id));
+                }
+                Attempt::Interrupted => {
+                    let outcome = AttemptOutcome::Unknown;
+                    let _ = client.call(Request::Release { outcome }).await;
+                    self.job.worker = Some(id.clone());
+                    self.job.outcome = "interrupted".into();
+                    self.job.exit_code = Some(EXIT_INTERRUPTED);
+                    self.finish(&mut client).await;
+                    return (EXIT_INTERRUPTED, Placement::Remote(id));
+                }
+                Attempt::Failed { failure, started } => {
+                    let outcome = AttemptOutcome::Failure {
+                        kind: failure.kind,
+                        message: failure.message.clone(),
+                    };
+                    let _ = client.call(Request::Release { outcome }).await;
+                    remote::ssh::disconnect(&Target {
+                        worker,
+                        ssh: self.loaded.config.ssh.clone(),
+                    })
+                    .await;
+                    if started && !self.req.quiet {
+                        eprintln!("rch: {failure}; re-running the build elsewhere");
+                    }
+                    self.job.failovers.push(Failover {
+                        worker: id.clone(),
+                        reason: failure.message.clone(),
+                    });
+                    self.exclude.push(id);
+                }
+            }
+        }
+    }
+
+    async fn lease(&mut self, client: &mut Client) -> Result<Lease, String> {
+        let request = Request::Lease(LeaseRequest {
+            project: self.job.project.clone(),
+            command: self.command.clone(),
+            worker: self.loaded.requested_worker.clone(),
+            exclude: self.exclude.clone(),
+        });
+        let mut reply = client.call(request).await.map_err(|e| e.to_string())?;
+        loop {
+            match reply {
+                Response::Queued { position } => {
+                    if !self.req.quiet {
+                        eprintln!("rch: all workers busy; waiting in queue (position {position})");
+                    }
+                    reply = client.recv().await.map_err(|e| e.to_string())?;
+                }
+                Response::Granted { worker, .. } => return Ok(Lease::Granted(worker)),
+                Response::Local { reason } => return Ok(Lease::Local(reason)),
+                Response::Error { message, .. } => return Err(message),
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+    }
+
+    /// One attempt on one worker: connect, push, run, pull.
+    async fn attempt(&mut self, worker: WorkerConfig) -> Attempt {
+        let target = Target {
+            worker,
+            ssh: self.loaded.config.ssh.clone(),
+        };
+        let failed = |failure, started| Attempt::Failed { failure, started };
+        let conn = match remote::ssh::connect(&target).await {
+            Ok(c) => c,
+            Err(f) => return failed(f, false),
+        };
+        let remote_dir = remote::sync::remote_project_dir(&target.worker.remote_base, &self.root);
+        let excludes = &self.loaded.config.transfer.exclude;
+        let t = Instant::now();
+        if let Err(f) = remote::sync::push(&conn, &self.root, &remote_dir, excludes).await {
+            return failed(f, false);
+        }
+        self.job.sync_ms += t.elapsed().as_millis() as u64;
+        let spec = self.run_spec(&remote_dir);
+        let t = Instant::now();
+        let report = tokio::select! {
+            r = remote::run::run(&conn, &spec) => r,
+            _ = tokio::signal::ctrl_c() => return Attempt::Interrupted,
+        };
+        self.job.run_ms += t.elapsed().as_millis() as u64;
+        let code = match report.result {
+            Ok(code) => code,
+            Err(f) => return failed(f, report.started),
+        };
+        if code == 0 {
+            let t = Instant::now();
+            let pull = pull_spec(&self.offload.artifacts);
+            if let Err(f) = remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes).await {
+                return failed(f, true);
+            }
+            self.job.return_ms += t.elapsed().as_millis() as u64;
+        }
+        Attempt::Ran(code)
+    }
+
+    fn run_spec(&self, remote_dir: &str) -> remote::run::RunSpec {
+        let rel = self.req.cwd.strip_prefix(&self.root).unwrap_or(Path::new(""));
+        let dir = if rel.as_os_str().is_empty() {
+            remote_dir.to_string()
+        } else {
+            format!("{remote_dir}/{}", rel.display())
+        };
+        let mut env = remote::run::forwarded_env();
+        env.push((INSIDE_VAR.to_string(), "1".to_string()));
+        remote::run::RunSpec {
+            dir,
+            argv: self.req.argv.clone(),
+            env,
+            timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
+        }
+    }
+
+    /// No worker can take the build: run locally, or fail closed (exit 75).
+    async fn no_worker(&mut self, client: Option<&mut Client>, reason: String) -> (i32, Placement) {
+        let reason = self.with_failovers(reason);
+        let fail_closed = self.loaded.config.general.fallback == Fallback::Never;
+        let code = if fail_closed {
+            self.job.outcome = "failed".into();
+            crate::EXIT_UNAVAILABLE
+        } else {
+            self.job.outcome = "local".into();
+            run_local(&self.req.argv, &self.req.cwd)
+        };
+        self.job.exit_code = Some(code);
+        self.job.reason = reason.clone();
+        if let Some(c) = client {
+            self.finish(c).await;
+        }
+        if fail_closed {
+            (code, Placement::Nowhere(reason))
+        } else {
+            (code, Placement::Local(reason))
+        }
+    }
+
+    fn with_failovers(&self, reason: String) -> String {
+        if self.job.failovers.is_empty() {
+            return reason;
+        }
+        let failed: Vec<&str> = self.job.failovers.iter().map(|f| f.reason.as_str()).collect();
+        format!("{}; {reason}", failed.join("; "))
+    }
+
+    async fn finish(&mut self, client: &mut Client) {
+        if self.job.reason.is_empty() {
+            self.job.reason = match self.job.failovers.last() {
+                Some(f) => format!("after {} failed", f.worker),
+                None => "offloaded".into(),
+            };
+        }
+        let _ = client.call(Request::Job(self.job.clone())).await;
+    }
+}
+
+enum Lease {
+    Granted(WorkerConfig),
+    Local(String),
+}
+
+fn pull_spec(artifacts: &Artifacts) -> Pull {
+    match artifacts {
+        Artifacts::None => Pull::Nothing,
+        Artifacts::CargoTarget { dir } => Pull::Dir(dir.clone()),
+        Artifacts::Tree => Pull::Tree,
+    }
+}
+
+/// The directory synced to the worker: the project's `.rch/` root when there
+/// is one; for cargo the outermost `Cargo.toml` (the workspace) inside the
+/// repository; otherwise the repository root; otherwise the current directory.
+pub fn project_root(loaded: &Loaded, cwd: &Path, offload: &Offload) -> PathBuf {
+    if let Some(root) = &loaded.project_root {
+        return root.clone();
+    }
+    let repo = cwd.ancestors().find(|d| d.join(".git").exists());
+    if offload.tool == classify::Tool::Cargo {
+        let limit = repo.unwrap_or(Path::new("/"));
+        let top = cwd
+            .ancestors()
+            .take_while(|d| d.starts_with(limit))
+            .filter(|d| d.join("Cargo.toml").is_file())
+            .last();
+        if let Some(top) = top {
+            return top.to_path_buf();
+        }
+    }
+    repo.unwrap_or(cwd).to_path_buf()
+}
+
+/// The command as a shell would show it (for status and history).
+pub fn display_command(argv: &[OsString]) -> String {
+    let words: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
+}

@@ -1,15 +1,57 @@
-//! `rch exec`.
+//! `rch exec`: run one command on a worker, or locally when it cannot be offloaded.
 
-use super::Global;
+use super::{Global, UsageError};
+use crate::build::{self, ExecRequest};
+use crate::classify::{self, Decision};
+use crate::config::{self, Overrides};
 use clap::Args;
+use std::ffi::OsString;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// The command and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-    pub command: Vec<std::ffi::OsString>,
+    /// Run on this worker only (also RCH_WORKER).
+    #[arg(long, value_name = "ID")]
+    pub worker: Option<String>,
+    /// Fail (exit 75) instead of running locally when no worker can take it (also RCH_REQUIRE_REMOTE=1).
+    #[arg(long)]
+    pub require_remote: bool,
+    /// Run locally without asking the daemon.
+    #[arg(long, conflicts_with_all = ["worker", "require_remote"])]
+    pub local: bool,
+    /// The command and its arguments, passed verbatim.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
-pub fn run(_args: ExecArgs, _global: &Global) -> anyhow::Result<i32> {
-    Ok(0)
+pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
+    let cwd = std::env::current_dir()?;
+    let mut req = ExecRequest {
+        argv: args.command,
+        cwd,
+        quiet: global.quiet || config::env_flag("RCH_QUIET"),
+    };
+    if args.local {
+        return Ok(build::local_now(&req, "--local"));
+    }
+    // Classify before reading any config: a command that stays local never
+    // pays for (or fails on) anything else.
+    let offload = match classify::classify(&req.argv) {
+        Decision::Offload(o) => o,
+        Decision::Local(why) => return Ok(build::local_now(&req, &why)),
+    };
+    let mut loaded = config::load(&req.cwd)?;
+    loaded.apply(&Overrides {
+        require_remote: args.require_remote,
+        local: false,
+        worker: args.worker,
+        quiet: global.quiet,
+    });
+    req.quiet |= loaded.quiet;
+    if let Some(id) = &loaded.requested_worker {
+        if loaded.config.worker(id).is_none() {
+            let known = loaded.config.worker_ids().join(", ");
+            return Err(UsageError(format!("unknown worker {id:?} (known: {known})")).into());
+        }
+    }
+    Ok(super::block_on(build::execute(&loaded, &req, offload)))
 }

@@ -1,1 +1,1 @@
-//! Remote side: SSH, transfer, execution.
+//! Remote side: SSH master connections, rsync transfer, remote execution.

@@ -1,0 +1,114 @@
+//! What the daemon reports about the fleet: the data behind `rch status`,
+//! `rch workers probe` and `rch workers history`, shared by the daemon (live)
+//! and the store (when the daemon is down).
+
+use serde::{Deserialize, Serialize};
+
+/// The whole fleet at one moment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetReport {
+    pub daemon: DaemonInfo,
+    pub workers: Vec<WorkerReport>,
+    /// Leases currently held.
+    pub leases: Vec<LeaseReport>,
+    /// Requests waiting for a slot, oldest first.
+    pub queue: Vec<QueuedReport>,
+    /// The most recent jobs, newest first.
+    pub recent_jobs: Vec<JobRow>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub running: bool,
+    pub version: String,
+    pub pid: Option<u32>,
+    pub uptime_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub id: String,
+    pub host: String,
+    pub slots: u32,
+    pub used: u32,
+    pub priority: i64,
+    pub enabled: bool,
+    pub draining: bool,
+    pub circuit: CircuitReport,
+    /// RFC 3339 time of the last build that ran there.
+    pub last_build: Option<String>,
+    /// Round trip of the last successful probe.
+    pub latency_ms: Option<u64>,
+}
+
+/// One worker's breaker, as `rch status --circuits --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CircuitReport {
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// Consecutive infrastructure failures.
+    pub failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failure share over the rolling window, when it has samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseReport {
+    pub worker: String,
+    pub project: String,
+    pub command: String,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedReport {
+    pub position: usize,
+    pub project: String,
+    pub command: String,
+    pub since: String,
+}
+
+/// One row of the job history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub at: String,
+    pub project: String,
+    pub command: String,
+    /// Worker id or `local`.
+    pub placement: String,
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub queue_ms: u64,
+    pub sync_ms: u64,
+    pub run_ms: u64,
+    pub return_ms: u64,
+}
+
+/// Result of probing one worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub worker: String,
+    pub ok: bool,
+    pub latency_ms: Option<u64>,
+    pub error: Option<String>,
+    /// Breaker state after the probe.
+    pub state: String,
+}
+
+/// Jobs and breaker transitions of one worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerHistory {
+    pub worker: String,
+    pub jobs: Vec<JobRow>,
+    pub events: Vec<serde_json::Value>,
+}

@@ -1,0 +1,434 @@
+//! The socket server: accepts connections of the same user and answers
+//! requests. A lease belongs to the connection that took it; when the
+//! connection ends without a release, the lease is abandoned (slot freed, no
+//! breaker effect).
+
+use super::fleet::{Answer, LeaseStart, ProbeJob};
+use super::metrics::Gauges;
+use super::report::{DaemonInfo, FleetReport, ProbeResult, WorkerHistory};
+use super::Shared;
+use crate::protocol::{
+    read_line, write_line, Envelope, JobReport, LeaseRequest, Request, Response, WireError,
+    PROTOCOL_VERSION,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{BufReader, ReadHalf, WriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Jobs shown by `rch status --jobs`.
+const RECENT_JOBS: usize = 20;
+
+pub async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let my_uid = nix::unistd::getuid().as_raw();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == my_uid => {
+                        tokio::spawn(serve_connection(stream, shared.clone()));
+                    }
+                    Ok(cred) => tracing::warn!(uid = cred.uid(), "refused a connection from another user"),
+                    Err(e) => tracing::warn!(error = %e, "refused a connection without credentials"),
+                }
+            }
+            _ = shared.shutdown.notified() => return Ok(()),
+        }
+    }
+}
+
+struct Conn {
+    reader: BufReader<ReadHalf<UnixStream>>,
+    writer: WriteHalf<UnixStream>,
+    buf: String,
+    /// The lease this connection holds, if any.
+    lease: Option<u64>,
+}
+
+impl Conn {
+    async fn send(&mut self, r: &Response) -> Result<(), WireError> {
+        write_line(&mut self.writer, r).await
+    }
+}
+
+async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+    let (r, w) = tokio::io::split(stream);
+    let mut conn = Conn {
+        reader: BufReader::new(r),
+        writer: w,
+        buf: String::new(),
+        lease: None,
+    };
+    loop {
+        let envelope: Envelope = match read_line(&mut conn.reader, &mut conn.buf).await {
+            Ok(e) => e,
+            Err(WireError::Decode(e)) => {
+                let msg = format!("bad request: {e} (is the client of another rch version? protocol {PROTOCOL_VERSION})");
+                let _ = conn.send(&error(msg)).await;
+                break;
+            }
+            Err(_) => break,
+        };
+        if envelope.v != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol mismatch: daemon speaks {PROTOCOL_VERSION}, client {}; restart the daemon with `rch daemon stop`",
+                envelope.v
+            );
+            let _ = conn.send(&error(msg)).await;
+            break;
+        }
+        if handle(&mut conn, envelope.request, &shared).await.is_err() {
+            break;
+        }
+    }
+    if let Some(lease) = conn.lease.take() {
+        shared.with_fleet(|f, now| f.abandon(lease, now));
+    }
+}
+
+fn error(message: String) -> Response {
+    Response::Error {
+        message,
+        known_workers: Vec::new(),
+    }
+}
+
+fn unknown(e: super::fleet::UnknownWorker) -> Response {
+    Response::Error {
+        message: e.to_string(),
+        known_workers: e.known,
+    }
+}
+
+async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Result<(), WireError> {
+    match request {
+        Request::Ping => conn.send(&hello(shared)).await,
+        Request::Lease(req) => lease(conn, req, shared).await,
+        Request::Release { outcome } => {
+            if let Some(lease) = conn.lease.take() {
+                shared.with_fleet(|f, now| f.release(lease, &outcome, now));
+            }
+            conn.send(&Response::Ok).await
+        }
+        Request::Job(job) => {
+            record_job(shared, &job);
+            conn.send(&Response::Ok).await
+        }
+        Request::Status => conn.send(&Response::Status(Box::new(status(shared)))).await,
+        Request::Reset { worker } => {
+            let r = shared.with_fleet(|f, now| f.reset(worker.as_deref(), now));
+            conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown)).await
+        }
+        Request::Probe { worker } => {
+            let response = probe(shared, worker.as_deref()).await;
+            conn.send(&response).await
+        }
+        Request::SetWorker { worker, action } => {
+            let r = shared.with_fleet(|f, now| f.set_worker(&worker, action, now));
+            conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown)).await
+        }
+        Request::History { worker, limit } => {
+            let response = history(shared, &worker, limit);
+            conn.send(&response).await
+        }
+        Request::Events { follow, limit } => events(conn, shared, follow, limit).await,
+        Request::Metrics => {
+            let text = metrics(shared);
+            conn.send(&Response::Metrics { text }).await
+        }
+        Request::Reload => {
+            let response = match shared.reload() {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("{e:#}")),
+            };
+            conn.send(&response).await
+        }
+        Request::Shutdown => {
+            conn.send(&Response::Ok).await?;
+            shared.request_shutdown();
+            Ok(())
+        }
+    }
+}
+
+fn hello(shared: &Shared) -> Response {
+    Response::Hello {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        uptime_secs: shared.now_ms().saturating_sub(shared.started_ms) / 1000,
+    }
+}
+
+async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Result<(), WireError> {
+    if let Some(old) = conn.lease.take() {
+        // One lease per connection: a new request ends the previous one.
+        shared.with_fleet(|f, now| f.abandon(old, now));
+    }
+    let queue_timeout = Duration::from_secs(
+        shared
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config()
+            .daemon
+            .queue_timeout_secs,
+    );
+    let answer = match shared.with_fleet(|f, now| f.lease(req, now)) {
+        LeaseStart::Now(answer) => answer,
+        LeaseStart::Queued {
+            waiter,
+            position,
+            rx,
+        } => {
+            conn.send(&Response::Queued { position }).await?;
+            wait_in_queue(conn, shared, waiter, rx, queue_timeout).await?
+        }
+    };
+    let response = match answer {
+        Answer::Granted(g) => {
+            conn.lease = Some(g.lease);
+            Response::Granted {
+                worker: g.worker,
+                epoch: g.epoch,
+                why: g.why,
+            }
+        }
+        Answer::Local(reason) => Response::Local { reason },
+    };
+    conn.send(&response).await
+}
+
+/// Wait for a grant, the queue timeout, or the client leaving.
+async fn wait_in_queue(
+    conn: &mut Conn,
+    shared: &Arc<Shared>,
+    waiter: u64,
+    mut rx: tokio::sync::oneshot::Receiver<Answer>,
+    timeout: Duration,
+) -> Result<Answer, WireError> {
+    let mut probe = [0u8; 1];
+    let outcome = tokio::select! {
+        answer = &mut rx => Ok(answer.ok()),
+        _ = tokio::time::sleep(timeout) => Ok(None),
+        // A waiting client sends nothing; a read returning means it left.
+        _ = tokio::io::AsyncReadExt::read(&mut conn.reader, &mut probe) => Err(WireError::Closed),
+    };
+    let answer = match outcome {
+        Ok(Some(answer)) => return Ok(answer),
+        Ok(None) => None,
+        Err(e) => {
+            cancel_wait(shared, waiter, &mut rx);
+            return Err(e);
+        }
+    };
+    debug_assert!(answer.is_none());
+    // Timed out; a grant may have raced in just now.
+    shared.with_fleet(|f, _| f.cancel_wait(waiter));
+    match rx.try_recv() {
+        Ok(answer) => Ok(answer),
+        Err(_) => Ok(Answer::Local(format!(
+            "all workers busy for {}s (queue timeout)",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+fn cancel_wait(shared: &Shared, waiter: u64, rx: &mut tokio::sync::oneshot::Receiver<Answer>) {
+    shared.with_fleet(|f, _| f.cancel_wait(waiter));
+    if let Ok(Answer::Granted(g)) = rx.try_recv() {
+        shared.with_fleet(|f, now| f.abandon(g.lease, now));
+    }
+}
+
+fn record_job(shared: &Shared, job: &JobReport) {
+    let now = shared.now_ms();
+    if let Err(e) = shared.store().insert_job(now, job) {
+        tracing::error!(error = %e, "saving job");
+    }
+    let to = job.worker.clone().unwrap_or_else(|| "local".into());
+    shared.with_fleet(|f, now| {
+        let placement = if job.worker.is_some() { "remote" } else { "local" };
+        f.metrics.count_build(&job.outcome, placement);
+        for (i, fo) in job.failovers.iter().enumerate() {
+            let next = job
+                .failovers
+                .get(i + 1)
+                .map(|n| n.worker.clone())
+                .unwrap_or_else(|| to.clone());
+            f.metrics.count_fallback(fallback_class(&fo.reason));
+            f.emit(
+                super::events::EventKind::BuildFallback {
+                    worker: fo.worker.clone(),
+                    reason: fo.reason.clone(),
+                    to: next,
+                },
+                now,
+            );
+        }
+    });
+}
+
+/// A short, bounded label for a fallback reason (metrics labels stay few).
+fn fallback_class(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("refused") {
+        "connect_refused"
+    } else if r.contains("timed out") || r.contains("timeout") {
+        "timeout"
+    } else if r.contains("permission denied") || r.contains("auth") {
+        "auth"
+    } else if r.contains("host key") {
+        "host_key"
+    } else if r.contains("rsync") || r.contains("transfer") || r.contains("remote dir") {
+        "transfer"
+    } else if r.contains("lost") {
+        "connection_lost"
+    } else {
+        "other"
+    }
+}
+
+fn status(shared: &Shared) -> FleetReport {
+    let mut report = shared.with_fleet(|f, now| f.report(now));
+    report.daemon = DaemonInfo {
+        running: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: Some(std::process::id()),
+        uptime_secs: Some(shared.now_ms().saturating_sub(shared.started_ms) / 1000),
+    };
+    report.recent_jobs = shared.store().recent_jobs(None, RECENT_JOBS).unwrap_or_default();
+    report
+}
+
+async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
+    let ids: Vec<String> = {
+        let fleet = shared.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        match worker {
+            Some(id) if fleet.config().worker(id).is_none() => {
+                return Response::Error {
+                    message: format!("unknown worker {id:?}"),
+                    known_workers: fleet.config().workers.iter().map(|w| w.id.clone()).collect(),
+                }
+            }
+            Some(id) => vec![id.to_string()],
+            None => fleet.config().workers.iter().map(|w| w.id.clone()).collect(),
+        }
+    };
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match shared.with_fleet(|f, now| f.probe_now(&id, now)) {
+                    Ok(job) => run_probe(&shared, job).await,
+                    Err(reason) => ProbeResult {
+                        state: shared.with_fleet(|f, _| f.state_of(&id)).map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        worker: id,
+                        ok: false,
+                        latency_ms: None,
+                        error: Some(format!("not probed: {reason}")),
+                    },
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            results.push(r);
+        }
+    }
+    Response::Probed { results }
+}
+
+/// Run one probe against the worker and feed its result to the breaker.
+pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
+    let limit = Duration::from_secs(job.target.ssh.connect_timeout_secs * 2 + 10);
+    let result = match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
+        Ok(Ok(rtt)) => Ok(rtt.as_millis() as u64),
+        Ok(Err(failure)) => Err(failure.message),
+        Err(_) => Err(format!("{}: probe timed out after {}s", job.worker, limit.as_secs())),
+    };
+    if result.is_err() {
+        crate::remote::ssh::disconnect(&job.target).await;
+    }
+    let state = shared.with_fleet(|f, now| {
+        f.finish_probe(&job, result.clone(), now);
+        f.state_of(&job.worker)
+    });
+    ProbeResult {
+        worker: job.worker.clone(),
+        ok: result.is_ok(),
+        latency_ms: result.as_ref().ok().copied(),
+        error: result.err(),
+        state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+    }
+}
+
+fn history(shared: &Shared, worker: &str, limit: usize) -> Response {
+    let known = shared.with_fleet(|f, _| {
+        f.config()
+            .worker(worker)
+            .map(|_| ())
+            .ok_or_else(|| f.config().workers.iter().map(|w| w.id.clone()).collect::<Vec<_>>())
+    });
+    if let Err(known_workers) = known {
+        return Response::Error {
+            message: format!("unknown worker {worker:?}"),
+            known_workers,
+        };
+    }
+    let store = shared.store();
+    Response::History(WorkerHistory {
+        worker: worker.to_string(),
+        jobs: store.recent_jobs(Some(worker), limit).unwrap_or_default(),
+        events: store.events(Some(worker), limit).unwrap_or_default(),
+    })
+}
+
+async fn events(conn: &mut Conn, shared: &Shared, follow: bool, limit: usize) -> Result<(), WireError> {
+    // Subscribe before reading the store so nothing falls between the two.
+    let mut live = shared.events.subscribe();
+    let stored = shared.store().events(None, limit).unwrap_or_default();
+    for e in stored {
+        conn.send(&Response::Event(e)).await?;
+    }
+    if !follow {
+        return conn.send(&Response::Ok).await;
+    }
+    loop {
+        match live.recv().await {
+            Ok(e) => conn.send(&Response::Event(e)).await?,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "event follower lagged");
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+fn metrics(shared: &Shared) -> String {
+    shared.with_fleet(|f, _| {
+        let workers = f
+            .config()
+            .workers
+            .iter()
+            .map(|w| {
+                let state = match f.state_of(&w.id) {
+                    Some(crate::breaker::State::Open) => 2,
+                    Some(crate::breaker::State::HalfOpen) => 1,
+                    _ => 0,
+                };
+                let used = f.used(&w.id);
+                (w.id.clone(), state, used, w.slots)
+            })
+            .collect::<Vec<_>>();
+        let gauges = Gauges {
+            workers: workers.iter().map(|(id, s, u, t)| (id.as_str(), *s, *u, *t)).collect(),
+            queue_depth: f.queue_len(),
+        };
+        f.metrics.render(&gauges)
+    })
+}
