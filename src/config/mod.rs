@@ -13,7 +13,10 @@ mod layers;
 pub mod render;
 mod schema;
 
-pub use layers::{load, load_with, parse_str, Loaded, Origin, Overrides, Sources};
+pub use layers::{
+    find_project_root, load, load_with, parse_str, project_config_file, Loaded, Origin, Overrides,
+    Sources,
+};
 
 use crate::breaker::BreakerConfig;
 use serde::{Deserialize, Serialize};
