@@ -125,21 +125,18 @@ fn p3_open_breaker_and_dead_fleet() {
         c
     };
     // Fleet of w2 only vs fleet of w1 (breaker open) + w2, alternating.
-    let only_w2 = env.lab.config_toml().replacen("id = \"w1\"", "id = \"w1\"\nenabled = false", 1);
-    env.write_config("[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 3600\n");
+    let tuning = "[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 3600\n";
+    let w1_first = format!("{tuning}[[workers]]\nid = \"w1\"\npriority = 200\n");
+    let w1_disabled = format!("{tuning}[[workers]]\nid = \"w1\"\nenabled = false\n");
+    env.write_config(&w1_first);
     env.lab.kill("w1").unwrap();
     time(check()); // opens w1
-    let with_open = std::fs::read_to_string(env.config_path()).unwrap();
     let (mut open, mut plain) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        std::fs::write(env.config_path(), &with_open).unwrap();
+        env.write_config(&w1_first);
         reload(&env, &project);
         open.push(time(check()));
-        std::fs::write(
-            env.config_path(),
-            format!("{only_w2}\n[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 3600\n"),
-        )
-        .unwrap();
+        env.write_config(&w1_disabled);
         reload(&env, &project);
         plain.push(time(check()));
     }
@@ -194,7 +191,7 @@ fn p4_daemon() {
     let mut start = env.rch();
     start.current_dir(&dir).args(["daemon", "start"]);
     time(start);
-    let socket = env.socket_path();
+    let socket = env.socket();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let n = 5_000;
     let (lat, total) = rt.block_on(async {
@@ -231,7 +228,7 @@ fn p4_daemon() {
     // 1,000 workers and 100k jobs of history.
     env.write_config(&fake_workers(1000));
     {
-        let mut store = rch::daemon::store::Store::open(&env.state_db()).unwrap().store;
+        let mut store = rch::daemon::store::Store::open(&env.path().join("state/rch/state.db")).unwrap().store;
         let job = JobReport {
             project: "/p".into(),
             command: "cargo build".into(),

@@ -4,7 +4,7 @@ mod support;
 
 use rch::daemon::report::FleetReport;
 use rch::protocol::{Request, Response};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::TestEnv;
@@ -21,16 +21,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn socket_of(env: &TestEnv) -> PathBuf {
-    let cmd = env.rch();
-    cmd.get_envs()
-        .find(|(k, _)| *k == "RCH_SOCKET")
-        .and_then(|(_, v)| v.map(PathBuf::from))
-        .expect("TestEnv sets RCH_SOCKET")
-}
-
 fn fleet(env: &TestEnv) -> FleetReport {
-    let socket = socket_of(env);
+    let socket = env.socket();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,11 +58,7 @@ open_cooldown_secs = 600
 
 /// The lab config lists w1, w2 at equal priority; make w1 preferred.
 fn prefer_w1(env: &TestEnv, extra: &str) {
-    env.write_config(extra);
-    let path = env.config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replacen("priority = 100", "priority = 200", 1);
-    std::fs::write(&path, text).unwrap();
+    env.write_config(&format!("{extra}\n[[workers]]\nid = \"w1\"\npriority = 200\n"));
 }
 
 #[test]
