@@ -82,7 +82,10 @@ fn render_config(port: u16, files: &SshdFiles, penalties_option: bool) -> String
          X11Forwarding no\n\
          LoginGraceTime 30\n\
          MaxStartups 100\n\
-         MaxSessions 64\n",
+         MaxSessions 64\n\
+         # Local workers gain nothing from a post-quantum key exchange; the\n\
+         # classic one keeps each login (and so each test) fast.\n\
+         KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n",
         host_key = quote_config_path(files.host_key),
         pid_file = quote_config_path(files.pid_file),
         authorized_keys = quote_token_path(files.authorized_keys),
