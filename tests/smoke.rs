@@ -19,7 +19,10 @@ fn stderr(output: &Output) -> String {
 fn assert_echo_works(env: &TestEnv, id: &str) {
     let out = env.ssh(id, &format!("echo hello-{id}"));
     assert!(out.status.success(), "{id}: {}", describe(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("hello-{id}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("hello-{id}")
+    );
 }
 
 fn assert_ssh_fails_with(env: &TestEnv, id: &str, expected: &str) {
@@ -152,7 +155,10 @@ fn test_env_merges_config_and_makes_projects() {
     assert_eq!(workers.len(), 2);
     assert_eq!(workers[1]["slots"].as_integer(), Some(1));
     assert_eq!(workers[0]["slots"].as_integer(), Some(4));
-    assert_eq!(config["ssh"]["strict_host_key_checking"].as_str(), Some("yes"));
+    assert_eq!(
+        config["ssh"]["strict_host_key_checking"].as_str(),
+        Some("yes")
+    );
 
     let odd = env.project("my app ünï");
     let manifest = std::fs::read_to_string(odd.join("Cargo.toml")).unwrap();
@@ -184,17 +190,29 @@ fn lab_command_round_trip() {
     assert!(lab_dir.join("config.toml").exists());
 
     let again = rch(&["lab", "up"]);
-    assert!(stdout(&again).contains("already up"), "{}", describe(&again));
+    assert!(
+        stdout(&again).contains("already up"),
+        "{}",
+        describe(&again)
+    );
 
     let killed = rch(&["lab", "kill", "w1"]);
-    assert!(stdout(&killed).contains("now down"), "{}", describe(&killed));
+    assert!(
+        stdout(&killed).contains("now down"),
+        "{}",
+        describe(&killed)
+    );
     let status = rch(&["lab", "status"]);
     assert!(stdout(&status).contains("down"), "{}", describe(&status));
 
     let paused = rch(&["lab", "pause", "w1"]);
     assert_eq!(paused.status.code(), Some(1), "{}", describe(&paused));
     let revived = rch(&["lab", "revive", "w1"]);
-    assert!(stdout(&revived).contains("now up"), "{}", describe(&revived));
+    assert!(
+        stdout(&revived).contains("now up"),
+        "{}",
+        describe(&revived)
+    );
     assert!(stdout(&rch(&["lab", "pause", "w1"])).contains("now stopped"));
     assert!(stdout(&rch(&["lab", "resume", "w1"])).contains("now up"));
 

@@ -170,7 +170,9 @@ fn stop_daemon(env: &TestEnv) {
     let Ok(mut child) = cmd.spawn() else {
         return;
     };
-    if wait_for(DAEMON_STOP_TIMEOUT, || matches!(child.try_wait(), Ok(Some(_)))) {
+    if wait_for(DAEMON_STOP_TIMEOUT, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    }) {
         return;
     }
     let _ = child.kill();
