@@ -85,9 +85,11 @@ fn remote_cargo_build_returns_a_runnable_binary_and_compile_errors_are_the_build
 fn dead_preferred_worker_fails_over_and_opens_on_the_third_failure() {
     let env = TestEnv::new(2);
     prefer_w1(&env, TWO_WORKERS_W1_PREFERRED);
-    let project = env.project("failover");
     env.lab.kill("w1").unwrap();
+    // A project that built on w2 prefers it next time (warm target dir), so
+    // each build is a fresh project that prefers w1 by priority.
     for i in 1..=3 {
+        let project = env.project(&format!("failover{i}"));
         let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
         assert_eq!(out.status.code(), Some(0), "build {i}: {}", stderr(&out));
         assert!(stderr(&out).contains("rch: ran on w2"), "build {i}: {}", stderr(&out));
@@ -99,6 +101,7 @@ fn dead_preferred_worker_fails_over_and_opens_on_the_third_failure() {
         }
     }
     // Now w1 is skipped without a connection attempt.
+    let project = env.project("failover4");
     let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
     assert!(stderr(&out).contains("rch: ran on w2"));
     assert_eq!(circuit(&env, "w1").0, "open");
