@@ -84,7 +84,10 @@ async fn ping(socket: &Path) -> Option<Response> {
 async fn start() -> anyhow::Result<i32> {
     let socket = paths::socket_path();
     if let Some(Response::Hello { pid, version, .. }) = ping(&socket).await {
-        println!("rch daemon already running (pid {pid}, version {version}) on {}", socket.display());
+        println!(
+            "rch daemon already running (pid {pid}, version {version}) on {}",
+            socket.display()
+        );
         return Ok(0);
     }
     // Surface config errors here, with exit 78, rather than in the log.

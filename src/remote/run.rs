@@ -145,7 +145,11 @@ pub async fn run(conn: &Connection, spec: &RunSpec) -> RunReport {
         Err(detail) => {
             return RunReport {
                 started: false,
-                result: Err(RemoteFailure::new(FailureKind::Other, conn.worker_id(), detail)),
+                result: Err(RemoteFailure::new(
+                    FailureKind::Other,
+                    conn.worker_id(),
+                    detail,
+                )),
             }
         }
     };
@@ -258,7 +262,11 @@ async fn exit_result(
                 worker,
                 format!("ssh client killed by signal {signal}"),
             )),
-            (None, None) => Err(RemoteFailure::new(FailureKind::Other, worker, "unknown exit status")),
+            (None, None) => Err(RemoteFailure::new(
+                FailureKind::Other,
+                worker,
+                "unknown exit status",
+            )),
         },
         // openssh reports the command's own 127 ("command not found") as an error.
         Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(127),
@@ -275,7 +283,11 @@ async fn exit_result(
                 ))
             }
         }
-        Err(e) => Err(RemoteFailure::new(FailureKind::Other, worker, e.to_string())),
+        Err(e) => Err(RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            e.to_string(),
+        )),
     }
 }
 
@@ -363,7 +375,14 @@ mod tests {
     fn allow_list_keeps_build_settings_only() {
         assert!(is_forwarded("RUSTFLAGS"));
         assert!(is_forwarded("CARGO_PROFILE_RELEASE_LTO"));
-        for name in ["PATH", "HOME", "CARGO_HOME", "CARGO_TARGET_DIR", "RCH_WORKER", "SSH_AUTH_SOCK"] {
+        for name in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "RCH_WORKER",
+            "SSH_AUTH_SOCK",
+        ] {
             assert!(!is_forwarded(name), "{name}");
         }
     }
@@ -382,7 +401,12 @@ mod tests {
     fn hostile_arguments_are_quoted_as_single_words() {
         let spec = RunSpec {
             dir: "d".into(),
-            argv: vec!["printf".into(), "%s\n".into(), "$(touch x)".into(), "it's".into()],
+            argv: vec![
+                "printf".into(),
+                "%s\n".into(),
+                "$(touch x)".into(),
+                "it's".into(),
+            ],
             env: vec![("RCH_X".into(), "1".into()), ("A".into(), "b c".into())],
             timeout: Duration::from_secs(1),
         };
@@ -392,14 +416,26 @@ mod tests {
         assert_eq!(words[2], RUN_SCRIPT);
         assert_eq!(
             &words[3..],
-            ["rch", "d", "A=b c", "--", "printf", "%s\n", "$(touch x)", "it's"]
+            [
+                "rch",
+                "d",
+                "A=b c",
+                "--",
+                "printf",
+                "%s\n",
+                "$(touch x)",
+                "it's"
+            ]
         );
     }
 
     #[test]
     fn marker_detection_holds_back_only_possible_prefixes() {
         assert!(matches!(classify_head(b"\x1erch"), Head::Undecided));
-        assert!(matches!(classify_head(b"\x1erch-setup\x1edir:x"), Head::Setup));
+        assert!(matches!(
+            classify_head(b"\x1erch-setup\x1edir:x"),
+            Head::Setup
+        ));
         assert!(matches!(classify_head(b"error: x"), Head::Output));
     }
 
@@ -411,7 +447,11 @@ mod tests {
         assert_eq!(out, b"warning: x\n");
 
         let mut out = Vec::new();
-        let setup = pump_stderr(Some(&b"\x1erch-setup\x1edir:Permission denied\n"[..]), &mut out).await;
+        let setup = pump_stderr(
+            Some(&b"\x1erch-setup\x1edir:Permission denied\n"[..]),
+            &mut out,
+        )
+        .await;
         assert_eq!(setup.as_deref(), Some("dir:Permission denied"));
         assert!(out.is_empty());
     }
