@@ -265,7 +265,7 @@ impl<'a> Build<'a> {
         let t = Instant::now();
         let report = tokio::select! {
             r = remote::run::run(&conn, &spec) => r,
-            _ = tokio::signal::ctrl_c() => return Attempt::Interrupted,
+            _ = interrupted() => return Attempt::Interrupted,
         };
         self.job.run_ms += t.elapsed().as_millis() as u64;
         let code = match report.result {
@@ -350,6 +350,24 @@ impl<'a> Build<'a> {
             };
         }
         let _ = client.call(Request::Job(self.job.clone())).await;
+    }
+}
+
+/// Resolves when the user interrupts rch (SIGINT, SIGTERM or SIGHUP).
+/// Dropping the run future then ends the remote command.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 
