@@ -57,7 +57,11 @@ pub enum WorkersCommand {
 #[derive(Debug, Clone, Args)]
 pub struct Target {
     /// The worker id.
-    #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     pub id: Option<String>,
     /// Every configured worker.
     #[arg(long)]
@@ -118,7 +122,10 @@ fn unexpected(answer: Response) -> anyhow::Error {
 async fn expect_ok(id: Option<&str>, request: Request) -> anyhow::Result<()> {
     match connect().await?.call(request).await? {
         Response::Ok => Ok(()),
-        Response::Error { message, known_workers } => Err(daemon_error(id, message, known_workers)),
+        Response::Error {
+            message,
+            known_workers,
+        } => Err(daemon_error(id, message, known_workers)),
         other => Err(unexpected(other)),
     }
 }
@@ -166,7 +173,11 @@ async fn probe(out: &Output, id: Option<String>) -> anyhow::Result<i32> {
     if out.json {
         ui::print_json(&json!({ "results": results }))?;
     }
-    Ok(if results.iter().all(|r| r.ok) { 0 } else { EXIT_PROBE_FAILED })
+    Ok(if results.iter().all(|r| r.ok) {
+        0
+    } else {
+        EXIT_PROBE_FAILED
+    })
 }
 
 async fn probe_one(id: &str) -> anyhow::Result<Vec<ProbeResult>> {
@@ -175,7 +186,10 @@ async fn probe_one(id: &str) -> anyhow::Result<Vec<ProbeResult>> {
     };
     match connect().await?.call(request).await? {
         Response::Probed { results } => Ok(results),
-        Response::Error { message, known_workers } => Err(daemon_error(Some(id), message, known_workers)),
+        Response::Error {
+            message,
+            known_workers,
+        } => Err(daemon_error(Some(id), message, known_workers)),
         other => Err(unexpected(other)),
     }
 }
@@ -183,7 +197,10 @@ async fn probe_one(id: &str) -> anyhow::Result<Vec<ProbeResult>> {
 /// `✓`/`✗` and `ok in 12ms, circuit closed` or `failed: …; circuit open`.
 fn probe_line(r: &ProbeResult) -> (&'static str, String) {
     if r.ok {
-        let latency = r.latency_ms.map(|ms| format!(" in {ms}ms")).unwrap_or_default();
+        let latency = r
+            .latency_ms
+            .map(|ms| format!(" in {ms}ms"))
+            .unwrap_or_default();
         ("✓", format!("ok{latency}, circuit {}", r.state))
     } else {
         let error = r.error.as_deref().unwrap_or("probe failed");
@@ -195,7 +212,10 @@ fn probe_line(r: &ProbeResult) -> (&'static str, String) {
 async fn worker_ids() -> anyhow::Result<Vec<String>> {
     match connect().await?.call(Request::Status).await? {
         Response::Status(report) => Ok(report.workers.into_iter().map(|w| w.id).collect()),
-        Response::Error { message, known_workers } => Err(daemon_error(None, message, known_workers)),
+        Response::Error {
+            message,
+            known_workers,
+        } => Err(daemon_error(None, message, known_workers)),
         other => Err(unexpected(other)),
     }
 }
@@ -240,15 +260,19 @@ async fn history(out: &Output, id: String, limit: usize) -> anyhow::Result<i32> 
     };
     let h = match connect().await?.call(request).await? {
         Response::History(h) => h,
-        Response::Error { message, known_workers } => {
-            return Err(daemon_error(Some(&id), message, known_workers))
-        }
+        Response::Error {
+            message,
+            known_workers,
+        } => return Err(daemon_error(Some(&id), message, known_workers)),
         other => return Err(unexpected(other)),
     };
     if out.json {
         ui::print_json(&h)?;
     } else {
-        println!("{}", ui::history::history_text(out, &h, super::status::now()));
+        println!(
+            "{}",
+            ui::history::history_text(out, &h, super::status::now())
+        );
     }
     Ok(0)
 }
@@ -259,7 +283,11 @@ mod tests {
 
     #[test]
     fn unknown_worker_is_a_usage_error_naming_known_ids() {
-        let e = daemon_error(Some("w9"), "unknown worker \"w9\"".into(), vec!["w1".into(), "w2".into()]);
+        let e = daemon_error(
+            Some("w9"),
+            "unknown worker \"w9\"".into(),
+            vec!["w1".into(), "w2".into()],
+        );
         let usage = e.downcast_ref::<UsageError>().expect("usage error");
         assert_eq!(usage.0, "unknown worker \"w9\" (known: w1, w2)");
     }
@@ -272,9 +300,27 @@ mod tests {
 
     #[test]
     fn probe_lines_say_result_and_state() {
-        let ok = ProbeResult { worker: "w1".into(), ok: true, latency_ms: Some(7), error: None, state: "closed".into() };
-        assert_eq!(probe_line(&ok), ("✓", "ok in 7ms, circuit closed".to_string()));
-        let bad = ProbeResult { worker: "w1".into(), ok: false, latency_ms: None, error: Some("refused".into()), state: "open".into() };
-        assert_eq!(probe_line(&bad), ("✗", "failed: refused; circuit open".to_string()));
+        let ok = ProbeResult {
+            worker: "w1".into(),
+            ok: true,
+            latency_ms: Some(7),
+            error: None,
+            state: "closed".into(),
+        };
+        assert_eq!(
+            probe_line(&ok),
+            ("✓", "ok in 7ms, circuit closed".to_string())
+        );
+        let bad = ProbeResult {
+            worker: "w1".into(),
+            ok: false,
+            latency_ms: None,
+            error: Some("refused".into()),
+            state: "open".into(),
+        };
+        assert_eq!(
+            probe_line(&bad),
+            ("✗", "failed: refused; circuit open".to_string())
+        );
     }
 }

@@ -83,14 +83,33 @@ mod tests {
     #[test]
     fn every_known_event_names_its_subject() {
         let cases = [
-            (json!({"event": "circuit.half_open", "worker": "w1", "probe": true}), "w1: half_open, testing with a probe"),
-            (json!({"event": "circuit.closed", "worker": "w1", "recovery_time_seconds": 75}), "w1: closed, recovered after 1m 15s"),
-            (json!({"event": "build.fallback", "worker": "w1", "to": "local", "reason": "refused"}), "w1 failed, build moved to local: refused"),
-            (json!({"event": "lease.queued", "position": 2, "reason": "busy"}), "queued at position 2: busy"),
-            (json!({"event": "worker.changed", "worker": "w2", "action": "drain"}), "w2: drain"),
+            (
+                json!({"event": "circuit.half_open", "worker": "w1", "probe": true}),
+                "w1: half_open, testing with a probe",
+            ),
+            (
+                json!({"event": "circuit.closed", "worker": "w1", "recovery_time_seconds": 75}),
+                "w1: closed, recovered after 1m 15s",
+            ),
+            (
+                json!({"event": "build.fallback", "worker": "w1", "to": "local", "reason": "refused"}),
+                "w1 failed, build moved to local: refused",
+            ),
+            (
+                json!({"event": "lease.queued", "position": 2, "reason": "busy"}),
+                "queued at position 2: busy",
+            ),
+            (
+                json!({"event": "worker.changed", "worker": "w2", "action": "drain"}),
+                "w2: drain",
+            ),
         ];
         for (e, want) in cases {
-            assert!(event_line(&e).ends_with(want), "{} vs {want}", event_line(&e));
+            assert!(
+                event_line(&e).ends_with(want),
+                "{} vs {want}",
+                event_line(&e)
+            );
         }
     }
 

@@ -48,10 +48,17 @@ pub fn summary_line(workers: &[WorkerReport]) -> String {
         return "0 workers configured: every build runs locally (add [[workers]] to the config)"
             .into();
     }
-    let noun = if workers.len() == 1 { "worker" } else { "workers" };
+    let noun = if workers.len() == 1 {
+        "worker"
+    } else {
+        "workers"
+    };
     let mut groups = Vec::new();
     for state in ["closed", "half_open", "open"] {
-        let members: Vec<&WorkerReport> = workers.iter().filter(|w| w.circuit.state == state).collect();
+        let members: Vec<&WorkerReport> = workers
+            .iter()
+            .filter(|w| w.circuit.state == state)
+            .collect();
         if members.is_empty() {
             continue;
         }
@@ -97,12 +104,23 @@ fn mode(w: &WorkerReport) -> &'static str {
 /// The block printed above the tables when circuits are open: which, since
 /// when, why, and the commands that act on them.
 pub fn open_warning(workers: &[WorkerReport], now: OffsetDateTime) -> Option<String> {
-    let open: Vec<&WorkerReport> = workers.iter().filter(|w| w.circuit.state == "open").collect();
+    let open: Vec<&WorkerReport> = workers
+        .iter()
+        .filter(|w| w.circuit.state == "open")
+        .collect();
     if open.is_empty() {
         return None;
     }
-    let plural = if open.len() == 1 { "circuit" } else { "circuits" };
-    let mut out = format!("⚠ {} {plural} open: builds skip {}\n", open.len(), ids(&open));
+    let plural = if open.len() == 1 {
+        "circuit"
+    } else {
+        "circuits"
+    };
+    let mut out = format!(
+        "⚠ {} {plural} open: builds skip {}\n",
+        open.len(),
+        ids(&open)
+    );
     for w in &open {
         out.push_str(&format!("  {}: {}\n", w.id, open_detail(&w.circuit, now)));
         if let Some(err) = &w.circuit.last_error {
@@ -110,7 +128,11 @@ pub fn open_warning(workers: &[WorkerReport], now: OffsetDateTime) -> Option<Str
         }
     }
     let first = &open[0].id;
-    let target = if open.len() == 1 { first.clone() } else { "--all".into() };
+    let target = if open.len() == 1 {
+        first.clone()
+    } else {
+        "--all".into()
+    };
     out.push_str("  what to do:\n");
     out.push_str(&format!(
         "    rch workers probe {target}    test now; success moves it to half_open, then closed\n"
@@ -118,12 +140,18 @@ pub fn open_warning(workers: &[WorkerReport], now: OffsetDateTime) -> Option<Str
     out.push_str(&format!(
         "    rch workers reset {target}    force closed once the worker is fixed\n"
     ));
-    out.push_str(&format!("    rch workers history {first}  its recent builds and transitions"));
+    out.push_str(&format!(
+        "    rch workers history {first}  its recent builds and transitions"
+    ));
     Some(out)
 }
 
 fn ids(workers: &[&WorkerReport]) -> String {
-    workers.iter().map(|w| w.id.as_str()).collect::<Vec<_>>().join(", ")
+    workers
+        .iter()
+        .map(|w| w.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `open since … (5m ago), 3 consecutive failures, retry in 12s`.
@@ -150,7 +178,16 @@ fn retry_text(c: &CircuitReport) -> String {
 pub fn workers_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTime) -> String {
     let mut tbl = table::new(
         out,
-        &["worker", "host", "state", "slots", "priority", "mode", "last build", "latency"],
+        &[
+            "worker",
+            "host",
+            "state",
+            "slots",
+            "priority",
+            "mode",
+            "last build",
+            "latency",
+        ],
     );
     for w in workers {
         tbl.add_row(vec![
@@ -171,7 +208,15 @@ pub fn workers_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTime
 pub fn circuits_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTime) -> String {
     let mut tbl = table::new(
         out,
-        &["worker", "state", "failures", "error rate", "since", "retry in", "last error"],
+        &[
+            "worker",
+            "state",
+            "failures",
+            "error rate",
+            "since",
+            "retry in",
+            "last error",
+        ],
     );
     for w in workers {
         let c = &w.circuit;
@@ -208,7 +253,11 @@ pub fn jobs_view(out: &Output, report: &FleetReport, now: OffsetDateTime) -> Str
                 elapsed(&l.since, now),
             ]);
         }
-        parts.push(format!("running: {}\n{}", report.leases.len(), table::render(&tbl)));
+        parts.push(format!(
+            "running: {}\n{}",
+            report.leases.len(),
+            table::render(&tbl)
+        ));
     }
     if report.queue.is_empty() {
         parts.push("queued: none".to_string());
@@ -222,7 +271,11 @@ pub fn jobs_view(out: &Output, report: &FleetReport, now: OffsetDateTime) -> Str
                 elapsed(&q.since, now),
             ]);
         }
-        parts.push(format!("queued: {}\n{}", report.queue.len(), table::render(&tbl)));
+        parts.push(format!(
+            "queued: {}\n{}",
+            report.queue.len(),
+            table::render(&tbl)
+        ));
     }
     if report.recent_jobs.is_empty() {
         parts.push("recent jobs: none yet".to_string());
@@ -239,7 +292,9 @@ pub fn jobs_view(out: &Output, report: &FleetReport, now: OffsetDateTime) -> Str
 pub fn jobs_table(out: &Output, jobs: &[JobRow], now: OffsetDateTime) -> String {
     let mut tbl = table::new(
         out,
-        &["when", "command", "project", "where", "outcome", "exit", "why", "took"],
+        &[
+            "when", "command", "project", "where", "outcome", "exit", "why", "took",
+        ],
     );
     for j in jobs {
         let took = j.queue_ms + j.sync_ms + j.run_ms + j.return_ms;
@@ -273,7 +328,12 @@ fn project_name(path: &str) -> String {
 }
 
 /// The whole plain-text `rch status` for the chosen sections.
-pub fn status_text(out: &Output, report: &FleetReport, sections: Sections, now: OffsetDateTime) -> String {
+pub fn status_text(
+    out: &Output,
+    report: &FleetReport,
+    sections: Sections,
+    now: OffsetDateTime,
+) -> String {
     let mut blocks = Vec::new();
     if sections.is_overview() || !report.daemon.running {
         blocks.push(daemon_line(&report.daemon));
@@ -302,7 +362,12 @@ pub fn status_text(out: &Output, report: &FleetReport, sections: Sections, now: 
 pub fn circuits_json(workers: &[WorkerReport]) -> Value {
     let map: Map<String, Value> = workers
         .iter()
-        .map(|w| (w.id.clone(), serde_json::to_value(&w.circuit).unwrap_or(Value::Null)))
+        .map(|w| {
+            (
+                w.id.clone(),
+                serde_json::to_value(&w.circuit).unwrap_or(Value::Null),
+            )
+        })
         .collect();
     Value::Object(map)
 }
@@ -368,7 +433,10 @@ mod tests {
 
     fn fleet() -> Vec<WorkerReport> {
         vec![
-            worker("w1", circuit("open", 3, Some(12), Some("w1: connection refused"))),
+            worker(
+                "w1",
+                circuit("open", 3, Some(12), Some("w1: connection refused")),
+            ),
             worker("w2", circuit("closed", 0, None, None)),
             worker("w3", circuit("closed", 0, None, None)),
         ]
@@ -376,7 +444,10 @@ mod tests {
 
     #[test]
     fn summary_names_open_workers_and_retry() {
-        assert_eq!(summary_line(&fleet()), "3 workers: 2 closed, 1 open (w1, retry in 12s)");
+        assert_eq!(
+            summary_line(&fleet()),
+            "3 workers: 2 closed, 1 open (w1, retry in 12s)"
+        );
     }
 
     #[test]
@@ -424,13 +495,25 @@ mod tests {
     fn workers_table_shows_slots_mode_and_latency() {
         let text = workers_table(&Output::plain(), &fleet(), now());
         assert!(text.contains("1/4"), "{text}");
-        assert!(text.contains("enabled") && text.contains("12ms") && text.contains("1m ago"), "{text}");
+        assert!(
+            text.contains("enabled") && text.contains("12ms") && text.contains("1m ago"),
+            "{text}"
+        );
     }
 
     #[test]
     fn circuits_json_is_keyed_by_worker() {
-        let report = FleetReport { workers: fleet(), ..Default::default() };
-        let v = status_json(&report, Sections { circuits: true, ..Default::default() });
+        let report = FleetReport {
+            workers: fleet(),
+            ..Default::default()
+        };
+        let v = status_json(
+            &report,
+            Sections {
+                circuits: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(v.as_object().unwrap().len(), 1);
         assert_eq!(v["circuits"]["w1"]["state"], "open");
         assert_eq!(v["circuits"]["w1"]["failures"], 3);
@@ -441,7 +524,10 @@ mod tests {
 
     #[test]
     fn overview_text_when_daemon_down() {
-        let report = FleetReport { workers: fleet(), ..Default::default() };
+        let report = FleetReport {
+            workers: fleet(),
+            ..Default::default()
+        };
         let text = status_text(&Output::plain(), &report, Sections::default(), now());
         let first = text.lines().next().unwrap();
         assert!(first.starts_with("rch daemon: not running"), "{text}");
@@ -470,7 +556,13 @@ mod tests {
             ..Default::default()
         };
         let text = jobs_view(&Output::plain(), &report, now());
-        assert!(text.contains("running: none") && text.contains("queued: none"), "{text}");
-        assert!(text.contains("circuit open on w1") && text.contains("proj") && text.contains("1.5s"), "{text}");
+        assert!(
+            text.contains("running: none") && text.contains("queued: none"),
+            "{text}"
+        );
+        assert!(
+            text.contains("circuit open on w1") && text.contains("proj") && text.contains("1.5s"),
+            "{text}"
+        );
     }
 }

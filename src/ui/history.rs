@@ -8,10 +8,17 @@ use time::OffsetDateTime;
 pub fn history_text(out: &Output, h: &WorkerHistory, now: OffsetDateTime) -> String {
     let mut blocks = Vec::new();
     if h.events.is_empty() {
-        blocks.push(format!("{}: no breaker transitions or operator changes recorded", h.worker));
+        blocks.push(format!(
+            "{}: no breaker transitions or operator changes recorded",
+            h.worker
+        ));
     } else {
         let lines: Vec<String> = h.events.iter().map(events::event_line).collect();
-        blocks.push(format!("{}: events (oldest first)\n{}", h.worker, lines.join("\n")));
+        blocks.push(format!(
+            "{}: events (oldest first)\n{}",
+            h.worker,
+            lines.join("\n")
+        ));
     }
     if h.jobs.is_empty() {
         blocks.push(format!("{}: no jobs recorded", h.worker));

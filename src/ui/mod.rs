@@ -7,6 +7,7 @@
 pub mod events;
 pub mod fleet;
 pub mod history;
+pub mod metrics;
 pub mod progress;
 pub mod table;
 pub mod time;

@@ -21,7 +21,11 @@ pub fn new(out: &Output, headers: &[&str]) -> Table {
     let header: Vec<Cell> = headers
         .iter()
         .map(|h| {
-            let text = if out.tty { h.to_string() } else { h.to_uppercase() };
+            let text = if out.tty {
+                h.to_string()
+            } else {
+                h.to_uppercase()
+            };
             let cell = Cell::new(text);
             if out.color {
                 cell.add_attribute(Attribute::Bold)
@@ -60,7 +64,9 @@ pub fn state_cell(out: &Output, state: &str) -> Cell {
 
 /// `-` for a missing value, so columns stay aligned when piped.
 pub fn or_dash(value: Option<String>) -> String {
-    value.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into())
+    value
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "-".into())
 }
 
 #[cfg(test)]
