@@ -16,6 +16,7 @@
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
 //! - [`ui`]: tables, progress and output modes.
+//! - [`service`]: the systemd user unit for the daemon.
 
 pub mod breaker;
 pub mod build;
@@ -29,6 +30,7 @@ pub mod paths;
 pub mod protocol;
 pub mod remote;
 pub mod select;
+pub mod service;
 pub mod ui;
 
 /// Exit code when a command could run nowhere it was allowed to (EX_TEMPFAIL).

@@ -5,10 +5,16 @@
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod completions;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
+pub mod events;
 pub mod exec;
 pub mod lab;
+pub mod metrics;
+pub mod status;
+pub mod workers;
 
 /// Route build commands to remote build workers over SSH.
 #[derive(Debug, Parser)]
@@ -44,6 +50,19 @@ pub enum Command {
     /// Throwaway local sshd workers for trying rch.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// The fleet at a glance: daemon, circuits, workers, jobs.
+    Status(status::StatusArgs),
+    /// List, probe, reset, drain, enable, disable workers; their history.
+    #[command(subcommand)]
+    Workers(workers::WorkersCommand),
+    /// Breaker transitions and fallbacks, stored and live.
+    Events(events::EventsArgs),
+    /// The daemon's counters and gauges (Prometheus text).
+    Metrics(metrics::MetricsArgs),
+    /// Would a command be offloaded, and where would it go now? Does not run it.
+    Diagnose(diagnose::DiagnoseArgs),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
 }
 
 /// A usage error: exit 64 with this message.
@@ -59,6 +78,12 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Daemon(cmd) => daemon::run(cmd, &global),
         Command::Lab(cmd) => lab::run(cmd, &global),
+        Command::Status(args) => status::run(args, &global),
+        Command::Workers(cmd) => workers::run(cmd, &global),
+        Command::Events(args) => events::run(args, &global),
+        Command::Metrics(args) => metrics::run(args, &global),
+        Command::Diagnose(args) => diagnose::run(args, &global),
+        Command::Completions(args) => completions::run(args, &global),
     };
     match result {
         Ok(code) => code,
