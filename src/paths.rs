@@ -90,3 +90,8 @@ pub fn expand_tilde(p: &str) -> PathBuf {
         None => PathBuf::from(p),
     }
 }
+
+/// The config file `rch lab up` writes; read as a layer while it exists.
+pub fn lab_config_file() -> PathBuf {
+    lab_dir().join("config.toml")
+}

@@ -1,4 +1,19 @@
 //! Layered configuration: defaults < user < lab < project < environment < flags.
+//!
+//! This file holds the data types and the entry points; the work is split by
+//! responsibility:
+//! - [`schema`]: every key, its type and bounds; checks one TOML value.
+//! - [`file`]: reads one TOML file into a layer, with `file:line: key: problem` errors.
+//! - [`layers`]: finds the files, merges the layers, applies environment and flags,
+//!   and remembers where each value came from.
+//! - [`render`]: prints the effective configuration, optionally with origins.
+
+mod file;
+mod layers;
+pub mod render;
+mod schema;
+
+pub use layers::{load, load_with, parse_str, Loaded, Origin, Overrides, Sources};
 
 use crate::breaker::BreakerConfig;
 use serde::{Deserialize, Serialize};
@@ -19,6 +34,8 @@ pub struct Config {
 pub struct GeneralConfig {
     pub enabled: bool,
     pub fallback: Fallback,
+    /// The remote build is killed after this many seconds.
+    pub build_timeout_secs: u64,
 }
 
 impl Default for GeneralConfig {
@@ -26,6 +43,7 @@ impl Default for GeneralConfig {
         GeneralConfig {
             enabled: true,
             fallback: Fallback::Local,
+            build_timeout_secs: 7200,
         }
     }
 }
@@ -68,12 +86,15 @@ pub enum HostKeyPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonConfig {
     pub queue_timeout_secs: u64,
+    /// `host:port` for the Prometheus metrics endpoint; off when absent.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             queue_timeout_secs: 60,
+            metrics_listen: None,
         }
     }
 }
@@ -97,9 +118,46 @@ pub struct WorkerConfig {
     pub enabled: bool,
 }
 
+impl WorkerConfig {
+    /// A worker with every optional key at its default.
+    pub fn new(id: impl Into<String>, host: impl Into<String>) -> Self {
+        WorkerConfig {
+            id: id.into(),
+            host: host.into(),
+            port: None,
+            user: None,
+            identity_file: None,
+            slots: 4,
+            priority: 100,
+            remote_base: "~/.cache/rch/builds".to_string(),
+            enabled: true,
+        }
+    }
+}
+
+impl Config {
+    /// The worker with this id, if configured.
+    pub fn worker(&self, id: &str) -> Option<&WorkerConfig> {
+        self.workers.iter().find(|w| w.id == id)
+    }
+
+    /// The ids of all configured workers, in file order.
+    pub fn worker_ids(&self) -> Vec<&str> {
+        self.workers.iter().map(|w| w.id.as_str()).collect()
+    }
+}
+
 /// A configuration error: names the file, line and key. Exit code 78.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ConfigError {
     pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+        }
+    }
 }
