@@ -8,7 +8,10 @@ use clap::{Args, Parser, Subcommand};
 pub mod config;
 pub mod daemon;
 pub mod exec;
+pub mod hook;
 pub mod lab;
+pub mod shell_init;
+pub mod wrap;
 
 /// Route build commands to remote build workers over SSH.
 #[derive(Debug, Parser)]
@@ -44,6 +47,13 @@ pub enum Command {
     /// Throwaway local sshd workers for trying rch.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Wrap build tools so they go through rch without typing `rch exec`.
+    #[command(subcommand)]
+    Wrap(wrap::WrapCommand),
+    /// Print the shell lines that put the wrappers first on PATH, and completions.
+    ShellInit(shell_init::ShellInitArgs),
+    /// The coding-agent hook (PreToolUse on stdin), and its install/uninstall/status.
+    Hook(hook::HookArgs),
 }
 
 /// A usage error: exit 64 with this message.
@@ -59,6 +69,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Daemon(cmd) => daemon::run(cmd, &global),
         Command::Lab(cmd) => lab::run(cmd, &global),
+        Command::Wrap(cmd) => wrap::run(cmd, &global),
+        Command::ShellInit(args) => shell_init::run(args, &global),
+        Command::Hook(args) => hook::run(args, &global),
     };
     match result {
         Ok(code) => code,
