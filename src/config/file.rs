@@ -1,7 +1,7 @@
 //! Reading one configuration file into a layer of settings.
 //!
 //! The file is parsed with `toml_edit`, which keeps byte spans, and walked
-//! against the [`schema`](super::schema); the first problem found becomes one
+//! against the `schema`; the first problem found becomes one
 //! error of the form `<file>:<line>: <key.path>: <problem>`. Each file is read
 //! on its own so line numbers always refer to the file named.
 

@@ -596,4 +596,59 @@ mod tests {
             Some("127.0.0.1:9464")
         );
     }
+
+    #[test]
+    fn every_key_can_be_set() {
+        let text = r#"
+[general]
+enabled = false
+fallback = "never"
+build_timeout_secs = 9
+[circuit]
+failure_threshold = 7
+error_rate_threshold = 1
+window_secs = 8
+window_min_samples = 6
+open_cooldown_secs = 0
+success_threshold = 5
+half_open_max_probes = 4
+[ssh]
+connect_timeout_secs = 3
+strict_host_key_checking = "accept-new"
+config_file = "/etc/rch/ssh_config"
+[daemon]
+queue_timeout_secs = 0
+metrics_listen = "[::1]:9000"
+[transfer]
+exclude = ["x"]
+[[workers]]
+id = "w"
+host = "h"
+port = 2
+user = "u"
+identity_file = "/k"
+slots = 1
+priority = -3
+remote_base = "/b"
+enabled = false
+"#;
+        let c = parse_str(text, Path::new("/c.toml")).unwrap();
+        assert!(!c.general.enabled && c.general.fallback == Fallback::Never);
+        assert_eq!(c.general.build_timeout_secs, 9);
+        assert_eq!(c.circuit.error_rate_threshold, 1.0);
+        assert_eq!(
+            (c.circuit.window_min_samples, c.circuit.open_cooldown_secs),
+            (6, 0)
+        );
+        assert_eq!(c.ssh.connect_timeout_secs, 3);
+        assert_eq!(c.daemon.queue_timeout_secs, 0);
+        assert_eq!(c.transfer.exclude, vec!["x"]);
+        let w = c.worker("w").unwrap();
+        assert_eq!(
+            (w.port, w.user.as_deref(), w.priority),
+            (Some(2), Some("u"), -3)
+        );
+        assert_eq!(w.identity_file, Some(PathBuf::from("/k")));
+        assert!(!w.enabled);
+    }
 }

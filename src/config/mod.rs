@@ -2,18 +2,21 @@
 //!
 //! This file holds the data types and the entry points; the work is split by
 //! responsibility:
-//! - [`schema`]: every key, its type and bounds; checks one TOML value.
-//! - [`file`]: reads one TOML file into a layer, with `file:line: key: problem` errors.
-//! - [`layers`]: finds the files, merges the layers, applies environment and flags,
+//! - `schema`: every key, its type and bounds; checks one TOML value.
+//! - `file`: reads one TOML file into a layer, with `file:line: key: problem` errors.
+//! - `layers`: finds the files, merges the layers, applies environment and flags,
 //!   and remembers where each value came from.
-//! - [`render`]: prints the effective configuration, optionally with origins.
+//! - `render`: prints the effective configuration, optionally with origins.
 
 mod file;
 mod layers;
 pub mod render;
 mod schema;
 
-pub use layers::{load, load_with, parse_str, Loaded, Origin, Overrides, Sources};
+pub use layers::{
+    find_project_root, load, load_with, parse_str, project_config_file, Loaded, Origin, Overrides,
+    Sources,
+};
 
 use crate::breaker::BreakerConfig;
 use serde::{Deserialize, Serialize};

@@ -349,6 +349,37 @@ mod tests {
         assert!(!is_valid_id("w/1"));
     }
 
+    fn json_keys(value: &Json) -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    fn schema_keys(keys: &[Key]) -> Vec<String> {
+        let mut names: Vec<String> = keys.iter().map(|k| k.name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn schema_matches_the_config_types_exactly() {
+        let config = serde_json::to_value(crate::config::Config::default()).unwrap();
+        for (section, keys) in SECTIONS {
+            assert_eq!(
+                json_keys(&config[section]),
+                schema_keys(keys),
+                "[{section}]"
+            );
+        }
+        let mut top = json_keys(&config);
+        top.retain(|k| k != WORKERS);
+        let mut sections: Vec<String> = SECTIONS.iter().map(|(s, _)| s.to_string()).collect();
+        sections.sort();
+        assert_eq!(top, sections);
+        let worker = serde_json::to_value(crate::config::WorkerConfig::new("a", "b")).unwrap();
+        assert_eq!(json_keys(&worker), schema_keys(WORKER));
+    }
+
     #[test]
     fn addresses_must_parse() {
         assert!(check(Kind::Address, &value("\"127.0.0.1:9464\"")).is_ok());
