@@ -1,11 +1,163 @@
-//! `rch lab`.
+//! `rch lab`: start, inspect, break and remove throwaway local sshd workers.
 
-use super::Global;
+use super::{Global, UsageError};
+use crate::lab::{AlreadyUp, Lab, NoLab, UnknownWorker};
+use crate::paths;
 use clap::Subcommand;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
 #[derive(Debug, Subcommand)]
-pub enum LabCommand {}
+pub enum LabCommand {
+    /// Start local sshd workers on 127.0.0.1 and the rch config layer that uses them.
+    Up {
+        /// How many workers to start.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+        workers: u16,
+    },
+    /// Stop every worker and remove the lab.
+    Down,
+    /// Show each worker's port and health.
+    Status,
+    /// Kill a worker's sshd and its sessions: connections are refused.
+    Kill {
+        /// Worker id (w1, w2, ...).
+        id: String,
+    },
+    /// Start a killed worker again on its port (also resumes a paused one).
+    Revive {
+        /// Worker id (w1, w2, ...).
+        id: String,
+    },
+    /// Freeze a worker's sshd with SIGSTOP: connections hang until resumed.
+    Pause {
+        /// Worker id (w1, w2, ...).
+        id: String,
+    },
+    /// Resume a paused worker.
+    Resume {
+        /// Worker id (w1, w2, ...).
+        id: String,
+    },
+}
 
-pub fn run(cmd: LabCommand, _global: &Global) -> anyhow::Result<i32> {
-    match cmd {}
+pub fn run(cmd: LabCommand, global: &Global) -> anyhow::Result<i32> {
+    let root = paths::lab_dir();
+    let result = match cmd {
+        LabCommand::Up { workers } => up(&root, workers.into(), global),
+        LabCommand::Down => down(&root),
+        LabCommand::Status => status(&root),
+        LabCommand::Kill { id } => fault(&root, &id, "killed", |lab| lab.kill(&id)),
+        LabCommand::Revive { id } => fault(&root, &id, "revived", |lab| lab.revive(&id)),
+        LabCommand::Pause { id } => fault(&root, &id, "paused", |lab| lab.pause(&id)),
+        LabCommand::Resume { id } => fault(&root, &id, "resumed", |lab| lab.resume(&id)),
+    };
+    result.map_err(usage_for_unknown_worker)
+}
+
+/// An unknown worker id is a mistake in the command line: exit 64.
+fn usage_for_unknown_worker(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast::<UnknownWorker>() {
+        Ok(unknown) => UsageError(unknown.to_string()).into(),
+        Err(other) => other,
+    }
+}
+
+fn up(root: &std::path::Path, workers: usize, global: &Global) -> anyhow::Result<i32> {
+    let lab = match Lab::up(root, workers) {
+        Ok(lab) => lab,
+        Err(err) if err.is::<AlreadyUp>() => {
+            println!("rch lab: already up in {}", root.display());
+            let lab = Lab::open(root)?;
+            println!("{}", workers_table(&lab));
+            return Ok(0);
+        }
+        Err(err) => return Err(err),
+    };
+    println!(
+        "rch lab: {} worker(s) up in {}",
+        lab.workers().len(),
+        root.display()
+    );
+    println!("{}", workers_table(&lab));
+    if !global.quiet {
+        print_next_steps(&lab);
+    }
+    Ok(0)
+}
+
+fn print_next_steps(lab: &Lab) {
+    let first = &lab.workers()[0];
+    println!(
+        "rch now uses these workers (config layer {}). Try:",
+        lab.rch_config().display()
+    );
+    println!("  rch exec -- cargo build        # runs on a lab worker");
+    println!(
+        "  rch lab kill {}                # a worker dies; builds go elsewhere",
+        first.id
+    );
+    println!("  rch status --circuits          # the breaker opens after repeated failures");
+    println!("  rch lab revive {}", first.id);
+    println!("  rch lab down                   # stop the workers, remove the lab");
+    println!(
+        "Log in by hand: ssh -F {} {}",
+        lab.ssh_config().display(),
+        first.alias
+    );
+}
+
+fn down(root: &std::path::Path) -> anyhow::Result<i32> {
+    match Lab::open(root) {
+        Ok(lab) => {
+            lab.down()?;
+            println!("rch lab: down, {} removed", root.display());
+        }
+        Err(err) if err.is::<NoLab>() => println!("rch lab: no lab is up"),
+        Err(err) => return Err(err),
+    }
+    Ok(0)
+}
+
+fn status(root: &std::path::Path) -> anyhow::Result<i32> {
+    match Lab::open(root) {
+        Ok(lab) => {
+            println!("rch lab in {}", root.display());
+            println!("{}", workers_table(&lab));
+            Ok(0)
+        }
+        Err(err) if err.is::<NoLab>() => {
+            println!("rch lab: no lab is up (start one with `rch lab up`)");
+            Ok(1)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Open the lab, inject one fault (or undo it) and show the worker's health.
+fn fault(
+    root: &std::path::Path,
+    id: &str,
+    done: &str,
+    action: impl FnOnce(&Lab) -> anyhow::Result<()>,
+) -> anyhow::Result<i32> {
+    let lab = Lab::open(root)?;
+    action(&lab)?;
+    println!("rch lab: {id} {done}; now {}", lab.health(id));
+    Ok(0)
+}
+
+fn workers_table(lab: &Lab) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["worker", "ssh host", "port", "health", "remote base"]);
+    for worker in lab.workers() {
+        table.add_row([
+            worker.id.clone(),
+            worker.alias.clone(),
+            worker.port.to_string(),
+            lab.health(&worker.id).to_string(),
+            worker.remote_base.display().to_string(),
+        ]);
+    }
+    table
 }

@@ -1,0 +1,521 @@
+//! SSH master connections: one OpenSSH ControlMaster per worker, shared by
+//! every rch process of the user, plus the worker probe.
+//!
+//! Masters live under `<runtime dir>/ssh/`. Each worker has a key (its id and a
+//! short hash of everything that decides where and how ssh connects); under an
+//! exclusive lock on `<key>.lock` a pointer file `<key>.ctl` names the control
+//! socket of the live master. A process first tries to resume that master and
+//! only builds a new one when it is gone, so concurrent builds share one TCP
+//! connection and one authentication. Masters close themselves after ten idle
+//! minutes (ControlPersist).
+
+use super::{run, FailureKind, RemoteFailure, Target};
+use crate::config::HostKeyPolicy;
+use crate::paths;
+use fs2::FileExt;
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long an unused master stays up before it exits by itself.
+const MASTER_IDLE_SECS: usize = 600;
+/// Keepalive period: a paused worker or a lost link is noticed after three
+/// unanswered keepalives, i.e. within about 15 s.
+const SERVER_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unix socket paths are limited to 108 bytes; ssh binds a temporary name
+/// about 17 bytes longer than the final one before renaming it.
+const MAX_CONTROL_PATH_LEN: usize = 108 - 18;
+/// Length of the master directory name openssh creates (".ssh-connection" +
+/// 6 random characters) plus "/master".
+const MASTER_DIR_SUFFIX_LEN: usize = 1 + 21 + 7;
+
+/// A live, shared master connection to one worker.
+pub struct Connection {
+    session: Session,
+    control_path: PathBuf,
+    worker_id: String,
+}
+
+impl Connection {
+    /// The openssh session over the shared master.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The master's control socket (`ssh -S <path>`).
+    pub fn control_path(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// The id of the worker this connection reaches.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+}
+
+/// Connect to the target's worker, reusing the shared master when it is alive.
+pub async fn connect(target: &Target) -> Result<Connection, RemoteFailure> {
+    let files = MasterFiles::for_target(target)?;
+    let _lock = lock(&files.lock, &target.worker.id).await?;
+    if let Some(conn) = resume_live_master(&files, target).await {
+        return Ok(conn);
+    }
+    discard_stale_master(&files);
+    let master_dir = launch_master(target, &files.dir).await?;
+    let control_path = master_dir.join("master");
+    write_pointer(&files.pointer, &control_path)
+        .map_err(|e| local_failure(target, "cannot record ssh master", e))?;
+    Ok(connection_for(&control_path, target))
+}
+
+/// Close the shared master of this target, so the next connect starts afresh.
+/// Errors are ignored: a master that is already gone is the wanted state.
+pub async fn disconnect(target: &Target) {
+    let Ok(files) = MasterFiles::for_target(target) else {
+        return;
+    };
+    let Ok(_lock) = lock(&files.lock, &target.worker.id).await else {
+        return;
+    };
+    if let Some(control_path) = read_pointer(&files.pointer) {
+        let session = resumed_session(&control_path);
+        let _ = session.close().await;
+    }
+    discard_stale_master(&files);
+}
+
+/// Connect and check that the worker can host builds: a login shell runs and
+/// the remote base directory is creatable and writable. Returns the round trip
+/// of that check over the master connection.
+pub async fn probe(target: &Target) -> Result<Duration, RemoteFailure> {
+    let conn = connect(target).await?;
+    let base = super::sync::remote_path(&target.worker.remote_base);
+    let command = run::login_shell_command(PROBE_SCRIPT, &[base.as_str()]);
+    let started = Instant::now();
+    let output = conn
+        .session()
+        .raw_command(command)
+        .output()
+        .await
+        .map_err(|e| session_error(&conn, target, e))?;
+    let round_trip = started.elapsed();
+    match output.status.code() {
+        Some(0) => Ok(round_trip),
+        Some(PROBE_DIR_FAILED) => Err(remote_dir_failure(
+            &target.worker.id,
+            &target.worker.remote_base,
+            &String::from_utf8_lossy(&output.stderr),
+        )),
+        _ => Err(RemoteFailure::new(
+            FailureKind::Other,
+            &target.worker.id,
+            format!(
+                "probe failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        )),
+    }
+}
+
+/// Exit code of [`PROBE_SCRIPT`] when the remote base is not usable.
+const PROBE_DIR_FAILED: i32 = 3;
+
+/// Creates the remote base, writes and removes a file in it. `$1` is the base,
+/// relative to the home directory unless absolute.
+const PROBE_SCRIPT: &str = r#"base=$1
+case $base in /*) ;; *) base=$HOME/$base ;; esac
+probe_file=$base/.rch-probe-$$
+if ! err=$( { mkdir -p -- "$base" && : > "$probe_file" && rm -f -- "$probe_file"; } 2>&1 ); then
+  printf '%s\n' "$err" >&2
+  exit 3
+fi"#;
+
+/// A RemoteDir failure for `dir`, with the reason taken from the last line of
+/// the remote error output (e.g. "Permission denied").
+pub(crate) fn remote_dir_failure(worker: &str, dir: &str, stderr: &str) -> RemoteFailure {
+    let last_line = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("failed");
+    let reason = last_line.rsplit(": ").next().unwrap_or(last_line);
+    RemoteFailure::new(
+        FailureKind::RemoteDir,
+        worker,
+        format!("remote dir {dir} not writable: {reason}"),
+    )
+}
+
+/// Where the master of one target is recorded.
+struct MasterFiles {
+    dir: PathBuf,
+    lock: PathBuf,
+    pointer: PathBuf,
+}
+
+impl MasterFiles {
+    fn for_target(target: &Target) -> Result<Self, RemoteFailure> {
+        let dir = paths::runtime_dir().join("ssh");
+        let longest = dir.as_os_str().len() + MASTER_DIR_SUFFIX_LEN;
+        if longest > MAX_CONTROL_PATH_LEN {
+            return Err(RemoteFailure::new(
+                FailureKind::Other,
+                &target.worker.id,
+                format!(
+                    "runtime dir {} is too long for ssh control sockets",
+                    dir.display()
+                ),
+            ));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| local_failure(target, "cannot create ssh control dir", e))?;
+        let key = master_key(target);
+        Ok(MasterFiles {
+            lock: dir.join(format!("{key}.lock")),
+            pointer: dir.join(format!("{key}.ctl")),
+            dir,
+        })
+    }
+}
+
+/// `<id>-<hash>`: the id keeps names readable, the hash separates targets
+/// that share an id but connect differently.
+fn master_key(target: &Target) -> String {
+    let w = &target.worker;
+    let mut hasher = Sha256::new();
+    for part in [
+        w.host.clone(),
+        w.port.map(|p| p.to_string()).unwrap_or_default(),
+        w.user.clone().unwrap_or_default(),
+        path_string(w.identity_file.as_deref()),
+        path_string(target.ssh.config_file.as_deref()),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let hash = hasher.finalize();
+    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let id: String = w
+        .id
+        .chars()
+        .take(16)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("{id}-{hex}")
+}
+
+fn path_string(p: Option<&Path>) -> String {
+    p.map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Takes the exclusive lock of a target's master files; released on drop.
+async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
+    let path = path.to_path_buf();
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock_exclusive()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await;
+    match locked {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(e)) => Err(RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            format!("cannot lock ssh master: {e}"),
+        )),
+        Err(e) => Err(RemoteFailure::new(FailureKind::Other, worker, e.to_string())),
+    }
+}
+
+async fn resume_live_master(files: &MasterFiles, target: &Target) -> Option<Connection> {
+    let control_path = read_pointer(&files.pointer)?;
+    let session = resumed_session(&control_path);
+    session.check().await.ok()?;
+    Some(Connection {
+        session,
+        control_path,
+        worker_id: target.worker.id.clone(),
+    })
+}
+
+fn connection_for(control_path: &Path, target: &Target) -> Connection {
+    Connection {
+        session: resumed_session(control_path),
+        control_path: control_path.to_path_buf(),
+        worker_id: target.worker.id.clone(),
+    }
+}
+
+/// A session over an existing master; dropping it leaves the master running.
+fn resumed_session(control_path: &Path) -> Session {
+    let log = control_path.with_file_name("log");
+    Session::resume(control_path.into(), Some(log.into_boxed_path()))
+}
+
+fn read_pointer(pointer: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string(pointer).ok()?;
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| PathBuf::from(line))
+}
+
+/// Written to a temporary name and renamed, so readers never see half a path.
+fn write_pointer(pointer: &Path, control_path: &Path) -> std::io::Result<()> {
+    let tmp = pointer.with_extension("ctl.tmp");
+    let mut file = File::create(&tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{}", control_path.display())?;
+    file.sync_all()?;
+    fs::rename(&tmp, pointer)
+}
+
+/// Removes the pointer and the directory of a master that is no longer usable.
+fn discard_stale_master(files: &MasterFiles) {
+    if let Some(control_path) = read_pointer(&files.pointer) {
+        if let Some(master_dir) = control_path.parent() {
+            // Only ever remove directories this module created.
+            if master_dir.parent() == Some(files.dir.as_path()) {
+                let _ = fs::remove_dir_all(master_dir);
+            }
+        }
+    }
+    let _ = fs::remove_file(&files.pointer);
+}
+
+/// Starts a detached master; returns its directory (holding `master` and `log`).
+async fn launch_master(target: &Target, control_dir: &Path) -> Result<PathBuf, RemoteFailure> {
+    let builder = session_builder(target, control_dir);
+    let dir = builder
+        .launch_master(&target.worker.host)
+        .await
+        .map_err(|e| connect_failure(target, &e))?;
+    Ok(dir.keep())
+}
+
+fn session_builder(target: &Target, control_dir: &Path) -> SessionBuilder {
+    let w = &target.worker;
+    let mut b = SessionBuilder::default();
+    b.control_directory(control_dir)
+        .control_persist(ControlPersist::IdleFor(
+            NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero idle time"),
+        ))
+        .connect_timeout(Duration::from_secs(target.ssh.connect_timeout_secs.max(1)))
+        .server_alive_interval(SERVER_ALIVE_INTERVAL)
+        .known_hosts_check(match target.ssh.strict_host_key_checking {
+            HostKeyPolicy::Yes => KnownHosts::Strict,
+            HostKeyPolicy::AcceptNew => KnownHosts::Add,
+        });
+    if let Some(port) = w.port {
+        b.port(port);
+    }
+    if let Some(user) = &w.user {
+        b.user(user.clone());
+    }
+    if let Some(key) = &w.identity_file {
+        b.keyfile(paths::expand_tilde(&key.to_string_lossy()));
+    }
+    if let Some(config) = &target.ssh.config_file {
+        b.config_file(paths::expand_tilde(&config.to_string_lossy()));
+    }
+    b
+}
+
+/// `host:port` when the port is configured, else the host (alias) alone.
+fn address(target: &Target) -> String {
+    match target.worker.port {
+        Some(port) => format!("{}:{port}", target.worker.host),
+        None => target.worker.host.clone(),
+    }
+}
+
+/// Maps a failed master start to a failure kind by what ssh reported.
+fn connect_failure(target: &Target, err: &openssh::Error) -> RemoteFailure {
+    let text = error_text(err);
+    let (kind, detail) = classify_connect_text(&text, target);
+    RemoteFailure::new(kind, &target.worker.id, detail)
+}
+
+fn classify_connect_text(text: &str, target: &Target) -> (FailureKind, String) {
+    let addr = address(target);
+    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        return (
+            FailureKind::HostKey,
+            format!("host key verification failed: host key of {addr} has changed"),
+        );
+    }
+    if text.contains("Host key verification failed") || text.contains("host key is known") {
+        return (
+            FailureKind::HostKey,
+            format!("host key verification failed ({addr})"),
+        );
+    }
+    if text.contains("Connection refused") {
+        return (
+            FailureKind::ConnectRefused,
+            format!("ssh connect refused ({addr})"),
+        );
+    }
+    if text.contains("timed out") {
+        return (
+            FailureKind::ConnectTimeout,
+            format!(
+                "ssh connect timed out after {}s ({addr})",
+                target.ssh.connect_timeout_secs
+            ),
+        );
+    }
+    if text.contains("Permission denied") || text.contains("Too many authentication failures") {
+        return (
+            FailureKind::Auth,
+            format!("ssh authentication failed ({addr}): {}", last_line(text)),
+        );
+    }
+    if text.contains("closed by remote host") || text.contains("Connection reset") {
+        return (
+            FailureKind::ConnectionLost,
+            format!("ssh connection closed during connect ({addr})"),
+        );
+    }
+    (
+        FailureKind::Other,
+        format!("ssh connect failed ({addr}): {}", last_line(text)),
+    )
+}
+
+/// An error running a command over an established master: a master that
+/// went away means the connection is lost.
+pub(crate) fn session_error(conn: &Connection, target: &Target, err: openssh::Error) -> RemoteFailure {
+    let text = error_text(&err);
+    let kind = match err {
+        openssh::Error::RemoteProcessTerminated
+        | openssh::Error::Disconnected
+        | openssh::Error::Master(_) => FailureKind::ConnectionLost,
+        _ => FailureKind::Other,
+    };
+    RemoteFailure::new(
+        kind,
+        conn.worker_id(),
+        format!("ssh to {} failed: {}", target.worker.host, last_line(&text)),
+    )
+}
+
+/// The error and its sources, which is where openssh keeps ssh's own words.
+fn error_text(err: &openssh::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push('\n');
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("unknown error")
+}
+
+fn local_failure(target: &Target, what: &str, err: std::io::Error) -> RemoteFailure {
+    RemoteFailure::new(FailureKind::Other, &target.worker.id, format!("{what}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SshConfig, WorkerConfig};
+
+    fn target(port: Option<u16>) -> Target {
+        Target {
+            worker: WorkerConfig {
+                id: "w1".into(),
+                host: "127.0.0.1".into(),
+                port,
+                user: None,
+                identity_file: None,
+                slots: 1,
+                priority: 100,
+                remote_base: "~/.cache/rch/builds".into(),
+                enabled: true,
+            },
+            ssh: SshConfig::default(),
+        }
+    }
+
+    fn kind_of(text: &str) -> FailureKind {
+        classify_connect_text(text, &target(Some(2222))).0
+    }
+
+    #[test]
+    fn ssh_texts_map_to_failure_kinds() {
+        assert_eq!(
+            kind_of("ssh: connect to host 127.0.0.1 port 2222: Connection refused"),
+            FailureKind::ConnectRefused
+        );
+        assert_eq!(
+            kind_of("Connection timed out during banner exchange\nConnection to 127.0.0.1 port 2222 timed out"),
+            FailureKind::ConnectTimeout
+        );
+        assert_eq!(
+            kind_of("builder@127.0.0.1: Permission denied (publickey)."),
+            FailureKind::Auth
+        );
+        assert_eq!(
+            kind_of("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed."),
+            FailureKind::HostKey
+        );
+        assert_eq!(
+            kind_of("No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\nHost key verification failed."),
+            FailureKind::HostKey
+        );
+    }
+
+    #[test]
+    fn refused_message_names_worker_and_address() {
+        let t = target(Some(2222));
+        let f = RemoteFailure::new(
+            FailureKind::ConnectRefused,
+            "w1",
+            classify_connect_text("Connection refused", &t).1,
+        );
+        assert_eq!(f.message, "w1: ssh connect refused (127.0.0.1:2222)");
+    }
+
+    #[test]
+    fn key_depends_on_connection_settings() {
+        let a = master_key(&target(Some(2222)));
+        let b = master_key(&target(Some(2223)));
+        assert_ne!(a, b);
+        assert!(a.starts_with("w1-"));
+        assert_eq!(a, master_key(&target(Some(2222))));
+    }
+
+    #[test]
+    fn remote_dir_failure_keeps_the_reason() {
+        let f = remote_dir_failure(
+            "w1",
+            "~/.cache/rch/builds/app-1a2b",
+            "mkdir: cannot create directory '/x': Permission denied\n",
+        );
+        assert_eq!(f.kind, FailureKind::RemoteDir);
+        assert_eq!(
+            f.message,
+            "w1: remote dir ~/.cache/rch/builds/app-1a2b not writable: Permission denied"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Project transfer with rsync over a worker's shared SSH master: the source
+//! tree up before a build, artifacts (or the whole tree) back after it.
+//!
+//! rsync reaches the worker with `ssh -S <control socket>`, so a transfer costs
+//! no new connection or authentication. Compression stays off: workers sit on
+//! a LAN or loopback where CPU, not bandwidth, is the limit.
+
+use super::ssh::{remote_dir_failure, Connection};
+use super::{FailureKind, RemoteFailure};
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::process::Command;
+
+/// Never sent to a worker, whatever the project says.
+pub const DEFAULT_EXCLUDES: &[&str] = &["target/", ".git/", "node_modules/", ".env*", "*.pem", "*.key"];
+
+/// Build by-products not worth bringing back with the artifacts.
+const ARTIFACT_EXCLUDES: &[&str] = &["incremental/", ".fingerprint/", "build/", "deps/*.d"];
+
+/// A project-local list of extra exclude patterns (rsync filter syntax).
+const IGNORE_FILE: &str = ".rchignore";
+
+/// Host name given to rsync; ssh ignores it while the control socket works, and
+/// it cannot resolve if the master is gone, so rsync never opens a second,
+/// unconfigured connection.
+const MUX_HOST: &str = "rch-mux";
+
+/// What to bring back from the worker after a build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pull {
+    /// Nothing: the command produces no artifacts (check, clippy, test).
+    Nothing,
+    /// One directory relative to the project root, e.g. "target/release".
+    Dir(String),
+    /// The whole project (newer files only), for generic build tools.
+    Tree,
+}
+
+/// `<base>/<name>-<12 hex of sha256(absolute path)>`, the project's home on a worker.
+///
+/// The name is reduced to `[A-Za-z0-9._-]` so remote paths stay plain; a base
+/// starting with `~/` becomes a path relative to the remote home directory.
+pub fn remote_project_dir(remote_base: &str, project_root: &Path) -> String {
+    let absolute = std::path::absolute(project_root).unwrap_or_else(|_| project_root.to_path_buf());
+    let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+    let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let name = sanitized_name(&absolute);
+    let base = remote_path(remote_base);
+    let base = base.trim_end_matches('/');
+    if base.is_empty() || base == "." {
+        format!("{name}-{hash}")
+    } else {
+        format!("{base}/{name}-{hash}")
+    }
+}
+
+/// A remote path as the worker's shell should see it: `~/x` and `~` become
+/// relative to the home directory (where ssh commands start).
+pub(crate) fn remote_path(path: &str) -> String {
+    match path.strip_prefix("~/") {
+        Some(rest) => rest.to_string(),
+        None if path == "~" => ".".to_string(),
+        None => path.to_string(),
+    }
+}
+
+fn sanitized_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".to_string());
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Mirror the project to `remote_dir` (created if missing), deleting remote
+/// files that no longer exist locally; excluded files are left alone there.
+pub async fn push(
+    conn: &Connection,
+    project_root: &Path,
+    remote_dir: &str,
+    extra_excludes: &[String],
+) -> Result<(), RemoteFailure> {
+    let mut args = rsync_base_args(conn);
+    args.push("--delete".into());
+    args.push(format!("--rsync-path=mkdir -p -- {} && rsync", quote(remote_dir)).into());
+    push_excludes(&mut args, DEFAULT_EXCLUDES.iter().copied());
+    push_excludes(&mut args, extra_excludes.iter().map(String::as_str));
+    let ignore_file = project_root.join(IGNORE_FILE);
+    if ignore_file.is_file() {
+        let mut arg = OsString::from("--exclude-from=");
+        arg.push(&ignore_file);
+        args.push(arg);
+    }
+    args.push(dir_arg(project_root));
+    args.push(remote_arg(remote_dir, ""));
+    run_rsync(conn, args, remote_dir).await
+}
+
+/// Bring results back from `remote_dir`; never deletes local files.
+pub async fn pull(
+    conn: &Connection,
+    project_root: &Path,
+    remote_dir: &str,
+    what: &Pull,
+    extra_excludes: &[String],
+) -> Result<(), RemoteFailure> {
+    let mut args = rsync_base_args(conn);
+    let local = match what {
+        Pull::Nothing => return Ok(()),
+        Pull::Dir(rel) => {
+            let rel = rel.trim_matches('/');
+            push_excludes(&mut args, ARTIFACT_EXCLUDES.iter().copied());
+            args.push(remote_arg(remote_dir, rel));
+            project_root.join(rel)
+        }
+        Pull::Tree => {
+            args.push("--update".into());
+            push_excludes(&mut args, DEFAULT_EXCLUDES.iter().copied());
+            push_excludes(&mut args, extra_excludes.iter().map(String::as_str));
+            args.push(remote_arg(remote_dir, ""));
+            project_root.to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&local).map_err(|e| {
+        RemoteFailure::new(
+            FailureKind::Transfer,
+            conn.worker_id(),
+            format!("cannot create {}: {e}", local.display()),
+        )
+    })?;
+    args.push(dir_arg(&local));
+    match run_rsync(conn, args, remote_dir).await {
+        // A build that produced no such directory has nothing to return.
+        Err(f) if matches!(what, Pull::Dir(_)) && f.message.contains(MISSING_SOURCE) => Ok(()),
+        other => other,
+    }
+}
+
+/// What rsync reports when the source directory does not exist.
+const MISSING_SOURCE: &str = "No such file or directory";
+
+/// `-a`, and ssh through the master's control socket.
+fn rsync_base_args(conn: &Connection) -> Vec<OsString> {
+    let control = conn.control_path().to_string_lossy();
+    let ssh = format!(
+        "ssh -S {} -o ControlMaster=no -o BatchMode=yes",
+        quote(&control)
+    );
+    vec!["-a".into(), "-e".into(), ssh.into()]
+}
+
+fn push_excludes<'a>(args: &mut Vec<OsString>, patterns: impl Iterator<Item = &'a str>) {
+    for pattern in patterns {
+        args.push(format!("--exclude={pattern}").into());
+    }
+}
+
+/// A local directory with a trailing slash: rsync copies its contents.
+fn dir_arg(dir: &Path) -> OsString {
+    let mut arg = PathBuf::from(dir).into_os_string();
+    arg.push("/");
+    arg
+}
+
+/// `rch-mux:<remote_dir>/<rel>/`; rsync escapes remote names itself.
+fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
+    let dir = remote_dir.trim_end_matches('/');
+    if rel.is_empty() {
+        format!("{MUX_HOST}:{dir}/").into()
+    } else {
+        format!("{MUX_HOST}:{dir}/{rel}/").into()
+    }
+}
+
+fn quote(s: &str) -> Cow<'_, str> {
+    shell_escape::unix::escape(Cow::Borrowed(s))
+}
+
+async fn run_rsync(
+    conn: &Connection,
+    args: Vec<OsString>,
+    remote_dir: &str,
+) -> Result<(), RemoteFailure> {
+    let output = Command::new("rsync")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| {
+            RemoteFailure::new(
+                FailureKind::Transfer,
+                conn.worker_id(),
+                format!("cannot run rsync: {e}"),
+            )
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(classify_rsync_failure(
+        conn.worker_id(),
+        remote_dir,
+        output.status.code(),
+        &stderr,
+    ))
+}
+
+/// ssh's 255 means the link went away; remote filesystem errors mean the
+/// worker's build directory is unusable; anything else is a transfer error.
+fn classify_rsync_failure(
+    worker: &str,
+    remote_dir: &str,
+    code: Option<i32>,
+    stderr: &str,
+) -> RemoteFailure {
+    if code == Some(255) {
+        return RemoteFailure::new(
+            FailureKind::ConnectionLost,
+            worker,
+            format!("connection lost during transfer: {}", first_error_line(stderr)),
+        );
+    }
+    let remote_dir_errors = ["Permission denied", "Not a directory", "No space left", "mkdir:"];
+    if remote_dir_errors.iter().any(|e| stderr.contains(e)) {
+        let relevant = stderr
+            .lines()
+            .find(|l| remote_dir_errors.iter().any(|e| l.contains(e)))
+            .unwrap_or(stderr);
+        return remote_dir_failure(worker, remote_dir, relevant);
+    }
+    let code = code.map_or_else(|| "signal".to_string(), |c| c.to_string());
+    RemoteFailure::new(
+        FailureKind::Transfer,
+        worker,
+        format!("rsync failed ({code}): {}", first_error_line(stderr)),
+    )
+}
+
+fn first_error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no error output")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_dir_is_name_and_hash_under_home_relative_base() {
+        let dir = remote_project_dir("~/.cache/rch/builds", Path::new("/home/me/my app"));
+        let (base, leaf) = dir.rsplit_once('/').unwrap();
+        assert_eq!(base, ".cache/rch/builds");
+        let (name, hash) = leaf.rsplit_once('-').unwrap();
+        assert_eq!(name, "my_app");
+        assert_eq!(hash.len(), 12);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn project_dir_differs_by_absolute_path() {
+        let a = remote_project_dir("/srv/b/", Path::new("/a/app"));
+        let b = remote_project_dir("/srv/b", Path::new("/b/app"));
+        assert!(a.starts_with("/srv/b/app-"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn unusual_names_are_sanitized() {
+        let dir = remote_project_dir("/b", Path::new("/x/ü$(x) y"));
+        assert!(dir.starts_with("/b/_"));
+        let leaf = dir.rsplit('/').next().unwrap();
+        assert!(leaf
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+    }
+
+    #[test]
+    fn rsync_failures_are_classified() {
+        let lost = classify_rsync_failure("w1", "d", Some(255), "rsync: connection unexpectedly closed");
+        assert_eq!(lost.kind, FailureKind::ConnectionLost);
+        let dir = classify_rsync_failure(
+            "w1",
+            "d",
+            Some(12),
+            "mkdir: cannot create directory 'd': Permission denied\nrsync: connection unexpectedly closed\n",
+        );
+        assert_eq!(dir.kind, FailureKind::RemoteDir);
+        assert_eq!(dir.message, "w1: remote dir d not writable: Permission denied");
+        let other = classify_rsync_failure("w1", "d", Some(23), "rsync: some error\n");
+        assert_eq!(other.kind, FailureKind::Transfer);
+    }
+}
