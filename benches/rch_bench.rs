@@ -1,1 +1,265 @@
-fn main() {}
+//! rch benchmarks, measured side by side in one run on real loopback sshd
+//! workers; they print medians and ratios, never pass/fail.
+//!
+//! Run: `cargo bench --bench rch_bench` (all), or name some of
+//! `p1 p3 p4` after `--`.
+//!
+//! - P1: warm no-op remote `cargo build` vs the hand-written rsync+ssh script
+//!   on the same worker, and vs a local no-op build.
+//! - P3: what an open breaker costs a build; time to local fallback when the
+//!   whole fleet is dead.
+//! - P4: daemon lease+release round trip at 100 workers (p50/p99, leases/s)
+//!   and daemon RSS with 1,000 workers and 100k history rows.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use rch::protocol::{AttemptOutcome, JobReport, LeaseRequest, Request, Response};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::TestEnv;
+
+fn main() {
+    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    if run("p1") {
+        p1_warm_noop();
+    }
+    if run("p3") {
+        p3_open_breaker_and_dead_fleet();
+    }
+    if run("p4") {
+        p4_daemon();
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+fn time(mut cmd: Command) -> Duration {
+    let t = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("run");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "benchmark command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn sh(script: &str, dir: &Path) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(script).current_dir(dir);
+    c
+}
+
+const ROUNDS: usize = 15;
+
+fn p1_warm_noop() {
+    println!("== P1: warm no-op `cargo build` on a loopback worker");
+    let env = TestEnv::new(1);
+    env.write_config("");
+    let project = env.project("bench-p1");
+    let w = &env.lab.workers()[0];
+    let ssh_cfg = env.lab.ssh_config().display().to_string();
+    let script_dir = format!("{}/script-p1", w.remote_base.display());
+    // The script a user would write: three ssh connections, no multiplexing.
+    let script = format!(
+        "rsync -az --delete --exclude target/ --exclude .git/ -e 'ssh -F {cfg}' ./ {host}:{dir}/ \
+         && ssh -F {cfg} {host} 'cd {dir} && . \"$HOME/.cargo/env\" 2>/dev/null; cargo build -q' \
+         && mkdir -p target/debug \
+         && rsync -az -e 'ssh -F {cfg}' --exclude incremental/ --exclude .fingerprint/ --exclude build/ \
+            {host}:{dir}/target/debug/ target/debug/",
+        cfg = ssh_cfg,
+        host = w.alias,
+        dir = script_dir
+    );
+    let rch = || {
+        let mut c = env.rch();
+        c.current_dir(&project).args(["exec", "--", "cargo", "build", "-q"]);
+        c
+    };
+    // Warm everything: remote target dirs, the master connection, local build.
+    time(rch());
+    time(sh(&script, &project));
+    time(sh("cargo build -q", &project));
+    let (mut r, mut s, mut l) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        r.push(time(rch()));
+        s.push(time(sh(&script, &project)));
+        l.push(time(sh("cargo build -q", &project)));
+    }
+    let (r, s, l) = (median(r), median(s), median(l));
+    println!("  rch exec          {}", ms(r));
+    println!("  rsync+ssh script  {}", ms(s));
+    println!("  local cargo       {}", ms(l));
+    println!(
+        "  rch / script = {:.2}x (goal <= 0.35x); rch - local = {} (goal <= +150 ms)",
+        r.as_secs_f64() / s.as_secs_f64(),
+        ms(r.saturating_sub(l))
+    );
+}
+
+fn p3_open_breaker_and_dead_fleet() {
+    println!("== P3: cost of an open breaker; fallback when the fleet is dead");
+    let env = TestEnv::new(2);
+    let project = env.project("bench-p3");
+    let check = || {
+        let mut c = env.rch();
+        c.current_dir(&project).args(["exec", "--", "cargo", "check", "-q"]);
+        c
+    };
+    // Fleet of w2 only vs fleet of w1 (breaker open) + w2, alternating.
+    let tuning = "[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 3600\n";
+    let w1_first = format!("{tuning}[[workers]]\nid = \"w1\"\npriority = 200\n");
+    let w1_disabled = format!("{tuning}[[workers]]\nid = \"w1\"\nenabled = false\n");
+    env.write_config(&w1_first);
+    env.lab.kill("w1").unwrap();
+    time(check()); // opens w1
+    let (mut open, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        env.write_config(&w1_first);
+        reload(&env, &project);
+        open.push(time(check()));
+        env.write_config(&w1_disabled);
+        reload(&env, &project);
+        plain.push(time(check()));
+    }
+    let (open, plain) = (median(open), median(plain));
+    println!(
+        "  build with w1 open: {} ; without w1: {} ; open breaker costs {} (goal <= 5 ms)",
+        ms(open),
+        ms(plain),
+        ms(open.saturating_sub(plain))
+    );
+
+    // Whole fleet dead: the first build pays one connect timeout, then the
+    // open breakers send builds straight to local.
+    let env = TestEnv::new(1);
+    env.write_config("[ssh]\nconnect_timeout_secs = 1\n[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 3600\n");
+    let project = env.project("bench-p3-dead");
+    let _pit = env.lab.tarpit("w1").unwrap();
+    let first = time(check());
+    let mut fallback = Vec::new();
+    let mut local = Vec::new();
+    for _ in 0..ROUNDS {
+        fallback.push(time(check()));
+        local.push(time(sh("cargo check -q", &project)));
+    }
+    let (fallback, local) = (median(fallback), median(local));
+    println!(
+        "  dead fleet: first build {} (one 1 s connect timeout); then {} vs local {} = +{} (goal <= 50 ms)",
+        ms(first),
+        ms(fallback),
+        ms(local),
+        ms(fallback.saturating_sub(local))
+    );
+}
+
+fn reload(env: &TestEnv, dir: &Path) {
+    let mut c = env.rch();
+    c.current_dir(dir).args(["daemon", "reload"]);
+    time(c);
+}
+
+fn fake_workers(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("[[workers]]\nid = \"f{i}\"\nhost = \"f{i}.invalid\"\nslots = 8\n\n"))
+        .collect()
+}
+
+fn p4_daemon() {
+    println!("== P4: daemon lease + release");
+    let env = TestEnv::new(0);
+    env.write_config(&fake_workers(100));
+    let dir = env.root.path().to_path_buf();
+    let mut start = env.rch();
+    start.current_dir(&dir).args(["daemon", "start"]);
+    time(start);
+    let socket = env.socket();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let n = 5_000;
+    let (lat, total) = rt.block_on(async {
+        let mut c = rch::client::Client::connect(&socket).await.unwrap();
+        let mut lat = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for i in 0..n {
+            let t = Instant::now();
+            let req = LeaseRequest {
+                project: format!("/p/{}", i % 50),
+                command: "cargo build".into(),
+                ..Default::default()
+            };
+            match c.call(Request::Lease(req)).await.unwrap() {
+                Response::Granted { .. } => {}
+                other => panic!("{other:?}"),
+            }
+            let outcome = AttemptOutcome::Success { exit_code: 0 };
+            c.call(Request::Release { outcome }).await.unwrap();
+            lat.push(t.elapsed());
+        }
+        (lat, t0.elapsed())
+    });
+    println!(
+        "  100 workers: p50 {} p99 {} (goal p99 <= 2 ms); {:.0} leases/s (goal >= 5k)",
+        ms(percentile(lat.clone(), 0.5)),
+        ms(percentile(lat, 0.99)),
+        n as f64 / total.as_secs_f64()
+    );
+    let mut stop = env.rch();
+    stop.current_dir(&dir).args(["daemon", "stop"]);
+    time(stop);
+
+    // 1,000 workers and 100k jobs of history.
+    env.write_config(&fake_workers(1000));
+    {
+        let mut store = rch::daemon::store::Store::open(&env.path().join("state/rch/state.db")).unwrap().store;
+        let job = JobReport {
+            project: "/p".into(),
+            command: "cargo build".into(),
+            worker: Some("f1".into()),
+            outcome: "success".into(),
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        store.insert_jobs(1_000, &vec![job; 100_000]).unwrap();
+    }
+    let mut start = env.rch();
+    start.current_dir(&dir).args(["daemon", "start"]);
+    time(start);
+    rt.block_on(async {
+        let mut c = rch::client::Client::connect(&socket).await.unwrap();
+        for _ in 0..1000 {
+            c.call(Request::Lease(LeaseRequest::default())).await.unwrap();
+            let outcome = AttemptOutcome::Success { exit_code: 0 };
+            c.call(Request::Release { outcome }).await.unwrap();
+        }
+        c.call(Request::Status).await.unwrap();
+        match c.call(Request::Ping).await.unwrap() {
+            Response::Hello { pid, .. } => {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+                let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?");
+                println!("  1,000 workers + 100k jobs: daemon {} (goal <= 30 MB)", rss.trim());
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+    let mut stop = env.rch();
+    stop.current_dir(&dir).args(["daemon", "stop"]);
+    time(stop);
+}

@@ -5,7 +5,7 @@
 //! a worker that fails as infrastructure is reported to the daemon and the
 //! build moves on; only a build's own exit code is its answer.
 
-use crate::classify::{self, Artifacts, Decision, Offload};
+use crate::classify::{self, Artifacts, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};

@@ -164,3 +164,14 @@ impl ConfigError {
         }
     }
 }
+
+/// Whether a boolean environment variable is on (1/true/yes/on), read
+/// directly for the fast paths that run before any config is loaded.
+pub fn env_flag(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}

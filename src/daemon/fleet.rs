@@ -258,7 +258,7 @@ impl Fleet {
     }
 
     fn why_chosen(&self, id: &str, project: &str) -> String {
-        if self.selector.last_worker(project) == Some(id) {
+        if self.selector.last_builder(project) == Some(id) {
             "last built this project".into()
         } else {
             "free slot, by priority".into()

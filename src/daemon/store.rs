@@ -172,28 +172,20 @@ impl Store {
     }
 
     pub fn insert_job(&mut self, at_ms: u64, job: &JobReport) -> anyhow::Result<i64> {
-        let placement = job.worker.clone().unwrap_or_else(|| "local".into());
-        self.conn.execute(
-            "INSERT INTO jobs(at_ms, project, command, placement, outcome, exit_code, reason,
-                              queue_ms, sync_ms, run_ms, return_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                at_ms as i64,
-                job.project,
-                job.command,
-                placement,
-                job.outcome,
-                job.exit_code,
-                job.reason,
-                job.queue_ms as i64,
-                job.sync_ms as i64,
-                job.run_ms as i64,
-                job.return_ms as i64
-            ],
-        )?;
+        insert_job_row(&self.conn, at_ms, job)?;
         let id = self.conn.last_insert_rowid();
-        self.maybe_prune()?;
+        self.maybe_prune(1)?;
         Ok(id)
+    }
+
+    /// Insert many jobs in one transaction (imports, benchmarks).
+    pub fn insert_jobs(&mut self, at_ms: u64, jobs: &[JobReport]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        for job in jobs {
+            insert_job_row(&tx, at_ms, job)?;
+        }
+        tx.commit()?;
+        self.maybe_prune(jobs.len() as u64)
     }
 
     /// The newest jobs, newest first; only those of `worker` when given.
@@ -241,7 +233,7 @@ impl Store {
             "INSERT INTO events(at_ms, event, worker, body) VALUES (?1, ?2, ?3, ?4)",
             params![at_ms as i64, name, event.kind.worker(), body],
         )?;
-        self.maybe_prune()?;
+        self.maybe_prune(1)?;
         Ok(())
     }
 
@@ -259,11 +251,13 @@ impl Store {
         Ok(out)
     }
 
-    fn maybe_prune(&mut self) -> anyhow::Result<()> {
-        self.inserts += 1;
-        if self.inserts % PRUNE_EVERY != 0 {
+    /// Count `added` rows; prune once enough were added since the last time.
+    fn maybe_prune(&mut self, added: u64) -> anyhow::Result<()> {
+        self.inserts += added;
+        if self.inserts < PRUNE_EVERY {
             return Ok(());
         }
+        self.inserts = 0;
         self.conn.execute(
             "DELETE FROM jobs WHERE id <= (SELECT MAX(id) FROM jobs) - ?1",
             params![MAX_JOBS],
@@ -274,6 +268,28 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+fn insert_job_row(conn: &Connection, at_ms: u64, job: &JobReport) -> rusqlite::Result<usize> {
+    let placement = job.worker.as_deref().unwrap_or("local");
+    conn.execute(
+        "INSERT INTO jobs(at_ms, project, command, placement, outcome, exit_code, reason,
+                          queue_ms, sync_ms, run_ms, return_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            at_ms as i64,
+            job.project,
+            job.command,
+            placement,
+            job.outcome,
+            job.exit_code,
+            job.reason,
+            job.queue_ms as i64,
+            job.sync_ms as i64,
+            job.run_ms as i64,
+            job.return_ms as i64
+        ],
+    )
 }
 
 fn aside_path(path: &Path) -> PathBuf {
