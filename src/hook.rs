@@ -7,7 +7,7 @@
 //! it was. The hook fails open: bad input, an error or a panic never blocks
 //! the agent, it just leaves the command alone.
 
-use crate::classify::{self, Decision};
+use crate::classify;
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,14 +25,20 @@ const MAX_INPUT_BYTES: u64 = 4 << 20;
 /// any) to `output`. Always returns exit code 0, whatever happens.
 pub fn respond(input: impl Read, mut output: impl Write, rch_word: &str) -> i32 {
     let mut text = String::new();
-    if input.take(MAX_INPUT_BYTES).read_to_string(&mut text).is_err() {
+    if input
+        .take(MAX_INPUT_BYTES)
+        .read_to_string(&mut text)
+        .is_err()
+    {
         return 0;
     }
     // A panic must not turn into a non-zero exit the agent could read as a
     // refusal: catch it, say nothing, and let the command run as it was.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let answer = std::panic::catch_unwind(|| answer(&text, rch_word)).ok().flatten();
+    let answer = std::panic::catch_unwind(|| answer(&text, rch_word))
+        .ok()
+        .flatten();
     std::panic::set_hook(previous);
     if let Some(answer) = answer {
         let _ = writeln!(output, "{answer}");
@@ -78,82 +84,20 @@ fn disabled_by_env() -> bool {
 }
 
 /// `command` with `rch exec --` inserted before the build command, keeping a
-/// leading `cd dir &&` and leading `VAR=value` assignments in front of it;
-/// `None` when the command is not offloadable.
+/// leading `cd dir &&` in front of it; `None` when it is not offloadable.
 pub fn rewrite_command(command: &str, rch_word: &str) -> Option<String> {
-    let (_, rest) = classify::split_leading_cd(command);
-    let start = offset_within(command, rest)?;
-    if !matches!(classify::classify_shell(rest), Decision::Offload(_)) {
+    if !classify::classify_shell(command).is_offload() {
         return None;
     }
-    let (cd_prefix, tail) = command.split_at(start);
-    let split = assignments_end(tail);
-    let (assignments, build) = tail.split_at(split);
-    Some(format!("{cd_prefix}{assignments}{rch_word} exec -- {build}"))
+    let (_, build) = classify::split_leading_cd(command);
+    let cd_prefix = &command[..offset_within(command, build)?];
+    Some(format!("{cd_prefix}{rch_word} exec -- {build}"))
 }
 
 /// Where `part`, a slice of `whole`, starts in it.
 fn offset_within(whole: &str, part: &str) -> Option<usize> {
     let offset = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
     (offset + part.len() <= whole.len()).then_some(offset)
-}
-
-/// The length of the leading `NAME=value` words (and the blanks after them)
-/// of a shell command: those must stay in front of `rch exec`, because after
-/// it they would be taken for the command.
-fn assignments_end(command: &str) -> usize {
-    let bytes = command.as_bytes();
-    let mut end = skip_blanks(bytes, 0);
-    while let Some(word_end) = assignment_word_end(bytes, end) {
-        end = skip_blanks(bytes, word_end);
-    }
-    end
-}
-
-fn skip_blanks(bytes: &[u8], mut i: usize) -> usize {
-    while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
-        i += 1;
-    }
-    i
-}
-
-/// If an assignment word starts at `start`, where it ends.
-fn assignment_word_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let name_len = bytes[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-        .count();
-    let name_ok = name_len > 0 && !bytes[start].is_ascii_digit();
-    if !name_ok || bytes.get(start + name_len) != Some(&b'=') {
-        return None;
-    }
-    shell_word_end(bytes, start + name_len + 1)
-}
-
-/// The end of the shell word running from `i`, honouring quotes and
-/// backslashes; `None` if a quote is never closed.
-fn shell_word_end(bytes: &[u8], mut i: usize) -> Option<usize> {
-    while i < bytes.len() {
-        match bytes[i] {
-            b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' => break,
-            b'\\' => i += 2,
-            b'\'' => i += 1 + bytes[i + 1..].iter().position(|&b| b == b'\'')? + 1,
-            b'"' => i = closing_double_quote(bytes, i + 1)? + 1,
-            _ => i += 1,
-        }
-    }
-    Some(i.min(bytes.len()))
-}
-
-fn closing_double_quote(bytes: &[u8], mut i: usize) -> Option<usize> {
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i),
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// How the rewritten command names rch: plain `rch` when that is what PATH
@@ -244,12 +188,19 @@ pub fn registered(settings: &Value) -> Vec<String> {
 
 /// Whether `settings` already hold exactly one rch hook, `command`, on Bash.
 fn installed_as(settings: &Value, command: &str) -> bool {
-    let Some(groups) = settings.pointer("/hooks/PreToolUse").and_then(Value::as_array) else {
+    let Some(groups) = settings
+        .pointer("/hooks/PreToolUse")
+        .and_then(Value::as_array)
+    else {
         return false;
     };
     let ours: Vec<&Value> = groups
         .iter()
-        .filter(|g| g.get("hooks").and_then(Value::as_array).is_some_and(|h| h.iter().any(is_rch_hook)))
+        .filter(|g| {
+            g.get("hooks")
+                .and_then(Value::as_array)
+                .is_some_and(|h| h.iter().any(is_rch_hook))
+        })
         .collect();
     ours.len() == 1
         && ours[0].get("matcher").and_then(Value::as_str) == Some(BASH_TOOL)
@@ -279,7 +230,9 @@ pub fn remove_from(settings: &mut Value, file: &Path) -> Result<usize, SettingsE
         what,
         expected,
     };
-    let root = settings.as_object_mut().ok_or(shape("the file", "object"))?;
+    let root = settings
+        .as_object_mut()
+        .ok_or(shape("the file", "object"))?;
     let Some(hooks) = root.get_mut("hooks") else {
         return Ok(0);
     };
@@ -287,7 +240,9 @@ pub fn remove_from(settings: &mut Value, file: &Path) -> Result<usize, SettingsE
     let Some(groups) = hooks.get_mut(EVENT) else {
         return Ok(0);
     };
-    let groups = groups.as_array_mut().ok_or(shape("\"hooks.PreToolUse\"", "array"))?;
+    let groups = groups
+        .as_array_mut()
+        .ok_or(shape("\"hooks.PreToolUse\"", "array"))?;
     let mut removed = 0;
     groups.retain_mut(|group| {
         let Some(list) = group.get_mut("hooks").and_then(Value::as_array_mut) else {
@@ -308,13 +263,18 @@ pub fn remove_from(settings: &mut Value, file: &Path) -> Result<usize, SettingsE
 }
 
 /// `settings.hooks.PreToolUse`, created when missing.
-fn pre_tool_use<'a>(settings: &'a mut Value, file: &Path) -> Result<&'a mut Vec<Value>, SettingsError> {
+fn pre_tool_use<'a>(
+    settings: &'a mut Value,
+    file: &Path,
+) -> Result<&'a mut Vec<Value>, SettingsError> {
     let shape = |what, expected| SettingsError::Shape {
         file: file.to_path_buf(),
         what,
         expected,
     };
-    let root = settings.as_object_mut().ok_or(shape("the file", "object"))?;
+    let root = settings
+        .as_object_mut()
+        .ok_or(shape("the file", "object"))?;
     let hooks = root
         .entry("hooks")
         .or_insert_with(|| Value::Object(Map::new()))
@@ -404,17 +364,6 @@ mod tests {
     }
 
     #[test]
-    fn assignments_stay_in_front() {
-        assert_eq!(assignments_end("cargo build"), 0);
-        assert_eq!(assignments_end("A=1 cargo build"), 4);
-        assert_eq!(assignments_end("  A=1\tB='x y' cargo"), 14);
-        assert_eq!(assignments_end(r#"A="q \" z" cargo"#), 11);
-        assert_eq!(assignments_end("A='open cargo"), 0);
-        assert_eq!(assignments_end("1A=x cargo"), 0);
-        assert_eq!(assignments_end("=x cargo"), 0);
-    }
-
-    #[test]
     fn rch_hook_commands_are_recognised_by_binary_name() {
         assert!(is_rch_hook_command("rch hook"));
         assert!(is_rch_hook_command("'/opt/my tools/rch' hook"));
@@ -436,7 +385,10 @@ mod tests {
         assert!(!add_to(&mut s, "/bin/rch hook", &file()).unwrap());
         assert_eq!(registered(&s), vec!["/bin/rch hook".to_string()]);
         assert_eq!(s["model"], "x");
-        assert_eq!(s.pointer("/hooks/PreToolUse/0/hooks/0/command").unwrap(), "guard.sh");
+        assert_eq!(
+            s.pointer("/hooks/PreToolUse/0/hooks/0/command").unwrap(),
+            "guard.sh"
+        );
         assert!(s.pointer("/hooks/Stop").is_some());
 
         // A moved binary replaces the old entry instead of adding a second.
@@ -477,7 +429,16 @@ mod tests {
     fn non_bash_and_malformed_events_get_no_answer() {
         assert_eq!(answer("not json", "rch"), None);
         assert_eq!(answer("{}", "rch"), None);
-        assert_eq!(answer(r#"{"tool_name":"Read","tool_input":{"file_path":"/x"}}"#, "rch"), None);
-        assert_eq!(answer(r#"{"tool_name":"Bash","tool_input":{"command":7}}"#, "rch"), None);
+        assert_eq!(
+            answer(
+                r#"{"tool_name":"Read","tool_input":{"file_path":"/x"}}"#,
+                "rch"
+            ),
+            None
+        );
+        assert_eq!(
+            answer(r#"{"tool_name":"Bash","tool_input":{"command":7}}"#, "rch"),
+            None
+        );
     }
 }

@@ -414,22 +414,32 @@ mod tests {
     #[test]
     fn position_reports_first_after_and_absent() {
         let dir = Path::new("/s");
-        assert_eq!(position_on_path(dir, OsStr::new("/s:/bin")), PathPosition::First);
+        assert_eq!(
+            position_on_path(dir, OsStr::new("/s:/bin")),
+            PathPosition::First
+        );
         assert_eq!(
             position_on_path(dir, OsStr::new("/bin:/usr/bin:/s/")),
             PathPosition::After(2)
         );
-        assert_eq!(position_on_path(dir, OsStr::new("/bin")), PathPosition::Absent);
+        assert_eq!(
+            position_on_path(dir, OsStr::new("/bin")),
+            PathPosition::Absent
+        );
     }
 
     #[test]
     fn script_bakes_quoted_paths_and_marker() {
-        let text = shim_script("g++", Path::new("/opt/my rch/rch"), Path::new("/d/shims/")).unwrap();
+        let text =
+            shim_script("g++", Path::new("/opt/my rch/rch"), Path::new("/d/shims/")).unwrap();
         assert!(text.starts_with("#!/bin/sh\n"));
         assert_eq!(text.lines().nth(1), Some(SHIM_MARKER));
         assert!(text.contains("_rch_tool=g++\n"));
         assert!(text.contains("_rch_shims=/d/shims\n"));
-        assert!(!text.contains("case ${1-}"), "only the cargo shim has the shortcut");
+        assert!(
+            !text.contains("case ${1-}"),
+            "only the cargo shim has the shortcut"
+        );
         let dir = tempfile::tempdir().unwrap();
         let shim = dir.path().join("g++");
         fs::write(&shim, &text).unwrap();
@@ -440,7 +450,9 @@ mod tests {
     fn cargo_script_has_the_local_shortcut() {
         let text = shim_script("cargo", Path::new("/r"), Path::new("/d")).unwrap();
         assert!(text.contains("fmt | run | install"));
-        assert!(!text.contains('@'), "a placeholder was left: {text}");
+        for placeholder in ["@MARKER@", "@TOOL@", "@RCH@", "@SHIMS@", "@SHORTCUT@"] {
+            assert!(!text.contains(placeholder), "{placeholder} left in: {text}");
+        }
     }
 
     #[test]
@@ -458,11 +470,17 @@ mod tests {
         assert_eq!(second.removed, vec!["cc".to_string(), "make".to_string()]);
         assert_eq!(second.foreign, vec!["ninja".to_string()]);
         assert_eq!(installed(&shims).unwrap(), vec!["cargo".to_string()]);
-        let mode = fs::metadata(shims.join("cargo")).unwrap().permissions().mode();
+        let mode = fs::metadata(shims.join("cargo"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
 
         assert_eq!(uninstall(&shims).unwrap(), vec!["cargo".to_string()]);
-        assert!(shims.join("ninja").exists(), "a file rch did not write was removed");
+        assert!(
+            shims.join("ninja").exists(),
+            "a file rch did not write was removed"
+        );
         assert!(!shims.join("cargo").exists());
     }
 }

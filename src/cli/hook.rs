@@ -96,7 +96,11 @@ fn status(file: PathBuf) -> anyhow::Result<i32> {
             .and_then(|w| w.into_iter().next())
             .map(PathBuf::from);
         let missing = program.is_some_and(|p| p.is_absolute() && !p.exists());
-        let note = if missing { " (binary missing: the agent's commands run unchanged)" } else { "" };
+        let note = if missing {
+            " (binary missing: the agent's commands run unchanged)"
+        } else {
+            ""
+        };
         println!("  {command}{note}");
     }
     Ok(0)

@@ -45,7 +45,11 @@ fn install(tools: Option<Vec<String>>, global: &Global) -> anyhow::Result<i32> {
     let rch = wrap::current_rch()?;
     let report = wrap::install(&dir, &tools, &rch).map_err(usage_if_bad_name)?;
     if !global.quiet {
-        println!("rch: wrapped {} in {}", report.written.join(", "), dir.display());
+        println!(
+            "rch: wrapped {} in {}",
+            report.written.join(", "),
+            dir.display()
+        );
         if !report.removed.is_empty() {
             println!("rch: unwrapped {}", report.removed.join(", "));
         }
@@ -132,13 +136,21 @@ fn status_json(status: &wrap::Status) -> serde_json::Value {
 }
 
 fn print_status(status: &wrap::Status) {
-    println!("shims dir: {} ({})", status.dir.display(), position_text(status.position));
+    println!(
+        "shims dir: {} ({})",
+        status.dir.display(),
+        position_text(status.position)
+    );
     if status.tools.is_empty() {
         println!("no tools wrapped (rch wrap install)");
         return;
     }
     if let Some(rch) = &status.rch {
-        let note = if rch.exists() { "" } else { " (missing: wrappers run the real tools)" };
+        let note = if rch.exists() {
+            ""
+        } else {
+            " (missing: wrappers run the real tools)"
+        };
         println!("rch binary: {}{note}", rch.display());
     }
     let mut table = Table::new();
