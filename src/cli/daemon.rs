@@ -31,6 +31,8 @@ pub enum DaemonCommand {
     },
     /// Re-read the configuration (same as SIGHUP).
     Reload,
+    /// Write and enable a systemd user unit for the daemon.
+    InstallService,
 }
 
 pub fn run(cmd: DaemonCommand, _global: &Global) -> anyhow::Result<i32> {
@@ -41,6 +43,7 @@ pub fn run(cmd: DaemonCommand, _global: &Global) -> anyhow::Result<i32> {
         DaemonCommand::Status => super::block_on(status()),
         DaemonCommand::Logs { lines } => logs(lines),
         DaemonCommand::Reload => super::block_on(reload()),
+        DaemonCommand::InstallService => crate::service::install_service(),
     }
 }
 
