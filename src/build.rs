@@ -9,7 +9,7 @@ use crate::classify::{self, Artifacts, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
-use crate::remote::{self, sync::Pull, RemoteFailure, Target};
+use crate::remote::{self, sync::Pull, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -201,11 +201,16 @@ impl<'a> Build<'a> {
                         message: failure.message.clone(),
                     };
                     let _ = client.call(Request::Release { outcome }).await;
-                    remote::ssh::disconnect(&Target {
-                        worker,
-                        ssh: self.loaded.config.ssh.clone(),
-                    })
-                    .await;
+                    if failure.kind == FailureKind::ConnectionLost {
+                        // The shared master is broken: close it so the next
+                        // build to this worker connects afresh. Other failures
+                        // leave it alone; concurrent builds may be using it.
+                        remote::ssh::disconnect(&Target {
+                            worker,
+                            ssh: self.loaded.config.ssh.clone(),
+                        })
+                        .await;
+                    }
                     if started && !self.req.quiet {
                         eprintln!("rch: {failure}; re-running the build elsewhere");
                     }
