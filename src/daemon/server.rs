@@ -369,16 +369,20 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
     let limit = Duration::from_secs(job.target.ssh.connect_timeout_secs * 2 + 10);
     let result = match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
         Ok(Ok(rtt)) => Ok(rtt.as_millis() as u64),
-        Ok(Err(failure)) => Err(failure.message),
+        Ok(Err(failure)) => {
+            // Only a lost connection means the shared master is broken;
+            // builds may be using it otherwise.
+            if failure.kind == crate::remote::FailureKind::ConnectionLost {
+                crate::remote::ssh::disconnect(&job.target).await;
+            }
+            Err(failure.message)
+        }
         Err(_) => Err(format!(
             "{}: probe timed out after {}s",
             job.worker,
             limit.as_secs()
         )),
     };
-    if result.is_err() {
-        crate::remote::ssh::disconnect(&job.target).await;
-    }
     let state = shared.with_fleet(|f, now| {
         f.finish_probe(&job, result.clone(), now);
         f.state_of(&job.worker)
