@@ -452,16 +452,16 @@ impl Lab {
     }
 
     /// Pids of the worker's per-connection sshd processes and all they run,
-    /// including orphans of lost connections (by their `SSH_CONNECTION` or a
-    /// working directory inside the worker's directory). Empty means nothing
-    /// of the worker's sessions is left running.
+    /// including orphans of lost connections (found by the `SSH_CONNECTION`
+    /// sshd gave them). Empty means nothing of the worker's sessions is left
+    /// running.
     pub fn session_processes(&self, id: &str) -> Vec<i32> {
         let Ok(worker) = self.worker(id) else {
             return Vec::new();
         };
         let listener = sshd::listener_pid(&worker.pid_file());
         let children = listener.map(procs::descendants).unwrap_or_default();
-        let strays = procs::strays(worker.port, &worker.dir);
+        let strays = procs::strays(worker.port);
         procs::union(&[&children, &strays])
             .into_iter()
             .filter(|pid| Some(*pid) != listener)
@@ -731,5 +731,63 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_at(root: &str) -> Lab {
+        let root = PathBuf::from(root);
+        Lab {
+            state: LabState {
+                user: "builder".to_string(),
+                sshd: PathBuf::from("/usr/sbin/sshd"),
+                workers: vec![LabWorker::new(&root, 1, 40001)],
+            },
+            root,
+            tarpits: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn config_layer_lists_workers_with_toml_quoting() {
+        let lab = lab_at("/tmp/odd \"lab\"");
+        let config: toml::Value = toml::from_str(&lab.config_toml()).unwrap();
+        assert_eq!(
+            config["ssh"]["config_file"].as_str(),
+            Some("/tmp/odd \"lab\"/ssh_config")
+        );
+        assert_eq!(
+            config["ssh"]["strict_host_key_checking"].as_str(),
+            Some("yes")
+        );
+        let worker = &config["workers"][0];
+        assert_eq!(worker["id"].as_str(), Some("w1"));
+        assert_eq!(worker["host"].as_str(), Some("rch-lab-w1"));
+        assert_eq!(
+            worker["remote_base"].as_str(),
+            Some("/tmp/odd \"lab\"/w1/builds")
+        );
+    }
+
+    #[test]
+    fn ssh_config_has_one_strict_block_per_worker() {
+        let lab = lab_at("/tmp/a b");
+        let text = lab.ssh_config_text();
+        assert!(text.contains("Host rch-lab-w1\n"));
+        assert!(text.contains("    Port 40001\n"));
+        assert!(text.contains("    User builder\n"));
+        assert!(text.contains("    IdentityFile \"/tmp/a b/client_key\"\n"));
+        assert!(text.contains("    StrictHostKeyChecking yes\n"));
+        assert!(text.contains("    BatchMode yes\n"));
+    }
+
+    #[test]
+    fn unknown_worker_is_named() {
+        let err = lab_at("/tmp/x").kill("w7").unwrap_err();
+        assert!(err.is::<UnknownWorker>());
+        assert!(err.to_string().contains("w7"));
     }
 }

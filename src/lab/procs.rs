@@ -3,14 +3,14 @@
 //! A worker's processes are its sshd listener, the per-connection sshd
 //! processes it forks, and everything those run. Processes whose connection
 //! died are reparented away from the listener, so they are also recognised by
-//! the `SSH_CONNECTION` variable sshd gave them (which names the worker's port)
-//! or by a working directory inside the worker's directory.
+//! the `SSH_CONNECTION` variable sshd gave them, which names the worker's port.
+//! (Not by working directory: a user's own shell may sit in a worker's
+//! directory, and the lab must never kill it.)
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::path::Path;
 
 /// One line of `/proc/PID/stat`, the fields the lab needs.
 struct Stat {
@@ -92,18 +92,12 @@ fn came_from_port(pid: i32, port: u16) -> bool {
     })
 }
 
-fn works_inside(pid: i32, dir: &Path) -> bool {
-    fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
-}
-
-/// Processes left over from a worker's connections: run by its sessions or
-/// working inside its directory, whoever their parent is now.
-pub fn strays(port: u16, dir: &Path) -> Vec<i32> {
+/// Processes a worker's sessions started, whoever their parent is now.
+pub fn strays(port: u16) -> Vec<i32> {
     let me = std::process::id() as i32;
     all_pids()
         .into_iter()
-        .filter(|&pid| pid != me && is_alive(pid))
-        .filter(|&pid| came_from_port(pid, port) || works_inside(pid, dir))
+        .filter(|&pid| pid != me && is_alive(pid) && came_from_port(pid, port))
         .collect()
 }
 

@@ -40,7 +40,12 @@ pub fn find_program(name: &str) -> anyhow::Result<PathBuf> {
     let path_dirs = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
-    let sbin_dirs = ["/usr/sbin", "/usr/local/sbin", "/sbin", "/opt/homebrew/sbin"];
+    let sbin_dirs = [
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/sbin",
+        "/opt/homebrew/sbin",
+    ];
     path_dirs
         .into_iter()
         .chain(sbin_dirs.iter().map(PathBuf::from))
@@ -82,7 +87,10 @@ fn render_config(port: u16, files: &SshdFiles, penalties_option: bool) -> String
          X11Forwarding no\n\
          LoginGraceTime 30\n\
          MaxStartups 100\n\
-         MaxSessions 64\n",
+         MaxSessions 64\n\
+         # Local workers gain nothing from a post-quantum key exchange; the\n\
+         # classic one keeps each login (and so each test) fast.\n\
+         KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n",
         host_key = quote_config_path(files.host_key),
         pid_file = quote_config_path(files.pid_file),
         authorized_keys = quote_token_path(files.authorized_keys),
@@ -120,7 +128,11 @@ pub fn write_config(sshd: &Path, port: u16, files: &SshdFiles) -> anyhow::Result
                 .with_context(|| format!("creating sshd's directory {}", dir.display()))?;
             created_privsep_dir = true;
         } else {
-            bail!("sshd rejected {}: {}", files.config.display(), complaint.trim());
+            bail!(
+                "sshd rejected {}: {}",
+                files.config.display(),
+                complaint.trim()
+            );
         }
     }
 }
@@ -133,7 +145,11 @@ fn missing_privsep_dir(complaint: &str) -> Option<PathBuf> {
 
 /// The pid in the worker's pid file, if that process still runs.
 pub fn listener_pid(pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     super::procs::is_alive(pid).then_some(pid)
 }
 
@@ -150,7 +166,10 @@ pub fn start(sshd: &Path, port: u16, files: &SshdFiles) -> anyhow::Result<i32> {
         .status()
         .with_context(|| format!("starting {}", sshd.display()))?;
     if !status.success() {
-        bail!("sshd failed ({status}): {}", log_since(files.log, log_start));
+        bail!(
+            "sshd failed ({status}): {}",
+            log_since(files.log, log_start)
+        );
     }
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {

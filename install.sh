@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build rch in release mode, install it into $PREFIX/bin (default ~/.local/bin)
+# and create a starter config unless one exists. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+prefix="${PREFIX:-$HOME/.local}"
+bin_dir="$prefix/bin"
+
+if ! command -v cargo >/dev/null; then
+    echo "install.sh: cargo not found; install a Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+cargo install --path . --locked --force --root "$prefix"
+
+config_file="${RCH_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/rch/config.toml}"
+if [ -e "$config_file" ]; then
+    echo "install.sh: keeping your config $config_file"
+else
+    "$bin_dir/rch" config init
+fi
+
+for tool in ssh rsync; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "install.sh: rch needs $tool on this machine (e.g. sudo apt-get install openssh-client rsync)"
+    fi
+done
+
+case ":$PATH:" in
+    *":$bin_dir:"*) echo "install.sh: rch installed as $bin_dir/rch" ;;
+    *)
+        echo "install.sh: rch installed as $bin_dir/rch, which is not on your PATH."
+        echo "  Add this line to your shell profile (~/.bashrc, ~/.zshrc, ...):"
+        echo "    export PATH=\"$bin_dir:\$PATH\""
+        ;;
+esac
