@@ -2,6 +2,8 @@
 //! failure kinds from real faults, rsync transfer, and remote execution
 //! (quoting, exit codes, streams, environment, timeouts, clean-up).
 
+mod support;
+
 use rch::config::{HostKeyPolicy, SshConfig, WorkerConfig};
 use rch::lab::Lab;
 use rch::remote::{self, FailureKind, Pull, RunReport, RunSpec, Target};
@@ -9,24 +11,27 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
+use support::TestEnv;
 
 /// One lab of one worker per test, so faults never leak between tests.
 struct Fixture {
-    lab: Lab,
-    _dir: TempDir,
+    env: TestEnv,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         isolate_runtime_dir();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let lab = Lab::up(&dir.path().join("lab"), 1).expect("lab up");
-        Fixture { lab, _dir: dir }
+        Fixture {
+            env: TestEnv::new(1),
+        }
+    }
+
+    fn lab(&self) -> &Lab {
+        &self.env.lab
     }
 
     fn target(&self) -> Target {
-        let w = &self.lab.workers()[0];
+        let w = &self.lab().workers()[0];
         Target {
             worker: WorkerConfig {
                 id: w.id.clone(),
@@ -42,13 +47,13 @@ impl Fixture {
             ssh: SshConfig {
                 connect_timeout_secs: 2,
                 strict_host_key_checking: HostKeyPolicy::Yes,
-                config_file: Some(self.lab.ssh_config()),
+                config_file: Some(self.lab().ssh_config()),
             },
         }
     }
 
     fn remote_base(&self) -> PathBuf {
-        self.lab.workers()[0].remote_base.clone()
+        self.lab().workers()[0].remote_base.clone()
     }
 
     /// A fresh directory on the worker (the worker is this machine).
@@ -76,11 +81,11 @@ impl Drop for Fixture {
             rt.block_on(remote::disconnect(&target));
         })
         .join();
-        let _ = self.lab.down();
     }
 }
 
-/// Control sockets of the tests live in a short directory of their own.
+/// The remote functions run inside this process, so its own environment
+/// decides where control sockets live: a short directory of the tests' own.
 fn isolate_runtime_dir() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -539,7 +544,7 @@ async fn pull_tree_brings_newer_files_back() {
 async fn unwritable_remote_base_is_a_remote_dir_failure() {
     let fx = Fixture::new();
     let conn = fx.connect().await;
-    fx.lab.break_remote_base("w1").unwrap();
+    fx.lab().break_remote_base("w1").unwrap();
     let project = tempfile::tempdir().unwrap();
     std::fs::write(project.path().join("a.txt"), "a").unwrap();
     let remote_dir = remote::remote_project_dir(&fx.target().worker.remote_base, project.path());
@@ -569,8 +574,8 @@ async fn probe_reports_a_round_trip() {
 #[tokio::test]
 async fn killed_sshd_is_connect_refused() {
     let fx = Fixture::new();
-    fx.lab.kill("w1").unwrap();
-    let failure = remote::connect(&fx.target()).await.err().expect("refused");
+    fx.lab().kill("w1").unwrap();
+    let failure = remote::connect(&fx.target()).await.expect_err("refused");
     assert_eq!(failure.kind, FailureKind::ConnectRefused, "{failure}");
     assert!(
         failure.message.starts_with("w1: ssh connect refused"),
@@ -581,9 +586,9 @@ async fn killed_sshd_is_connect_refused() {
 #[tokio::test]
 async fn tarpit_is_a_connect_timeout_within_the_limit() {
     let fx = Fixture::new();
-    let _tarpit = fx.lab.tarpit("w1").unwrap();
+    let _tarpit = fx.lab().tarpit("w1").unwrap();
     let started = Instant::now();
-    let failure = remote::connect(&fx.target()).await.err().expect("timeout");
+    let failure = remote::connect(&fx.target()).await.expect_err("timeout");
     let elapsed = started.elapsed();
     assert_eq!(failure.kind, FailureKind::ConnectTimeout, "{failure}");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
@@ -592,22 +597,22 @@ async fn tarpit_is_a_connect_timeout_within_the_limit() {
 #[tokio::test]
 async fn revoked_key_is_an_auth_failure() {
     let fx = Fixture::new();
-    fx.lab.revoke_key("w1").unwrap();
-    let failure = remote::connect(&fx.target()).await.err().expect("auth");
+    fx.lab().revoke_key("w1").unwrap();
+    let failure = remote::connect(&fx.target()).await.expect_err("auth");
     assert_eq!(failure.kind, FailureKind::Auth, "{failure}");
 }
 
 #[tokio::test]
 async fn rotated_host_key_is_never_accepted() {
     let fx = Fixture::new();
-    fx.lab.rotate_host_key("w1").unwrap();
-    let failure = remote::connect(&fx.target()).await.err().expect("host key");
+    fx.lab().rotate_host_key("w1").unwrap();
+    let failure = remote::connect(&fx.target()).await.expect_err("host key");
     assert_eq!(failure.kind, FailureKind::HostKey, "{failure}");
 
     // Not even with accept-new: a changed key is not a new one.
     let mut target = fx.target();
     target.ssh.strict_host_key_checking = HostKeyPolicy::AcceptNew;
-    let failure = remote::connect(&target).await.err().expect("host key");
+    let failure = remote::connect(&target).await.expect_err("host key");
     assert_eq!(failure.kind, FailureKind::HostKey, "{failure}");
 }
 
@@ -652,11 +657,72 @@ async fn killed_sessions_mid_run_are_a_lost_connection() {
     let run_spec = spec(&dir, &["sh", "-c", &script]);
     let kill = async {
         assert!(appears_within(&format!("^{pattern}$"), Duration::from_secs(10)).await);
-        fx.lab.kill_sessions("w1").unwrap();
+        fx.lab().kill_sessions("w1").unwrap();
     };
     let (report, ()) = tokio::join!(remote::run(&conn, &run_spec), kill);
     assert!(report.started);
     assert_eq!(failure_kind(&report), FailureKind::ConnectionLost);
+    assert!(
+        gone_within(&pattern, Duration::from_secs(6)).await,
+        "left behind: {}",
+        process_table()
+    );
+}
+
+#[tokio::test]
+async fn paused_worker_mid_run_is_noticed_as_a_lost_connection() {
+    let fx = Fixture::new();
+    let conn = fx.connect().await;
+    let dir = fx.remote_dir("paused");
+    let secs = unique_sleep_secs();
+    let run_spec = spec(&dir, &["sleep", &secs]);
+    let pause = async {
+        assert!(appears_within(&format!("^sleep {secs}$"), Duration::from_secs(10)).await);
+        fx.lab().pause("w1").unwrap();
+        Instant::now()
+    };
+    let (report, paused_at) = tokio::join!(remote::run(&conn, &run_spec), pause);
+    let noticed_after = paused_at.elapsed();
+    fx.lab().resume("w1").unwrap();
+    assert_eq!(failure_kind(&report), FailureKind::ConnectionLost);
+    assert!(
+        noticed_after < Duration::from_secs(25),
+        "noticed after {noticed_after:?}"
+    );
+}
+
+#[tokio::test]
+async fn killed_ssh_client_is_reported_as_killed() {
+    let fx = Fixture::new();
+    let conn = fx.connect().await;
+    let dir = fx.remote_dir("client-killed");
+    let secs = unique_sleep_secs();
+    let run_spec = spec(&dir, &["sleep", &secs]);
+    let kill_client = async {
+        assert!(appears_within(&format!("^sleep {secs}$"), Duration::from_secs(10)).await);
+        // The local ssh client of this run: a child of this process.
+        let out = std::process::Command::new("pgrep")
+            .args([
+                "-P",
+                &std::process::id().to_string(),
+                "-f",
+                &format!("sleep {secs}"),
+            ])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!pids.trim().is_empty(), "no ssh client found");
+        for pid in pids.lines() {
+            std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .status()
+                .unwrap();
+        }
+    };
+    let (report, ()) = tokio::join!(remote::run(&conn, &run_spec), kill_client);
+    assert!(report.started);
+    assert_eq!(failure_kind(&report), FailureKind::Killed);
+    let pattern = format!("sleep {secs}");
     assert!(
         gone_within(&pattern, Duration::from_secs(6)).await,
         "left behind: {}",

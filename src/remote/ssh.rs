@@ -35,6 +35,7 @@ const MAX_CONTROL_PATH_LEN: usize = 108 - 18;
 const MASTER_DIR_SUFFIX_LEN: usize = 1 + 21 + 7;
 
 /// A live, shared master connection to one worker.
+#[derive(Debug)]
 pub struct Connection {
     session: Session,
     control_path: PathBuf,
