@@ -93,6 +93,8 @@ const SETUP_MARKER: &[u8] = b"\x1erch-setup\x1e";
 /// a non-interactive shell otherwise gets /dev/null. The watcher ignores TERM
 /// once it has fired so the script's own clean-up cannot cut the escalation to
 /// KILL short; before that, TERM ends it at once (it sits in the `read` builtin).
+/// When it fires right at the start, it first waits for the command to have
+/// made its own process group, which setsid does just after the fork.
 const RUN_SCRIPT: &str = r#"dir=$1; shift
 while [ "$#" -gt 0 ]; do
   if [ "$1" = -- ]; then shift; break; fi
@@ -113,10 +115,12 @@ child=$!
 (
   while read -r _; do :; done
   trap '' TERM
+  n=0
+  while [ "$n" -lt 20 ] && ! kill -0 -"$child" && kill -0 "$child"; do sleep 0.1; n=$((n + 1)); done
   kill -TERM -"$child"
   n=0
   while [ "$n" -lt 20 ] && kill -0 -"$child"; do sleep 0.1; n=$((n + 1)); done
-  kill -KILL -"$child"
+  kill -KILL -"$child" "$child"
 ) <&3 >/dev/null 2>&1 &
 watcher=$!
 exec 3<&-
@@ -140,6 +144,16 @@ fn quote(s: &str) -> Cow<'_, str> {
 /// Run `spec` on the worker behind `conn`, streaming its stdout and stderr
 /// live to ours. Dropping the returned future ends the remote command too.
 pub async fn run(conn: &Connection, spec: &RunSpec) -> RunReport {
+    run_to(conn, spec, tokio::io::stdout(), tokio::io::stderr()).await
+}
+
+/// [`run`], with the command's stdout and stderr streamed to the given writers.
+pub async fn run_to(
+    conn: &Connection,
+    spec: &RunSpec,
+    stdout: impl AsyncWrite + Unpin,
+    stderr: impl AsyncWrite + Unpin,
+) -> RunReport {
     let command = match remote_command(spec) {
         Ok(c) => c,
         Err(detail) => {
@@ -153,7 +167,8 @@ pub async fn run(conn: &Connection, spec: &RunSpec) -> RunReport {
             }
         }
     };
-    match tokio::time::timeout(spec.timeout, execute(conn, command, &spec.dir)).await {
+    let execution = execute(conn, command, &spec.dir, stdout, stderr);
+    match tokio::time::timeout(spec.timeout, execution).await {
         Ok(report) => report,
         // The timed-out future held the ssh child; dropping it killed the
         // client, which closes the channel and sets off the remote watcher.
@@ -191,7 +206,13 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
     Ok(login_shell_command(RUN_SCRIPT, &refs))
 }
 
-async fn execute(conn: &Connection, command: String, dir: &str) -> RunReport {
+async fn execute(
+    conn: &Connection,
+    command: String,
+    dir: &str,
+    out: impl AsyncWrite + Unpin,
+    err: impl AsyncWrite + Unpin,
+) -> RunReport {
     let spawned = conn
         .session()
         .raw_command(command)
@@ -217,11 +238,8 @@ async fn execute(conn: &Connection, command: String, dir: &str) -> RunReport {
     let stdin = child.stdin().take();
     let stdout = child.stdout().take();
     let stderr = child.stderr().take();
-    let (_, setup_failure, status) = tokio::join!(
-        pump(stdout, tokio::io::stdout()),
-        pump_stderr(stderr, tokio::io::stderr()),
-        child.wait(),
-    );
+    let (_, setup_failure, status) =
+        tokio::join!(pump(stdout, out), pump_stderr(stderr, err), child.wait(),);
     drop(stdin);
     if let Some(line) = setup_failure {
         return RunReport {

@@ -35,6 +35,7 @@ const MAX_CONTROL_PATH_LEN: usize = 108 - 18;
 const MASTER_DIR_SUFFIX_LEN: usize = 1 + 21 + 7;
 
 /// A live, shared master connection to one worker.
+#[derive(Debug)]
 pub struct Connection {
     session: Session,
     control_path: PathBuf,
@@ -130,6 +131,10 @@ const PROBE_DIR_FAILED: i32 = 3;
 const PROBE_SCRIPT: &str = r#"base=$1
 case $base in /*) ;; *) base=$HOME/$base ;; esac
 probe_file=$base/.rch-probe-$$
+if [ -e "$base" ] && [ ! -d "$base" ]; then
+  printf '%s: Not a directory\n' "$base" >&2
+  exit 3
+fi
 if ! err=$( { mkdir -p -- "$base" && : > "$probe_file" && rm -f -- "$probe_file"; } 2>&1 ); then
   printf '%s\n' "$err" >&2
   exit 3
