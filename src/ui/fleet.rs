@@ -335,11 +335,14 @@ pub fn status_text(
     now: OffsetDateTime,
 ) -> String {
     let mut blocks = Vec::new();
-    if sections.is_overview() || !report.daemon.running {
-        blocks.push(daemon_line(&report.daemon));
-    }
     if sections.is_overview() {
-        blocks.push(summary_line(&report.workers));
+        blocks.push(format!(
+            "{}\n{}",
+            daemon_line(&report.daemon),
+            summary_line(&report.workers)
+        ));
+    } else if !report.daemon.running {
+        blocks.push(daemon_line(&report.daemon));
     }
     if sections.is_overview() || sections.circuits {
         if let Some(w) = open_warning(&report.workers, now) {
