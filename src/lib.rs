@@ -17,6 +17,8 @@
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
 //! - [`ui`]: tables, progress and output modes.
 //! - [`service`]: the systemd user unit for the daemon.
+//! - [`wrap`]: shell wrappers (shims) that send build tools through `rch exec`.
+//! - [`hook`]: the coding-agent PreToolUse hook and its settings entry.
 
 pub mod breaker;
 pub mod build;
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod hook;
 pub mod lab;
 pub mod paths;
 pub mod protocol;
@@ -32,6 +35,7 @@ pub mod remote;
 pub mod select;
 pub mod service;
 pub mod ui;
+pub mod wrap;
 
 /// Exit code when a command could run nowhere it was allowed to (EX_TEMPFAIL).
 pub const EXIT_UNAVAILABLE: i32 = 75;

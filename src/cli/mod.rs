@@ -11,10 +11,13 @@ pub mod daemon;
 pub mod diagnose;
 pub mod events;
 pub mod exec;
+pub mod hook;
 pub mod lab;
 pub mod metrics;
+pub mod shell_init;
 pub mod status;
 pub mod workers;
+pub mod wrap;
 
 /// Route build commands to remote build workers over SSH.
 #[derive(Debug, Parser)]
@@ -63,6 +66,13 @@ pub enum Command {
     Diagnose(diagnose::DiagnoseArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
+    /// Wrap build tools so they go through rch without typing `rch exec`.
+    #[command(subcommand)]
+    Wrap(wrap::WrapCommand),
+    /// Print the shell lines that put the wrappers first on PATH, and completions.
+    ShellInit(shell_init::ShellInitArgs),
+    /// The coding-agent hook (PreToolUse on stdin), and its install/uninstall/status.
+    Hook(hook::HookArgs),
 }
 
 /// A usage error: exit 64 with this message.
@@ -84,6 +94,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Metrics(args) => metrics::run(args, &global),
         Command::Diagnose(args) => diagnose::run(args, &global),
         Command::Completions(args) => completions::run(args, &global),
+        Command::Wrap(cmd) => wrap::run(cmd, &global),
+        Command::ShellInit(args) => shell_init::run(args, &global),
+        Command::Hook(args) => hook::run(args, &global),
     };
     match result {
         Ok(code) => code,

@@ -130,6 +130,10 @@ const PROBE_DIR_FAILED: i32 = 3;
 const PROBE_SCRIPT: &str = r#"base=$1
 case $base in /*) ;; *) base=$HOME/$base ;; esac
 probe_file=$base/.rch-probe-$$
+if [ -e "$base" ] && [ ! -d "$base" ]; then
+  printf '%s: Not a directory\n' "$base" >&2
+  exit 3
+fi
 if ! err=$( { mkdir -p -- "$base" && : > "$probe_file" && rm -f -- "$probe_file"; } 2>&1 ); then
   printf '%s\n' "$err" >&2
   exit 3
@@ -203,12 +207,17 @@ fn master_key(target: &Target) -> String {
     }
     let hash = hasher.finalize();
     let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    let id: String = w
-        .id
-        .chars()
-        .take(16)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
+    let id: String =
+        w.id.chars()
+            .take(16)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
     format!("{id}-{hex}")
 }
 
@@ -237,7 +246,11 @@ async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
             worker,
             format!("cannot lock ssh master: {e}"),
         )),
-        Err(e) => Err(RemoteFailure::new(FailureKind::Other, worker, e.to_string())),
+        Err(e) => Err(RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            e.to_string(),
+        )),
     }
 }
 
@@ -397,7 +410,11 @@ fn classify_connect_text(text: &str, target: &Target) -> (FailureKind, String) {
 
 /// An error running a command over an established master: a master that
 /// went away means the connection is lost.
-pub(crate) fn session_error(conn: &Connection, target: &Target, err: openssh::Error) -> RemoteFailure {
+pub(crate) fn session_error(
+    conn: &Connection,
+    target: &Target,
+    err: openssh::Error,
+) -> RemoteFailure {
     let text = error_text(&err);
     let kind = match err {
         openssh::Error::RemoteProcessTerminated
@@ -432,7 +449,11 @@ fn last_line(text: &str) -> &str {
 }
 
 fn local_failure(target: &Target, what: &str, err: std::io::Error) -> RemoteFailure {
-    RemoteFailure::new(FailureKind::Other, &target.worker.id, format!("{what}: {err}"))
+    RemoteFailure::new(
+        FailureKind::Other,
+        &target.worker.id,
+        format!("{what}: {err}"),
+    )
 }
 
 #[cfg(test)]
