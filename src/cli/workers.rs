@@ -161,7 +161,7 @@ async fn probe(out: &Output, id: Option<String>) -> anyhow::Result<i32> {
                 }
             }
             Err(e) => {
-                spinners.finish(&id, "✗", &format!("{e:#}"));
+                spinners.clear(&id);
                 first_error.get_or_insert(e);
             }
         }
@@ -204,6 +204,10 @@ fn probe_line(r: &ProbeResult) -> (&'static str, String) {
         ("✓", format!("ok{latency}, circuit {}", r.state))
     } else {
         let error = r.error.as_deref().unwrap_or("probe failed");
+        // Daemon messages name the worker; the line already does.
+        let error = error
+            .strip_prefix(&format!("{}: ", r.worker))
+            .unwrap_or(error);
         ("✗", format!("failed: {error}; circuit {}", r.state))
     }
 }
@@ -315,7 +319,7 @@ mod tests {
             worker: "w1".into(),
             ok: false,
             latency_ms: None,
-            error: Some("refused".into()),
+            error: Some("w1: refused".into()),
             state: "open".into(),
         };
         assert_eq!(

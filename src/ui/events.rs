@@ -13,6 +13,14 @@ fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+/// A reason without the leading `w1: ` the line already shows.
+fn reason<'a>(e: &'a Value, worker: &str) -> &'a str {
+    let text = str_field(e, "reason");
+    text.strip_prefix(worker)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(text)
+}
+
 fn num_field(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
@@ -26,7 +34,7 @@ fn describe(name: &str, e: &Value) -> String {
             num_field(e, "failure_count"),
             num_field(e, "threshold"),
             num_field(e, "cooldown_seconds"),
-            str_field(e, "reason")
+            reason(e, worker)
         ),
         "circuit.half_open" => {
             let how = if e.get("probe").and_then(Value::as_bool).unwrap_or(false) {
@@ -44,7 +52,7 @@ fn describe(name: &str, e: &Value) -> String {
         "build.fallback" => format!(
             "{worker} failed, build moved to {}: {}",
             str_field(e, "to"),
-            str_field(e, "reason")
+            reason(e, worker)
         ),
         "lease.queued" => format!(
             "queued at position {}: {}",

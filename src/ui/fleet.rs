@@ -327,32 +327,38 @@ fn project_name(path: &str) -> String {
         .unwrap_or_else(|| path.to_string())
 }
 
-/// The whole plain-text `rch status` for the chosen sections.
+/// The whole plain-text `rch status` for the chosen sections; `-v` on the
+/// overview adds the circuit table and the jobs.
 pub fn status_text(
     out: &Output,
     report: &FleetReport,
     sections: Sections,
     now: OffsetDateTime,
 ) -> String {
+    let overview = sections.is_overview();
+    let detailed = overview && out.verbose > 0;
     let mut blocks = Vec::new();
-    if sections.is_overview() || !report.daemon.running {
+    if overview {
+        blocks.push(format!(
+            "{}\n{}",
+            daemon_line(&report.daemon),
+            summary_line(&report.workers)
+        ));
+    } else if !report.daemon.running {
         blocks.push(daemon_line(&report.daemon));
     }
-    if sections.is_overview() {
-        blocks.push(summary_line(&report.workers));
-    }
-    if sections.is_overview() || sections.circuits {
+    if overview || sections.circuits {
         if let Some(w) = open_warning(&report.workers, now) {
             blocks.push(w);
         }
     }
-    if sections.circuits {
+    if sections.circuits || detailed {
         blocks.push(circuits_table(out, &report.workers, now));
     }
-    if (sections.is_overview() || sections.workers) && !report.workers.is_empty() {
+    if (overview || sections.workers) && !report.workers.is_empty() {
         blocks.push(workers_table(out, &report.workers, now));
     }
-    if sections.jobs {
+    if sections.jobs || detailed {
         blocks.push(jobs_view(out, report, now));
     }
     blocks.join("\n\n")
@@ -534,6 +540,25 @@ mod tests {
         assert!(text.contains("3 workers: 2 closed, 1 open (w1, retry in 12s)"));
         assert!(text.contains("⚠ 1 circuit open"));
         assert!(text.contains("w3.example.com"));
+    }
+
+    #[test]
+    fn verbose_overview_adds_circuits_and_jobs() {
+        let report = FleetReport {
+            workers: fleet(),
+            ..Default::default()
+        };
+        let out = Output {
+            verbose: 1,
+            ..Output::plain()
+        };
+        let text = status_text(&out, &report, Sections::default(), now());
+        assert!(
+            text.contains("LAST ERROR") && text.contains("recent jobs: none yet"),
+            "{text}"
+        );
+        let plain = status_text(&Output::plain(), &report, Sections::default(), now());
+        assert!(!plain.contains("LAST ERROR"), "{plain}");
     }
 
     #[test]

@@ -44,6 +44,13 @@ impl Spinners {
         }
     }
 
+    /// Remove `id`'s spinner without a result line (its error is reported elsewhere).
+    pub fn clear(&self, id: &str) {
+        if let Some(bar) = self.bars.get(id) {
+            bar.finish_and_clear();
+        }
+    }
+
     /// Replace `id`'s spinner by its result line (or print the line when piped).
     pub fn finish(&self, id: &str, mark: &str, line: &str) {
         match self.bars.get(id) {

@@ -4,13 +4,19 @@
 use super::Output;
 use comfy_table::{presets, Attribute, Cell, Color, ContentArrangement, Table};
 
+/// Narrower terminals get unwrapped rows rather than unreadable columns.
+const MIN_WRAP_WIDTH: u16 = 60;
+
 /// An empty table with these column headers, styled for `out`.
 pub fn new(out: &Output, headers: &[&str]) -> Table {
     let mut table = Table::new();
     if out.tty {
-        table
-            .load_preset(presets::UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Dynamic);
+        table.load_preset(presets::UTF8_FULL_CONDENSED);
+        // Wrap to the terminal only when its width is known and usable;
+        // a pseudo-terminal without a size would squeeze every column to one letter.
+        if table.width().is_some_and(|w| w >= MIN_WRAP_WIDTH) {
+            table.set_content_arrangement(ContentArrangement::Dynamic);
+        }
     } else {
         // Piped: no borders, so `grep`/`awk` see one row per line.
         table
