@@ -12,7 +12,6 @@
 //!   and daemon RSS with 1,000 workers and 100k history rows.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use rch::protocol::{AttemptOutcome, JobReport, LeaseRequest, Request, Response};

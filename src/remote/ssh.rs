@@ -257,7 +257,9 @@ async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
 
 async fn resume_live_master(files: &MasterFiles, target: &Target) -> Option<Connection> {
     let control_path = read_pointer(&files.pointer)?;
-    master_answers(&control_path).await.then(|| connection_for(&control_path, target))
+    master_answers(&control_path)
+        .await
+        .then(|| connection_for(&control_path, target))
 }
 
 /// Whether a master listens on its control socket. Connecting is what
