@@ -408,3 +408,33 @@ fn completions_cover_the_operator_commands() {
     }
     assert_eq!(rch(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+#[test]
+fn metrics_listen_serves_the_same_text_over_http() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = setup(
+        1,
+        &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    build(&env, "rch: ran on w1");
+    let mut body = String::new();
+    let scraped = wait_for(Duration::from_secs(5), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        body.clear();
+        s.read_to_string(&mut body).is_ok() && body.contains("rch_builds_total")
+    });
+    assert!(scraped, "no metrics over HTTP: {body}");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains("rch_builds_total{outcome=\"success\",placement=\"remote\"} 1"),
+        "{body}"
+    );
+}

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
+pub mod metrics_http;
 pub mod prober;
 pub mod report;
 pub mod server;
@@ -147,10 +148,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let shared = Arc::new(open_state(opts)?);
     tracing::info!(socket = %guard.socket.display(), pid = std::process::id(), "rch daemon listening");
     let prober = tokio::spawn(prober::run(shared.clone()));
+    let metrics_listen = shared.with_fleet(|f, _| f.config().daemon.metrics_listen.clone());
+    let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
     prober.abort();
     signals.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     drop(guard);
     tracing::info!("rch daemon stopped");
     result

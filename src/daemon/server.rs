@@ -446,7 +446,8 @@ async fn events(
     }
 }
 
-fn metrics(shared: &Shared) -> String {
+/// The Prometheus text of the daemon's counters and gauges.
+pub fn metrics(shared: &Shared) -> String {
     shared.with_fleet(|f, _| {
         let workers = f
             .config()
