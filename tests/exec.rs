@@ -48,12 +48,11 @@ fn circuit(env: &TestEnv, id: &str) -> (String, u32) {
     (w.circuit.state.clone(), w.circuit.failures)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(
+        support::wait_for(timeout, f),
+        "timed out waiting for {what}"
+    );
 }
 
 const TWO_WORKERS_W1_PREFERRED: &str = r#"

@@ -729,8 +729,9 @@ fn toml_string(path: &Path) -> String {
     toml::Value::String(path.to_string_lossy().into_owned()).to_string()
 }
 
-/// Poll `done` every few milliseconds until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+/// Poll `done` every few milliseconds until it holds or `timeout` passes;
+/// tells which. (Tests use it too, to wait for what the lab changes.)
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {
