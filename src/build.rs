@@ -32,7 +32,11 @@ pub struct ExecRequest {
 /// Where a build ran and why: the one stderr line of every run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    Remote(String),
+    /// Ran on `worker`, after the workers that failed first (their reasons).
+    Remote {
+        worker: String,
+        after: Vec<String>,
+    },
     Local(String),
     /// Fail-closed: it ran nowhere (exit 75).
     Nowhere(String),
@@ -41,7 +45,12 @@ pub enum Placement {
 impl std::fmt::Display for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Placement::Remote(id) => write!(f, "rch: ran on {id}"),
+            Placement::Remote { worker, after } if after.is_empty() => {
+                write!(f, "rch: ran on {worker}")
+            }
+            Placement::Remote { worker, after } => {
+                write!(f, "rch: ran on {worker} after {}", after.join("; "))
+            }
             Placement::Local(reason) => write!(f, "rch: ran locally: {reason}"),
             Placement::Nowhere(reason) => write!(f, "rch: could not run remotely: {reason}"),
         }
@@ -179,21 +188,13 @@ impl<'a> Build<'a> {
             match self.attempt(worker.clone()).await {
                 Attempt::Ran(code) => {
                     let outcome = AttemptOutcome::Success { exit_code: code };
-                    let _ = client.call(Request::Release { outcome }).await;
-                    self.job.worker = Some(id.clone());
-                    self.job.outcome = "success".into();
-                    self.job.exit_code = Some(code);
-                    self.finish(&mut client).await;
-                    return (code, Placement::Remote(id));
+                    return self.settle(&mut client, id, outcome, "success", code).await;
                 }
                 Attempt::Interrupted => {
                     let outcome = AttemptOutcome::Unknown;
-                    let _ = client.call(Request::Release { outcome }).await;
-                    self.job.worker = Some(id.clone());
-                    self.job.outcome = "interrupted".into();
-                    self.job.exit_code = Some(EXIT_INTERRUPTED);
-                    self.finish(&mut client).await;
-                    return (EXIT_INTERRUPTED, Placement::Remote(id));
+                    return self
+                        .settle(&mut client, id, outcome, "interrupted", EXIT_INTERRUPTED)
+                        .await;
                 }
                 Attempt::Failed { failure, started } => {
                     let outcome = AttemptOutcome::Failure {
@@ -222,6 +223,29 @@ impl<'a> Build<'a> {
                 }
             }
         }
+    }
+
+    /// The command ran on `worker`: release, record, and say where.
+    async fn settle(
+        &mut self,
+        client: &mut Client,
+        worker: String,
+        outcome: AttemptOutcome,
+        label: &str,
+        code: i32,
+    ) -> (i32, Placement) {
+        let _ = client.call(Request::Release { outcome }).await;
+        self.job.worker = Some(worker.clone());
+        self.job.outcome = label.into();
+        self.job.exit_code = Some(code);
+        self.finish(client).await;
+        let after = self
+            .job
+            .failovers
+            .iter()
+            .map(|f| f.reason.clone())
+            .collect();
+        (code, Placement::Remote { worker, after })
     }
 
     async fn lease(&mut self, client: &mut Client) -> Result<Lease, String> {
