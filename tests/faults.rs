@@ -347,6 +347,7 @@ fn unusable_remote_base_is_an_infrastructure_failure() {
     assert_true_result(&out, &mark);
     let line = placement_line(&out);
     assert!(line.starts_with("rch: ran locally: w1: "), "{line}");
+    assert!(line.contains("not writable"), "{line}");
     let c = circuit(&env, "w1");
     assert_state(&c, "open", 1);
     assert_nothing_left(&env, "w1", &mark);
