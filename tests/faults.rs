@@ -612,6 +612,10 @@ fn another_user_cannot_use_the_socket() {
         eprintln!("skipped: running a client as another user needs root");
         return;
     }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
     let env = TestEnv::new(1);
     env.write_config("");
     let start = env.rch().args(["daemon", "start"]).output().unwrap();
