@@ -24,7 +24,7 @@ const BUILD_EXIT: i32 = 7;
 /// make's own exit code when a recipe fails.
 const MAKE_EXIT: i32 = 2;
 
-// ---------------------------------------------------------------- helpers
+// ---------------------------------------------------------------- building blocks
 
 /// Run the tokio future on a throwaway runtime (tests are synchronous).
 fn block_on<F: std::future::Future>(fut: F) -> F::Output {
@@ -163,7 +163,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
         .collect()
 }
 
-/// Nothing of the build runs anywhere, and nothing of our sessions on `id`.
+/// Nothing of the build runs anywhere, and nothing of our ssh sessions on `id`.
 fn assert_nothing_left(env: &TestEnv, id: &str, marker: &str) {
     let clean = wait_for(CLEANUP_TIMEOUT, || {
         processes_with(marker).is_empty() && env.lab.session_processes(id).is_empty()
