@@ -98,8 +98,24 @@ impl Decision {
     }
 }
 
+/// A reason quotes the user's words; control characters in them are escaped
+/// so the reason stays one line (it ends up in the `rch: ran locally` line).
 fn local(reason: impl Into<String>) -> Decision {
-    Decision::Local(reason.into())
+    let reason: String = reason.into();
+    if !reason.contains(char::is_control) {
+        return Decision::Local(reason);
+    }
+    let escaped = reason
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    Decision::Local(escaped)
 }
 
 fn offload(tool: Tool, kind: Kind, artifacts: Artifacts) -> Decision {
