@@ -3,7 +3,10 @@
 //! - Every `rch …` command line in README.md, docs/*.md and runbooks/*.md
 //!   parses with rch's own command line definition: in shell code blocks
 //!   (`sh`, `bash`, `console`, …) and in inline code. Output is shown in
-//!   `text` blocks, which are not read as commands.
+//!   `text` blocks, which are not read as commands. Inline code may name a
+//!   command without its arguments (`rch workers reset`): the subcommands
+//!   must exist, the arguments may be left out. Inline code quoting rch's
+//!   output (`rch: ran on w1`, `rch lab: ...`) is not a command.
 //! - Every TOML block in those files, and every file in config/*.toml, is
 //!   accepted by the configuration validator; a block (or file) that is a
 //!   project `.rch/config.toml` is checked with the project rules.
@@ -22,8 +25,15 @@ use std::path::{Path, PathBuf};
 /// Languages of fenced blocks whose lines are shell commands.
 const SHELL_LANGS: &[&str] = &["sh", "bash", "shell", "console", "zsh", "fish"];
 
-/// Words that stand for a worker id in examples.
-const WORKER_PLACEHOLDERS: &[&str] = &["ID", "<id>", "<ID>", "<worker>", "WORKER"];
+/// Words that stand for a value in examples, and the value tried instead.
+const PLACEHOLDERS: &[(&str, &str)] = &[
+    ("ID", "w1"),
+    ("<id>", "w1"),
+    ("<ID>", "w1"),
+    ("<worker>", "w1"),
+    ("WORKER", "w1"),
+    ("SHELL", "bash"),
+];
 
 /// Environment variables rch reads, each documented in docs/configuration.md.
 const ENV_VARS: &[&str] = &[
@@ -171,46 +181,70 @@ fn is_assignment(word: &str) -> bool {
 /// Placeholders replaced by a real-looking value.
 fn fill_placeholders(args: Vec<String>) -> Vec<String> {
     args.into_iter()
-        .map(|w| {
-            if WORKER_PLACEHOLDERS.contains(&w.as_str()) {
-                "w1".to_string()
-            } else {
-                w
-            }
+        .map(|w| match PLACEHOLDERS.iter().find(|(p, _)| *p == w) {
+            Some((_, value)) => value.to_string(),
+            None => w,
         })
         .collect()
 }
 
+/// How much of a command line must be there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Completeness {
+    /// A command line to run: everything required is present.
+    Full,
+    /// A command named in prose: subcommands must exist, arguments may be missing.
+    Name,
+}
+
 /// Parse `rch <args>` with the real CLI; help and version requests count as parsed.
-fn parses(args: &[String]) -> Result<(), String> {
+fn parses_as(args: &[String], completeness: Completeness) -> Result<(), String> {
+    use clap::error::ErrorKind;
     let argv = std::iter::once("rch".to_string()).chain(args.iter().cloned());
-    match Cli::try_parse_from(argv) {
-        Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e.to_string().lines().next().unwrap_or("").to_string()),
+    let Err(e) = Cli::try_parse_from(argv) else {
+        return Ok(());
+    };
+    let incomplete = matches!(
+        e.kind(),
+        ErrorKind::MissingRequiredArgument
+            | ErrorKind::MissingSubcommand
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(()),
+        _ if incomplete && completeness == Completeness::Name => Ok(()),
+        _ => Err(e.to_string().lines().next().unwrap_or("").to_string()),
     }
 }
 
-/// Every command line of one document, with the line it is on.
-fn commands_of(text: &str) -> Vec<Snippet> {
+fn parses(args: &[String]) -> Result<(), String> {
+    parses_as(args, Completeness::Full)
+}
+
+/// Inline code quoting rch's output: `rch: ...`, `rch lab: ...`.
+fn is_quoted_output(span: &str) -> bool {
+    span.split_whitespace()
+        .take(2)
+        .any(|word| word.ends_with(':'))
+}
+
+/// Every command line of one document, with the line it is on and how
+/// complete it must be.
+fn commands_of(text: &str) -> Vec<(Snippet, Completeness)> {
     let (blocks, prose) = split_markdown(text);
-    let mut lines: Vec<Snippet> = blocks
+    let mut lines: Vec<(Snippet, Completeness)> = blocks
         .iter()
         .filter(|b| SHELL_LANGS.contains(&b.lang.as_str()))
         .flat_map(block_commands)
+        .map(|s| (s, Completeness::Full))
         .collect();
     lines.extend(
         prose
             .iter()
             .flat_map(inline_code)
-            .filter(|s| s.text.starts_with("rch ") || s.text.contains(" rch ")),
+            .filter(|s| s.text.starts_with("rch ") || s.text.contains(" rch "))
+            .filter(|s| !is_quoted_output(&s.text))
+            .map(|s| (s, Completeness::Name)),
     );
     lines
 }
@@ -220,7 +254,7 @@ fn every_documented_rch_command_parses() {
     let mut failures = String::new();
     let mut checked = 0;
     for file in doc_files() {
-        for snippet in commands_of(&read(&file)) {
+        for (snippet, completeness) in commands_of(&read(&file)) {
             let invocations = match rch_invocations(&snippet.text) {
                 Ok(found) => found,
                 Err(e) => {
@@ -230,7 +264,7 @@ fn every_documented_rch_command_parses() {
             };
             for args in invocations {
                 checked += 1;
-                if let Err(e) = parses(&fill_placeholders(args)) {
+                if let Err(e) = parses_as(&fill_placeholders(args), completeness) {
                     let _ = writeln!(
                         failures,
                         "{}:{}: `{}`: {e}",
@@ -260,12 +294,14 @@ fn is_project_example(body: &str) -> bool {
         .is_some_and(|first| first.starts_with('#') && first.contains(".rch/config.toml"))
 }
 
-/// Validate a project config: load it as the only layer, as rch would find it.
-fn check_project(text: &str) -> Result<(), String> {
+/// Validate a project config: load it as the only layer, as rch would find
+/// it. Messages name the example (`name`) instead of the temporary file.
+fn check_project(text: &str, name: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let rch_dir = dir.path().join(".rch");
     std::fs::create_dir_all(&rch_dir).map_err(|e| e.to_string())?;
-    std::fs::write(rch_dir.join("config.toml"), text).map_err(|e| e.to_string())?;
+    let file = rch_dir.join("config.toml");
+    std::fs::write(&file, text).map_err(|e| e.to_string())?;
     let sources = Sources {
         user_file: dir.path().join("no-user-config.toml"),
         user_file_required: false,
@@ -273,12 +309,15 @@ fn check_project(text: &str) -> Result<(), String> {
         cwd: dir.path().to_path_buf(),
         env: BTreeMap::new(),
     };
-    load_with(&sources).map(|_| ()).map_err(|e| e.message)
+    load_with(&sources)
+        .map(|_| ())
+        .map_err(|e| e.message.replace(&file.display().to_string(), name))
 }
 
+/// Validate one example; errors read `<name>:<line in the example>: ...`.
 fn check_toml(text: &str, name: &str, project: bool) -> Result<(), String> {
     if project {
-        check_project(text)
+        check_project(text, name)
     } else {
         parse_str(text, Path::new(name))
             .map(|_| ())
@@ -294,10 +333,10 @@ fn every_documented_config_is_accepted() {
         let (blocks, _) = split_markdown(&read(&file));
         for block in blocks.iter().filter(|b| b.lang == "toml") {
             let body = block.body.join("\n");
-            let name = format!("{}:{}", file.display(), block.line);
+            let name = format!("{} (toml block at line {})", file.display(), block.line);
             checked += 1;
             if let Err(e) = check_toml(&body, &name, is_project_example(&body)) {
-                let _ = writeln!(failures, "{name}: toml block: {e}");
+                let _ = writeln!(failures, "{e}");
             }
         }
     }
@@ -313,7 +352,7 @@ fn every_documented_config_is_accepted() {
         let project = path.file_name().is_some_and(|n| n == "project.toml");
         checked += 1;
         if let Err(e) = check_toml(&text, &path.display().to_string(), project) {
-            let _ = writeln!(failures, "{}: {e}", path.display());
+            let _ = writeln!(failures, "{e}");
         }
     }
     assert!(
@@ -376,7 +415,7 @@ fn the_extractor_finds_commands_where_they_are_written() {
     let doc = "Run `rch status --circuits` now.\n\n```sh\nrch lab up   # two workers\nRCH_QUIET=1 rch exec -- make | tail -1\n```\n\n```console\n$ rch workers probe w1\nw1: ok in 87ms\n```\n\n```text\n  rch workers probe w1    test now\n```\n";
     let found: Vec<(usize, Vec<Vec<String>>)> = commands_of(doc)
         .iter()
-        .map(|s| (s.line, rch_invocations(&s.text).unwrap()))
+        .map(|(s, _)| (s.line, rch_invocations(&s.text).unwrap()))
         .collect();
     let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
     assert_eq!(
@@ -391,4 +430,16 @@ fn the_extractor_finds_commands_where_they_are_written() {
     assert!(parses(&words("workers probe --all")).is_ok());
     assert!(parses(&words("workers frobnicate w1")).is_err());
     assert!(parses(&fill_placeholders(words("workers reset ID"))).is_ok());
+}
+
+#[test]
+fn named_commands_need_existing_subcommands_but_not_arguments() {
+    let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+    assert!(parses_as(&words("workers reset"), Completeness::Name).is_ok());
+    assert!(parses_as(&words("lab"), Completeness::Name).is_ok());
+    assert!(parses_as(&words("workers reset"), Completeness::Full).is_err());
+    assert!(parses_as(&words("workers restart"), Completeness::Name).is_err());
+    assert!(is_quoted_output("rch: ran on w1"));
+    assert!(is_quoted_output("rch lab: already up in ..."));
+    assert!(!is_quoted_output("rch lab up"));
 }
