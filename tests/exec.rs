@@ -309,3 +309,25 @@ fn killing_a_client_mid_build_leaves_nothing_running_on_the_worker() {
     let out = rch_in(&env, &project, &["exec", "--", "make", "quick"]);
     assert!(stderr(&out).contains("rch: ran on w1"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_project_keeps_its_warm_worker_across_a_daemon_restart() {
+    let env = TestEnv::new(2);
+    prefer_w1(&env, "[circuit]\nfailure_threshold = 5\n");
+    let project = env.project("warm");
+    env.lab.kill("w1").unwrap();
+    let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
+    assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+    env.lab.revive("w1").unwrap();
+    for cmd in [["daemon", "stop"], ["daemon", "start"]] {
+        let out = rch_in(&env, &project, &cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // w1 is preferred by priority and healthy again, but w2 has the warm
+    // target dir of this project.
+    let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
+    assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+    let other = env.project("cold");
+    let out = rch_in(&env, &other, &["exec", "--", "cargo", "check"]);
+    assert!(stderr(&out).contains("rch: ran on w1"), "{}", stderr(&out));
+}

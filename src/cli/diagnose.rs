@@ -289,7 +289,10 @@ fn worker_verdict(
                 ),
             ),
             Pick::Wait => (false, format!("busy ({}/{} slots used)", w.used, w.slots)),
-            Pick::Unavailable(whys) => (false, refusal(w, whys.first().map(|(_, why)| *why))),
+            Pick::Unavailable(whys) => {
+                let mine = whys.iter().find(|(id, _)| *id == w.id).map(|(_, why)| *why);
+                (false, refusal(w, mine))
+            }
         }
     };
     WorkerVerdict {

@@ -82,6 +82,9 @@ pub struct UsageError(pub String);
 
 /// Run the parsed command and return the process exit code.
 pub fn dispatch(cli: Cli) -> i32 {
+    if !matches!(cli.command, Command::Daemon(daemon::DaemonCommand::Run)) {
+        restore_default_sigpipe();
+    }
     let global = cli.global;
     let result = match cli.command {
         Command::Exec(args) => exec::run(args, &global),
@@ -101,6 +104,17 @@ pub fn dispatch(cli: Cli) -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => report(err),
+    }
+}
+
+/// Let a closed pipe end the process quietly (`rch status | head`), as it
+/// does for other command-line tools. Rust ignores SIGPIPE by default, which
+/// turns such a pipe into a panic on the next print. The daemon keeps the
+/// default of Rust: a client hanging up must never kill it.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

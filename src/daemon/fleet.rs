@@ -139,6 +139,11 @@ impl Fleet {
         &self.config
     }
 
+    /// Restore which worker last built `project` (from the store at start).
+    pub fn remember_builder(&mut self, project: &str, worker: &str) {
+        self.selector.record_build(project, worker);
+    }
+
     pub fn last_build(&mut self, worker: &str, at_ms: u64) {
         self.last_build_ms.insert(worker.to_string(), at_ms);
     }
@@ -153,7 +158,7 @@ impl Fleet {
                     id: w.id.clone(),
                     slots: w.slots,
                     priority: w.priority,
-                    enabled: flags.enabled.unwrap_or(w.enabled),
+                    enabled: self.is_enabled(&w.id),
                     draining: flags.draining,
                 }
             })
@@ -376,6 +381,11 @@ impl Fleet {
         Ok(())
     }
 
+    fn is_enabled(&self, id: &str) -> bool {
+        let configured = self.config.worker(id).is_some_and(|w| w.enabled);
+        self.flags(id).enabled.unwrap_or(configured)
+    }
+
     pub fn flags(&self, id: &str) -> WorkerFlags {
         self.flags.get(id).copied().unwrap_or_default()
     }
@@ -386,6 +396,10 @@ impl Fleet {
         let ids: Vec<String> = self.config.workers.iter().map(|w| w.id.clone()).collect();
         let mut jobs = Vec::new();
         for id in ids {
+            if !self.is_enabled(&id) {
+                // The operator took it out of service: no probes either.
+                continue;
+            }
             let Some(b) = self.breakers.get_mut(&id) else {
                 continue;
             };
@@ -626,7 +640,7 @@ impl Fleet {
                     slots: w.slots,
                     used: self.selector.used(&w.id),
                     priority: w.priority,
-                    enabled: flags.enabled.unwrap_or(w.enabled),
+                    enabled: self.is_enabled(&w.id),
                     draining: flags.draining,
                     circuit: circuit_report(self.breakers.get(&w.id), &self.config, now_ms),
                     last_build: self.last_build_ms.get(&w.id).map(|t| rfc3339(*t)),

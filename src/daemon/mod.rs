@@ -184,6 +184,9 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Shared> {
             fleet.last_build(&id, at);
         }
     }
+    for (project, worker) in store.last_worker_per_project().unwrap_or_default() {
+        fleet.remember_builder(&project, &worker);
+    }
     Ok(Shared {
         fleet: Mutex::new(fleet),
         store: Mutex::new(store),

@@ -225,6 +225,17 @@ impl Store {
             .map(|v| v as u64))
     }
 
+    /// For each project, the worker its newest remote job ran on (so a
+    /// restarted daemon keeps sending projects to their warm worker).
+    pub fn last_worker_per_project(&self) -> anyhow::Result<Vec<(String, String)>> {
+        // SQLite takes the bare columns from the row that holds MAX(id).
+        let mut stmt = self.conn.prepare(
+            "SELECT project, placement, MAX(id) FROM jobs WHERE placement != 'local' GROUP BY project",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn insert_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()> {
         let body = serde_json::to_string(event)?;
         let name = event.to_json()["event"].as_str().unwrap_or("").to_string();
