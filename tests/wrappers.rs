@@ -74,7 +74,10 @@ impl Sandbox {
 
     /// Nothing of a daemon: no socket was made, no daemon log written.
     fn assert_no_daemon_contact(&self, context: &str) {
-        assert!(!self.socket().exists(), "{context}: a daemon socket appeared");
+        assert!(
+            !self.socket().exists(),
+            "{context}: a daemon socket appeared"
+        );
         let log = self.path().join("state/rch/daemon.log");
         assert!(!log.exists(), "{context}: a daemon log appeared");
     }
@@ -221,7 +224,12 @@ fn shell_init_puts_the_shims_first_once_in_every_shell() {
         let mut lines = stdout.lines();
         let path = lines.next().unwrap_or_default();
         let entries: Vec<&str> = path.split(':').collect();
-        assert_eq!(entries[0], shims, "{}: shims not first in {path}", shell.name());
+        assert_eq!(
+            entries[0],
+            shims,
+            "{}: shims not first in {path}",
+            shell.name()
+        );
         let count = entries.iter().filter(|e| **e == shims).count();
         assert_eq!(count, 1, "{}: shims {count} times in {path}", shell.name());
         assert_eq!(
@@ -246,7 +254,11 @@ fn local_cargo_commands_never_reach_a_daemon() {
             continue;
         };
         assert!(out.status.success(), "{}: {}", shell.name(), describe(&out));
-        assert!(text(&out.stdout).contains("hello from app"), "{}", describe(&out));
+        assert!(
+            text(&out.stdout).contains("hello from app"),
+            "{}",
+            describe(&out)
+        );
         assert_eq!(
             rch_lines(&out),
             vec!["rch: ran locally: cargo tree is not offloadable".to_string()],
@@ -264,10 +276,18 @@ fn rch_disable_and_inside_run_the_real_tool_directly() {
     sandbox.install(&[]);
     let init = Shell::Bash.init_line();
     let script = format!("{init}\ncargo build -q && ls target/debug/app");
-    for var in [("RCH_DISABLE", "1"), ("RCH_DISABLE", "yes"), ("RCH_INSIDE", "1")] {
+    for var in [
+        ("RCH_DISABLE", "1"),
+        ("RCH_DISABLE", "yes"),
+        ("RCH_INSIDE", "1"),
+    ] {
         let out = sandbox.shell(Shell::Bash, &script, &[var]).unwrap();
         assert!(out.status.success(), "{var:?}: {}", describe(&out));
-        assert!(rch_lines(&out).is_empty(), "{var:?} went through rch: {}", describe(&out));
+        assert!(
+            rch_lines(&out).is_empty(),
+            "{var:?} went through rch: {}",
+            describe(&out)
+        );
         sandbox.assert_no_daemon_contact(&format!("{var:?}"));
     }
 }
@@ -288,7 +308,10 @@ fn a_project_with_rch_disabled_builds_locally_without_the_daemon() {
     assert!(out.status.success(), "{}", describe(&out));
     let lines = rch_lines(&out);
     assert_eq!(lines.len(), 1, "{}", describe(&out));
-    assert!(lines[0].starts_with("rch: ran locally: rch disabled"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("rch: ran locally: rch disabled"),
+        "{lines:?}"
+    );
     sandbox.assert_no_daemon_contact("enabled = false");
 }
 
@@ -300,14 +323,21 @@ fn wrappers_survive_a_missing_rch() {
     std::fs::copy(RCH, &copy).unwrap();
     let mut cmd = Command::new(&copy);
     sandbox.apply_env(&mut cmd);
-    let out = cmd.args(["wrap", "install", "--tools", "make,cargo"]).output().unwrap();
+    let out = cmd
+        .args(["wrap", "install", "--tools", "make,cargo"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     std::fs::remove_file(&copy).unwrap();
 
     let shims = sandbox.shims();
     let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
     let out = sandbox
-        .shell(Shell::Bash, "make --version && cargo build -q", &[("PATH", &path)])
+        .shell(
+            Shell::Bash,
+            "make --version && cargo build -q",
+            &[("PATH", &path)],
+        )
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     assert!(text(&out.stdout).contains("GNU Make"), "{}", describe(&out));
@@ -324,7 +354,11 @@ fn a_tool_missing_from_path_is_reported_not_looped() {
         .shell(Shell::Bash, "no-such-tool-xyz", &[("PATH", &path)])
         .unwrap();
     assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("not found on PATH"), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("not found on PATH"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -343,7 +377,11 @@ fn status_reports_tools_path_position_and_real_tools() {
     sandbox.install(&["--tools", "cargo,make"]);
     let mut cmd = Command::new(RCH);
     sandbox.apply_env(&mut cmd);
-    let path = format!("{}:{}", sandbox.shims().display(), std::env::var("PATH").unwrap());
+    let path = format!(
+        "{}:{}",
+        sandbox.shims().display(),
+        std::env::var("PATH").unwrap()
+    );
     let out = cmd
         .args(["wrap", "status", "--json"])
         .env("PATH", &path)
@@ -361,7 +399,11 @@ fn status_reports_tools_path_position_and_real_tools() {
     assert!(real.ends_with("/cargo") && !real.starts_with(sandbox.shims().to_str().unwrap()));
 
     let table = sandbox.rch(&["wrap", "status"]);
-    assert!(text(&table.stdout).contains("not on PATH"), "{}", describe(&table));
+    assert!(
+        text(&table.stdout).contains("not on PATH"),
+        "{}",
+        describe(&table)
+    );
 }
 
 #[test]
@@ -388,7 +430,11 @@ fn uninstall_restores_plain_path_resolution() {
 /// A script standing in for a build tool, to see which copy ran.
 fn write_probe_tool(dir: &Path) {
     let tool = dir.join("probe-tool");
-    std::fs::write(&tool, "#!/bin/sh\necho \"real probe-tool inside=${RCH_INSIDE-}\"\n").unwrap();
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\necho \"real probe-tool inside=${RCH_INSIDE-}\"\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
@@ -416,7 +462,12 @@ fn builds_go_to_a_worker_and_shims_there_do_not_recurse() {
     // cargo build through the shim: built on the worker, artifacts back here.
     let out = shell(&format!("{init}\ncargo build"));
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(rch_lines(&out), vec![format!("rch: ran on {worker}")], "{}", describe(&out));
+    assert_eq!(
+        rch_lines(&out),
+        vec![format!("rch: ran on {worker}")],
+        "{}",
+        describe(&out)
+    );
     let package = std::fs::read_to_string(env.project_dir.join("Cargo.toml")).unwrap();
     let name = package
         .lines()
@@ -441,5 +492,10 @@ fn builds_go_to_a_worker_and_shims_there_do_not_recurse() {
         "{}",
         describe(&out)
     );
-    assert_eq!(rch_lines(&out), vec![format!("rch: ran on {worker}")], "{}", describe(&out));
+    assert_eq!(
+        rch_lines(&out),
+        vec![format!("rch: ran on {worker}")],
+        "{}",
+        describe(&out)
+    );
 }

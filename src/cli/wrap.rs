@@ -37,7 +37,10 @@ pub fn run(cmd: WrapCommand, global: &Global) -> anyhow::Result<i32> {
 fn install(tools: Option<Vec<String>>, global: &Global) -> anyhow::Result<i32> {
     let dir = wrap::shims_dir();
     let (tools, absent) = match tools {
-        Some(list) => (list.into_iter().map(|t| t.trim().to_string()).collect(), Vec::new()),
+        Some(list) => (
+            list.into_iter().map(|t| t.trim().to_string()).collect(),
+            Vec::new(),
+        ),
         None => default_tools_present(&dir),
     };
     if tools.is_empty() {
