@@ -42,6 +42,16 @@ fn main() {
     let project = sandbox.path().join("app");
     create_project(&project);
 
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        // Process timings swing with machine load; say what it was.
+        println!(
+            "load average: {}",
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     println!("wrapper overhead: whole process, median of {PROCESS_RUNS} runs each, budget ≤ {WRAPPER_BUDGET:?} added");
     println!(
         "{:<44} {:>10} {:>10} {:>10} {:>7}",

@@ -35,7 +35,6 @@ fn rch(home: &Path) -> Command {
 
 fn bash_event(command: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
-        "session_id": "s1",
         "hook_event_name": "PreToolUse",
         "tool_name": "Bash",
         "tool_input": {"command": command, "description": "build it", "timeout": 600000},
