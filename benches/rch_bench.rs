@@ -12,7 +12,6 @@
 //!   and daemon RSS with 1,000 workers and 100k history rows.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use rch::protocol::{AttemptOutcome, JobReport, LeaseRequest, Request, Response};
@@ -22,7 +21,10 @@ use std::time::{Duration, Instant};
 use support::TestEnv;
 
 fn main() {
-    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     if run("p1") {
         p1_warm_noop();
@@ -48,7 +50,11 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 
 fn time(mut cmd: Command) -> Duration {
     let t = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("run");
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
     let took = t.elapsed();
     assert!(
         out.status.success(),
@@ -91,7 +97,8 @@ fn p1_warm_noop() {
     );
     let rch = || {
         let mut c = env.rch();
-        c.current_dir(&project).args(["exec", "--", "cargo", "build", "-q"]);
+        c.current_dir(&project)
+            .args(["exec", "--", "cargo", "build", "-q"]);
         c
     };
     // Warm everything: remote target dirs, the master connection, local build.
@@ -121,7 +128,8 @@ fn p3_open_breaker_and_dead_fleet() {
     let project = env.project("bench-p3");
     let check = || {
         let mut c = env.rch();
-        c.current_dir(&project).args(["exec", "--", "cargo", "check", "-q"]);
+        c.current_dir(&project)
+            .args(["exec", "--", "cargo", "check", "-q"]);
         c
     };
     // Fleet of w2 only vs fleet of w1 (breaker open) + w2, alternating.
@@ -192,7 +200,10 @@ fn p4_daemon() {
     start.current_dir(&dir).args(["daemon", "start"]);
     time(start);
     let socket = env.socket();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let n = 5_000;
     let (lat, total) = rt.block_on(async {
         let mut c = rch::client::Client::connect(&socket).await.unwrap();
@@ -228,7 +239,9 @@ fn p4_daemon() {
     // 1,000 workers and 100k jobs of history.
     env.write_config(&fake_workers(1000));
     {
-        let mut store = rch::daemon::store::Store::open(&env.path().join("state/rch/state.db")).unwrap().store;
+        let mut store = rch::daemon::store::Store::open(&env.path().join("state/rch/state.db"))
+            .unwrap()
+            .store;
         let job = JobReport {
             project: "/p".into(),
             command: "cargo build".into(),
@@ -245,7 +258,9 @@ fn p4_daemon() {
     rt.block_on(async {
         let mut c = rch::client::Client::connect(&socket).await.unwrap();
         for _ in 0..1000 {
-            c.call(Request::Lease(LeaseRequest::default())).await.unwrap();
+            c.call(Request::Lease(LeaseRequest::default()))
+                .await
+                .unwrap();
             let outcome = AttemptOutcome::Success { exit_code: 0 };
             c.call(Request::Release { outcome }).await.unwrap();
         }
@@ -253,8 +268,14 @@ fn p4_daemon() {
         match c.call(Request::Ping).await.unwrap() {
             Response::Hello { pid, .. } => {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-                let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?");
-                println!("  1,000 workers + 100k jobs: daemon {} (goal <= 30 MB)", rss.trim());
+                let rss = status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .unwrap_or("VmRSS: ?");
+                println!(
+                    "  1,000 workers + 100k jobs: daemon {} (goal <= 30 MB)",
+                    rss.trim()
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -9,7 +9,7 @@ use crate::classify::{self, Artifacts, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
-use crate::remote::{self, sync::Pull, RemoteFailure, Target};
+use crate::remote::{self, sync::Pull, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -113,7 +113,10 @@ enum Attempt {
     /// The command ran there; its exit code.
     Ran(i32),
     /// The worker failed as infrastructure; `started` = the command had begun.
-    Failed { failure: RemoteFailure, started: bool },
+    Failed {
+        failure: RemoteFailure,
+        started: bool,
+    },
     Interrupted,
 }
 
@@ -151,13 +154,21 @@ impl<'a> Build<'a> {
         let socket = crate::paths::socket_path();
         let mut client = match Client::connect_or_start(&socket).await {
             Ok(c) => c,
-            Err(e) => return self.no_worker(None, format!("daemon unavailable: {e:#}")).await,
+            Err(e) => {
+                return self
+                    .no_worker(None, format!("daemon unavailable: {e:#}"))
+                    .await
+            }
         };
         loop {
             let queued = Instant::now();
             let answer = match self.lease(&mut client).await {
                 Ok(a) => a,
-                Err(e) => return self.no_worker(None, format!("daemon unavailable: {e}")).await,
+                Err(e) => {
+                    return self
+                        .no_worker(None, format!("daemon unavailable: {e}"))
+                        .await
+                }
             };
             self.job.queue_ms += queued.elapsed().as_millis() as u64;
             let worker = match answer {
@@ -190,11 +201,16 @@ impl<'a> Build<'a> {
                         message: failure.message.clone(),
                     };
                     let _ = client.call(Request::Release { outcome }).await;
-                    remote::ssh::disconnect(&Target {
-                        worker,
-                        ssh: self.loaded.config.ssh.clone(),
-                    })
-                    .await;
+                    if failure.kind == FailureKind::ConnectionLost {
+                        // The shared master is broken: close it so the next
+                        // build to this worker connects afresh. Other failures
+                        // leave it alone; concurrent builds may be using it.
+                        remote::ssh::disconnect(&Target {
+                            worker,
+                            ssh: self.loaded.config.ssh.clone(),
+                        })
+                        .await;
+                    }
                     if started && !self.req.quiet {
                         eprintln!("rch: {failure}; re-running the build elsewhere");
                     }
@@ -254,7 +270,7 @@ impl<'a> Build<'a> {
         let t = Instant::now();
         let report = tokio::select! {
             r = remote::run::run(&conn, &spec) => r,
-            _ = tokio::signal::ctrl_c() => return Attempt::Interrupted,
+            _ = interrupted() => return Attempt::Interrupted,
         };
         self.job.run_ms += t.elapsed().as_millis() as u64;
         let code = match report.result {
@@ -264,7 +280,9 @@ impl<'a> Build<'a> {
         if code == 0 {
             let t = Instant::now();
             let pull = pull_spec(&self.offload.artifacts);
-            if let Err(f) = remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes).await {
+            if let Err(f) =
+                remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes).await
+            {
                 return failed(f, true);
             }
             self.job.return_ms += t.elapsed().as_millis() as u64;
@@ -273,7 +291,11 @@ impl<'a> Build<'a> {
     }
 
     fn run_spec(&self, remote_dir: &str) -> remote::run::RunSpec {
-        let rel = self.req.cwd.strip_prefix(&self.root).unwrap_or(Path::new(""));
+        let rel = self
+            .req
+            .cwd
+            .strip_prefix(&self.root)
+            .unwrap_or(Path::new(""));
         let dir = if rel.as_os_str().is_empty() {
             remote_dir.to_string()
         } else {
@@ -316,7 +338,12 @@ impl<'a> Build<'a> {
         if self.job.failovers.is_empty() {
             return reason;
         }
-        let failed: Vec<&str> = self.job.failovers.iter().map(|f| f.reason.as_str()).collect();
+        let failed: Vec<&str> = self
+            .job
+            .failovers
+            .iter()
+            .map(|f| f.reason.as_str())
+            .collect();
         format!("{}; {reason}", failed.join("; "))
     }
 
@@ -328,6 +355,24 @@ impl<'a> Build<'a> {
             };
         }
         let _ = client.call(Request::Job(self.job.clone())).await;
+    }
+}
+
+/// Resolves when the user interrupts rch (SIGINT, SIGTERM or SIGHUP).
+/// Dropping the run future then ends the remote command.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 
@@ -368,6 +413,9 @@ pub fn project_root(loaded: &Loaded, cwd: &Path, offload: &Offload) -> PathBuf {
 
 /// The command as a shell would show it (for status and history).
 pub fn display_command(argv: &[OsString]) -> String {
-    let words: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let words: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
 }

@@ -1,7 +1,9 @@
 //! The CLI's side of the daemon socket: connect (starting the daemon when it
 //! is not running), send requests, read answers.
 
-use crate::protocol::{read_line, write_line, Envelope, Request, Response, WireError, PROTOCOL_VERSION};
+use crate::protocol::{
+    read_line, write_line, Envelope, Request, Response, WireError, PROTOCOL_VERSION,
+};
 use anyhow::Context;
 use std::os::unix::process::CommandExt;
 use std::path::Path;

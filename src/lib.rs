@@ -16,6 +16,7 @@
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
 //! - [`ui`]: tables, progress and output modes.
+//! - [`service`]: the systemd user unit for the daemon.
 //! - [`wrap`]: shell wrappers (shims) that send build tools through `rch exec`.
 //! - [`hook`]: the coding-agent PreToolUse hook and its settings entry.
 
@@ -32,6 +33,7 @@ pub mod paths;
 pub mod protocol;
 pub mod remote;
 pub mod select;
+pub mod service;
 pub mod ui;
 pub mod wrap;
 

@@ -40,7 +40,10 @@ pub enum Request {
     /// Probe workers now (`None` = all workers).
     Probe { worker: Option<String> },
     /// Drain, enable or disable a worker.
-    SetWorker { worker: String, action: WorkerAction },
+    SetWorker {
+        worker: String,
+        action: WorkerAction,
+    },
     /// Recent jobs and breaker events of one worker.
     History { worker: String, limit: usize },
     /// Stored events; with `follow` the connection then streams live ones.
@@ -128,9 +131,13 @@ pub enum Response {
         why: String,
     },
     /// Every admissible worker is full; you are `position` in the queue.
-    Queued { position: usize },
+    Queued {
+        position: usize,
+    },
     /// No worker for this build: run it locally (or fail closed), because `reason`.
-    Local { reason: String },
+    Local {
+        reason: String,
+    },
     Ok,
     Status(Box<crate::daemon::report::FleetReport>),
     Probed {
@@ -212,6 +219,12 @@ mod tests {
         };
         let text = serde_json::to_string(&o).unwrap();
         let back: AttemptOutcome = serde_json::from_str(&text).unwrap();
-        assert!(matches!(back, AttemptOutcome::Failure { kind: FailureKind::ConnectRefused, .. }));
+        assert!(matches!(
+            back,
+            AttemptOutcome::Failure {
+                kind: FailureKind::ConnectRefused,
+                ..
+            }
+        ));
     }
 }

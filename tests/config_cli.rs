@@ -99,9 +99,9 @@ fn show_origin_names_each_layer() {
     let sb = Sandbox::new();
     sb.write(
         &sb.user_file(),
-        "[circuit]\nfailure_threshold = 5\nwindow_secs = 20\n\n[[workers]]\nid = \"w1\"\nhost = \"h1\"\n",
+        "[general]\nbuild_timeout_secs = 5\nfallback = \"never\"\n\n[circuit]\nfailure_threshold = 5\n\n[[workers]]\nid = \"w1\"\nhost = \"h1\"\n",
     );
-    sb.write(&sb.project_file(), "[circuit]\nwindow_secs = 10\n");
+    sb.write(&sb.project_file(), "[general]\nbuild_timeout_secs = 10\n");
     let out = sb.rch(&["config", "show", "--origin"], &[("RCH_DISABLE", "1")]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
@@ -109,7 +109,8 @@ fn show_origin_names_each_layer() {
     let project = sb.project_file().display().to_string();
     for line in [
         format!("failure_threshold = 5  # {user}"),
-        format!("window_secs = 10  # {project}"),
+        format!("build_timeout_secs = 10  # {project}"),
+        format!("fallback = \"never\"  # {user}"),
         "enabled = false  # env RCH_DISABLE".to_string(),
         "success_threshold = 2  # default".to_string(),
         format!("[[workers]]  # {user}"),

@@ -28,7 +28,9 @@ fn fleet(env: &TestEnv) -> FleetReport {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = rch::client::Client::connect(&socket).await.expect("daemon up");
+        let mut c = rch::client::Client::connect(&socket)
+            .await
+            .expect("daemon up");
         match c.call(Request::Status).await.unwrap() {
             Response::Status(r) => *r,
             other => panic!("unexpected {other:?}"),
@@ -38,16 +40,19 @@ fn fleet(env: &TestEnv) -> FleetReport {
 
 fn circuit(env: &TestEnv, id: &str) -> (String, u32) {
     let r = fleet(env);
-    let w = r.workers.iter().find(|w| w.id == id).expect("worker in status");
+    let w = r
+        .workers
+        .iter()
+        .find(|w| w.id == id)
+        .expect("worker in status");
     (w.circuit.state.clone(), w.circuit.failures)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(
+        support::wait_for(timeout, f),
+        "timed out waiting for {what}"
+    );
 }
 
 const TWO_WORKERS_W1_PREFERRED: &str = r#"
@@ -58,7 +63,9 @@ open_cooldown_secs = 600
 
 /// The lab config lists w1, w2 at equal priority; make w1 preferred.
 fn prefer_w1(env: &TestEnv, extra: &str) {
-    env.write_config(&format!("{extra}\n[[workers]]\nid = \"w1\"\npriority = 200\n"));
+    env.write_config(&format!(
+        "{extra}\n[[workers]]\nid = \"w1\"\npriority = 200\n"
+    ));
 }
 
 #[test]
@@ -73,10 +80,18 @@ fn remote_cargo_build_returns_a_runnable_binary_and_compile_errors_are_the_build
     let run = Command::new(&bin).output().expect("artifact came back");
     assert!(run.status.success());
 
-    std::fs::write(project.join("src/main.rs"), "fn main() { let x: u32 = \"no\"; }\n").unwrap();
+    std::fs::write(
+        project.join("src/main.rs"),
+        "fn main() { let x: u32 = \"no\"; }\n",
+    )
+    .unwrap();
     let out = rch_in(&env, &project, &["exec", "--", "cargo", "build"]);
     assert_eq!(out.status.code(), Some(101), "stderr: {}", stderr(&out));
-    assert!(stderr(&out).contains("mismatched types"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("mismatched types"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("rch: ran on w1"));
     assert_eq!(circuit(&env, "w1"), ("closed".to_string(), 0));
 }
@@ -92,7 +107,11 @@ fn dead_preferred_worker_fails_over_and_opens_on_the_third_failure() {
         let project = env.project(&format!("failover{i}"));
         let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
         assert_eq!(out.status.code(), Some(0), "build {i}: {}", stderr(&out));
-        assert!(stderr(&out).contains("rch: ran on w2"), "build {i}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("rch: ran on w2"),
+            "build {i}: {}",
+            stderr(&out)
+        );
         let (state, failures) = circuit(&env, "w1");
         if i < 3 {
             assert_eq!((state.as_str(), failures), ("closed", i));
@@ -115,12 +134,24 @@ fn all_workers_down_runs_locally_or_exits_75_when_remote_is_required() {
     env.lab.kill("w1").unwrap();
     let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("rch: ran locally:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rch: ran locally:"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = rch_in(&env, &project, &["exec", "--require-remote", "--", "cargo", "check"]);
+    let out = rch_in(
+        &env,
+        &project,
+        &["exec", "--require-remote", "--", "cargo", "check"],
+    );
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     let err = stderr(&out);
-    assert_eq!(err.lines().filter(|l| l.starts_with("rch:")).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("rch:")).count(),
+        1,
+        "{err}"
+    );
     assert!(err.contains("could not run remotely"), "{err}");
 
     let out = env
@@ -177,16 +208,20 @@ fn open_breaker_and_history_survive_a_daemon_restart() {
 #[test]
 fn after_cooldown_the_daemon_probes_and_two_successes_close() {
     let env = TestEnv::new(1);
-    env.write_config("[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 2\nsuccess_threshold = 2\n");
+    env.write_config(
+        "[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 2\nsuccess_threshold = 2\n",
+    );
     let project = env.project("recover");
     env.lab.kill("w1").unwrap();
     let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
     assert!(stderr(&out).contains("ran locally"), "{}", stderr(&out));
     // The daemon's own probe fails while w1 is still down and reopens it.
     env.lab.revive("w1").unwrap();
-    wait_for("w1 to close by probes alone", Duration::from_secs(30), || {
-        circuit(&env, "w1").0 == "closed"
-    });
+    wait_for(
+        "w1 to close by probes alone",
+        Duration::from_secs(30),
+        || circuit(&env, "w1").0 == "closed",
+    );
     let events = rch_in(&env, &project, &["events", "--json"]);
     let text = String::from_utf8_lossy(&events.stdout).into_owned();
     if events.status.success() {
@@ -206,12 +241,19 @@ fn hostile_arguments_arrive_verbatim_and_nothing_runs_on_the_worker() {
         "#include <stdio.h>\nint main(void) { puts(MSG); return 0; }\n",
     )
     .unwrap();
-    let payload = "$(touch PWNED1) `touch PWNED2` ; touch PWNED3 ;  two  spaces 'single' \\\"dq\\\"";
+    let payload =
+        "$(touch PWNED1) `touch PWNED2` ; touch PWNED3 ;  two  spaces 'single' \\\"dq\\\"";
     let define = format!("-DMSG=\"{payload}\"");
-    let out = rch_in(&env, &project, &["exec", "--", "cc", &define, "show.c", "-o", "show"]);
+    let out = rch_in(
+        &env,
+        &project,
+        &["exec", "--", "cc", &define, "show.c", "-o", "show"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("rch: ran on w1"), "{}", stderr(&out));
-    let shown = Command::new(project.join("show")).output().expect("artifact came back");
+    let shown = Command::new(project.join("show"))
+        .output()
+        .expect("artifact came back");
     let expected = payload.replace("\\\"", "\"");
     assert_eq!(String::from_utf8_lossy(&shown.stdout).trim_end(), expected);
     let base = env.lab.workers()[0].remote_base.display().to_string();
@@ -219,7 +261,11 @@ fn hostile_arguments_arrive_verbatim_and_nothing_runs_on_the_worker() {
         "w1",
         &format!("find '{base}' -name 'PWNED*' 2>/dev/null; ls ~ | grep PWNED || true"),
     );
-    assert_eq!(String::from_utf8_lossy(&found.stdout).trim(), "", "something ran on the worker");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).trim(),
+        "",
+        "something ran on the worker"
+    );
     assert!(!project.join("PWNED1").exists());
 }
 
@@ -247,10 +293,18 @@ fn killing_a_client_mid_build_leaves_nothing_running_on_the_worker() {
         let o = env.ssh("w1", &format!("pgrep -f '[r]{}' || true", &marker[1..]));
         !String::from_utf8_lossy(&o.stdout).trim().is_empty()
     };
-    wait_for("the build to start on the worker", Duration::from_secs(30), running);
+    wait_for(
+        "the build to start on the worker",
+        Duration::from_secs(30),
+        running,
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    wait_for("the remote build to be killed", Duration::from_secs(15), || !running());
+    wait_for(
+        "the remote build to be killed",
+        Duration::from_secs(15),
+        || !running(),
+    );
     // Its slot came back: the next build gets the worker.
     let out = rch_in(&env, &project, &["exec", "--", "make", "quick"]);
     assert!(stderr(&out).contains("rch: ran on w1"), "{}", stderr(&out));

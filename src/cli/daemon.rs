@@ -31,6 +31,8 @@ pub enum DaemonCommand {
     },
     /// Re-read the configuration (same as SIGHUP).
     Reload,
+    /// Write and enable a systemd user unit for the daemon.
+    InstallService,
 }
 
 pub fn run(cmd: DaemonCommand, _global: &Global) -> anyhow::Result<i32> {
@@ -41,6 +43,7 @@ pub fn run(cmd: DaemonCommand, _global: &Global) -> anyhow::Result<i32> {
         DaemonCommand::Status => super::block_on(status()),
         DaemonCommand::Logs { lines } => logs(lines),
         DaemonCommand::Reload => super::block_on(reload()),
+        DaemonCommand::InstallService => crate::service::install_service(),
     }
 }
 
@@ -84,7 +87,10 @@ async fn ping(socket: &Path) -> Option<Response> {
 async fn start() -> anyhow::Result<i32> {
     let socket = paths::socket_path();
     if let Some(Response::Hello { pid, version, .. }) = ping(&socket).await {
-        println!("rch daemon already running (pid {pid}, version {version}) on {}", socket.display());
+        println!(
+            "rch daemon already running (pid {pid}, version {version}) on {}",
+            socket.display()
+        );
         return Ok(0);
     }
     // Surface config errors here, with exit 78, rather than in the log.

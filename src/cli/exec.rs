@@ -19,7 +19,12 @@ pub struct ExecArgs {
     #[arg(long, conflicts_with_all = ["worker", "require_remote"])]
     pub local: bool,
     /// The command and its arguments, passed verbatim.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 

@@ -5,12 +5,18 @@
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod completions;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
+pub mod events;
 pub mod exec;
 pub mod hook;
 pub mod lab;
+pub mod metrics;
 pub mod shell_init;
+pub mod status;
+pub mod workers;
 pub mod wrap;
 
 /// Route build commands to remote build workers over SSH.
@@ -47,6 +53,19 @@ pub enum Command {
     /// Throwaway local sshd workers for trying rch.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// The fleet at a glance: daemon, circuits, workers, jobs.
+    Status(status::StatusArgs),
+    /// List, probe, reset, drain, enable, disable workers; their history.
+    #[command(subcommand)]
+    Workers(workers::WorkersCommand),
+    /// Breaker transitions and fallbacks, stored and live.
+    Events(events::EventsArgs),
+    /// The daemon's counters and gauges (Prometheus text).
+    Metrics(metrics::MetricsArgs),
+    /// Would a command be offloaded, and where would it go now? Does not run it.
+    Diagnose(diagnose::DiagnoseArgs),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
     /// Wrap build tools so they go through rch without typing `rch exec`.
     #[command(subcommand)]
     Wrap(wrap::WrapCommand),
@@ -69,6 +88,12 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Config(cmd) => config::run(cmd, &global),
         Command::Daemon(cmd) => daemon::run(cmd, &global),
         Command::Lab(cmd) => lab::run(cmd, &global),
+        Command::Status(args) => status::run(args, &global),
+        Command::Workers(cmd) => workers::run(cmd, &global),
+        Command::Events(args) => events::run(args, &global),
+        Command::Metrics(args) => metrics::run(args, &global),
+        Command::Diagnose(args) => diagnose::run(args, &global),
+        Command::Completions(args) => completions::run(args, &global),
         Command::Wrap(cmd) => wrap::run(cmd, &global),
         Command::ShellInit(args) => shell_init::run(args, &global),
         Command::Hook(args) => hook::run(args, &global),

@@ -29,9 +29,23 @@ pub struct Layer {
     pub workers: Option<Vec<WorkerConfig>>,
 }
 
+/// Which file a layer comes from, which decides the sections it may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The user's own config (or the lab's): every section.
+    User,
+    /// A project's `.rch/config.toml`: only what is safe for a repository to
+    /// decide. Where builds go and how SSH authenticates stay the user's, so
+    /// a cloned repository cannot redirect builds or swap the ssh config.
+    Project,
+}
+
+/// Sections a project config may set.
+const PROJECT_SECTIONS: &[&str] = &["general", "transfer"];
+
 /// Parse and validate one file's text.
-pub fn read_layer(text: &str, file: &Path) -> Result<Layer, ConfigError> {
-    let reader = Reader { text, file };
+pub fn read_layer(text: &str, file: &Path, scope: Scope) -> Result<Layer, ConfigError> {
+    let reader = Reader { text, file, scope };
     let doc = ImDocument::parse(text).map_err(|e| reader.syntax_error(&e))?;
     reader.root(doc.as_table())
 }
@@ -78,6 +92,7 @@ struct WorkerEntry<'a> {
 struct Reader<'a> {
     text: &'a str,
     file: &'a Path,
+    scope: Scope,
 }
 
 impl Reader<'_> {
@@ -111,6 +126,13 @@ impl Reader<'_> {
             let Some((key, item)) = root.get_key_value(name) else {
                 continue;
             };
+            if self.scope == Scope::Project && !PROJECT_SECTIONS.contains(&name) {
+                let problem = format!(
+                    "not allowed in a project config (it may set [{}]); put it in your user config",
+                    PROJECT_SECTIONS.join("], [")
+                );
+                return Err(self.error(key.span(), &shown_key(name), &problem));
+            }
             if name == schema::WORKERS {
                 layer.workers = Some(self.workers(key, item)?);
             } else if let Some(keys) = schema::section(name) {
@@ -288,7 +310,7 @@ mod tests {
     use super::*;
 
     fn read(text: &str) -> Result<Layer, String> {
-        read_layer(text, Path::new("/c.toml")).map_err(|e| e.message)
+        read_layer(text, Path::new("/c.toml"), Scope::User).map_err(|e| e.message)
     }
 
     #[test]
@@ -314,6 +336,21 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn project_scope_keeps_ssh_and_workers_for_the_user() {
+        let text = "[general]\nenabled = true\n\n[ssh]\nconfig_file = \"/tmp/evil\"\n";
+        let err = read_layer(text, Path::new("/p/.rch/config.toml"), Scope::Project)
+            .unwrap_err()
+            .message;
+        assert!(
+            err.starts_with("/p/.rch/config.toml:4: ssh: not allowed in a project config"),
+            "{err}"
+        );
+        let workers = "[[workers]]\nid = \"x\"\nhost = \"evil\"\n";
+        assert!(read_layer(workers, Path::new("/p"), Scope::Project).is_err());
+        assert!(read_layer(text, Path::new("/u"), Scope::User).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! layer that lists any workers replaces the whole worker list below it, and
 //! `transfer.exclude` is replaced as a whole too.
 
-use super::file::{read_layer, Layer, Setting};
+use super::file::{read_layer, Layer, Scope, Setting};
 use super::{Config, ConfigError, Fallback, WorkerConfig};
 use crate::paths;
 use serde_json::Value as Json;
@@ -201,12 +201,12 @@ pub fn load_with(sources: &Sources) -> Result<Loaded, ConfigError> {
     let mut merge = Merge::new();
     let mut files = Vec::new();
 
-    if let Some(layer) = read_file(&sources.user_file, sources.user_file_required)? {
+    if let Some(layer) = read_file(&sources.user_file, sources.user_file_required, Scope::User)? {
         merge.add(&layer, Origin::File(sources.user_file.clone()));
         files.push(sources.user_file.clone());
     }
     if let Some(lab) = &sources.lab_file {
-        if let Some(layer) = read_file(lab, false)? {
+        if let Some(layer) = read_file(lab, false, Scope::User)? {
             merge.add(&layer, Origin::Lab(lab.clone()));
             files.push(lab.clone());
         }
@@ -214,7 +214,7 @@ pub fn load_with(sources: &Sources) -> Result<Loaded, ConfigError> {
     let project_root = find_project_root(&sources.cwd);
     if let Some(root) = &project_root {
         let path = project_config_file(root);
-        if let Some(layer) = read_file(&path, false)? {
+        if let Some(layer) = read_file(&path, false, Scope::Project)? {
             merge.add(&layer, Origin::File(path.clone()));
             files.push(path);
         }
@@ -247,7 +247,7 @@ pub fn load_with(sources: &Sources) -> Result<Loaded, ConfigError> {
 
 /// One file alone over the defaults.
 pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let layer = read_layer(text, file)?;
+    let layer = read_layer(text, file, Scope::User)?;
     let mut merge = Merge::new();
     merge.add(&layer, Origin::File(file.to_path_buf()));
     let mut config: Config = serde_json::from_value(merge.config).map_err(|e| {
@@ -261,9 +261,9 @@ pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Read and validate a file; `None` when it is absent and not required.
-fn read_file(path: &Path, required: bool) -> Result<Option<Layer>, ConfigError> {
+fn read_file(path: &Path, required: bool, scope: Scope) -> Result<Option<Layer>, ConfigError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => read_layer(&text, path).map(Some),
+        Ok(text) => read_layer(&text, path, scope).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::new(format!(
             "{}: not found (named by {ENV_CONFIG})",
@@ -424,32 +424,26 @@ mod tests {
         let tree = Tree::new();
         let user = tree.write(
             "user.toml",
-            "[circuit]\nfailure_threshold = 5\nwindow_secs = 10\nsuccess_threshold = 3\n",
+            "[general]\nbuild_timeout_secs = 5\nfallback = \"never\"\nenabled = false\n",
         );
         let lab = tree.write(
             "lab.toml",
-            "[circuit]\nwindow_secs = 20\nsuccess_threshold = 4\n",
+            "[general]\nfallback = \"local\"\nenabled = true\n",
         );
-        let project = tree.write(
-            "proj/.rch/config.toml",
-            "[circuit]\nsuccess_threshold = 6\n",
-        );
+        let project = tree.write("proj/.rch/config.toml", "[general]\nenabled = false\n");
         let loaded = load_with(&tree.sources(&[])).unwrap();
-        let c = &loaded.config.circuit;
+        let g = &loaded.config.general;
         assert_eq!(
-            (c.failure_threshold, c.window_secs, c.success_threshold),
-            (5, 20, 6)
+            (g.build_timeout_secs, g.fallback, g.enabled),
+            (5, crate::config::Fallback::Local, false)
         );
         assert_eq!(
-            loaded.origin("circuit.failure_threshold"),
+            loaded.origin("general.build_timeout_secs"),
             Origin::File(user.clone())
         );
+        assert_eq!(loaded.origin("general.fallback"), Origin::Lab(lab.clone()));
         assert_eq!(
-            loaded.origin("circuit.window_secs"),
-            Origin::Lab(lab.clone())
-        );
-        assert_eq!(
-            loaded.origin("circuit.success_threshold"),
+            loaded.origin("general.enabled"),
             Origin::File(project.clone())
         );
         assert_eq!(loaded.files, vec![user, lab, project]);
@@ -463,13 +457,10 @@ mod tests {
             "user.toml",
             "[[workers]]\nid = \"a\"\nhost = \"ha\"\n[[workers]]\nid = \"b\"\nhost = \"hb\"\n",
         );
-        let project = tree.write(
-            "proj/.rch/config.toml",
-            "[[workers]]\nid = \"c\"\nhost = \"hc\"\n",
-        );
+        let lab = tree.write("lab.toml", "[[workers]]\nid = \"c\"\nhost = \"hc\"\n");
         let loaded = load_with(&tree.sources(&[])).unwrap();
         assert_eq!(loaded.config.worker_ids(), vec!["c"]);
-        assert_eq!(loaded.origin("workers[0].slots"), Origin::File(project));
+        assert_eq!(loaded.origin("workers[0].slots"), Origin::Lab(lab));
         assert!(loaded.config.worker("a").is_none());
         assert_eq!(loaded.config.worker("c").unwrap().host, "hc");
     }
@@ -569,15 +560,9 @@ mod tests {
             "user.toml",
             "[ssh]\nstrict_host_key_checking = \"accept-new\"\n",
         );
-        let project = tree.write(
-            "proj/.rch/config.toml",
-            "\n[ssh]\nconect_timeout_secs = 3\n",
-        );
+        let project = tree.write("proj/.rch/config.toml", "\n[general]\nenabeld = true\n");
         let err = load_with(&tree.sources(&[])).unwrap_err();
-        let expected = format!(
-            "{}:3: ssh.conect_timeout_secs: unknown key",
-            project.display()
-        );
+        let expected = format!("{}:3: general.enabeld: unknown key", project.display());
         assert!(err.message.starts_with(&expected), "{}", err.message);
     }
 

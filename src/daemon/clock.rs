@@ -52,7 +52,8 @@ impl ManualClock {
 
     /// Move time forward and wake every sleeper whose deadline passed.
     pub fn advance(&self, by: Duration) {
-        let now = self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst) + by.as_millis() as u64;
+        let now =
+            self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst) + by.as_millis() as u64;
         self.tick.send_replace(now);
     }
 }

@@ -318,7 +318,11 @@ impl Fleet {
     }
 
     /// Force breakers CLOSED; `None` = every worker. Returns the ids reset.
-    pub fn reset(&mut self, worker: Option<&str>, now_ms: u64) -> Result<Vec<String>, UnknownWorker> {
+    pub fn reset(
+        &mut self,
+        worker: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Vec<String>, UnknownWorker> {
         let ids = self.targets(worker)?;
         for id in &ids {
             if let Some(b) = self.breakers.get_mut(id) {
@@ -342,7 +346,12 @@ impl Fleet {
     }
 
     /// Drain, enable or disable a worker (persisted).
-    pub fn set_worker(&mut self, id: &str, action: WorkerAction, now_ms: u64) -> Result<(), UnknownWorker> {
+    pub fn set_worker(
+        &mut self,
+        id: &str,
+        action: WorkerAction,
+        now_ms: u64,
+    ) -> Result<(), UnknownWorker> {
         self.known(id)?;
         let flags = self.flags.entry(id.to_string()).or_default();
         match action {
@@ -377,7 +386,9 @@ impl Fleet {
         let ids: Vec<String> = self.config.workers.iter().map(|w| w.id.clone()).collect();
         let mut jobs = Vec::new();
         for id in ids {
-            let Some(b) = self.breakers.get_mut(&id) else { continue };
+            let Some(b) = self.breakers.get_mut(&id) else {
+                continue;
+            };
             let t = b.tick(&self.config.circuit, now_ms);
             let half_open = b.state == State::HalfOpen;
             self.note_transition(&id, t, true, now_ms);
@@ -508,7 +519,12 @@ impl Fleet {
     }
 
     /// One line saying why no worker can take a request.
-    fn explain(&self, whys: &[(String, select::Why)], request: &LeaseRequest, now_ms: u64) -> String {
+    fn explain(
+        &self,
+        whys: &[(String, select::Why)],
+        request: &LeaseRequest,
+        now_ms: u64,
+    ) -> String {
         if self.config.workers.is_empty() {
             return "no workers configured".into();
         }
@@ -538,7 +554,9 @@ impl Fleet {
             Why::NotRequested => format!("{id} not requested"),
             Why::Busy => format!("{id} busy"),
             Why::Refused => match self.breakers.get(id) {
-                Some(b) if b.state == State::HalfOpen => format!("{id} half-open (probe in flight)"),
+                Some(b) if b.state == State::HalfOpen => {
+                    format!("{id} half-open (probe in flight)")
+                }
                 Some(b) => match b.retry_in_ms(&self.config.circuit, now_ms) {
                     Some(ms) => format!("circuit open on {id} (retry in {}s)", ms.div_ceil(1000)),
                     None => format!("circuit open on {id}"),
@@ -654,7 +672,11 @@ impl Fleet {
     }
 
     pub fn slots_in_use(&self) -> u32 {
-        self.config.workers.iter().map(|w| self.selector.used(&w.id)).sum()
+        self.config
+            .workers
+            .iter()
+            .map(|w| self.selector.used(&w.id))
+            .sum()
     }
 }
 

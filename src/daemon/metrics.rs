@@ -60,7 +60,12 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         let o = &mut out;
-        family(o, "rch_circuit_state", "gauge", "Circuit state per worker: 0 closed, 1 half_open, 2 open.");
+        family(
+            o,
+            "rch_circuit_state",
+            "gauge",
+            "Circuit state per worker: 0 closed, 1 half_open, 2 open.",
+        );
         for (w, state, _, _) in &gauges.workers {
             let _ = writeln!(o, "rch_circuit_state{{worker=\"{w}\"}} {state}");
         }
@@ -68,38 +73,104 @@ impl Metrics {
         for (w, _, used, _) in &gauges.workers {
             let _ = writeln!(o, "rch_slots_in_use{{worker=\"{w}\"}} {used}");
         }
-        family(o, "rch_slots_total", "gauge", "Configured slots per worker.");
+        family(
+            o,
+            "rch_slots_total",
+            "gauge",
+            "Configured slots per worker.",
+        );
         for (w, _, _, total) in &gauges.workers {
             let _ = writeln!(o, "rch_slots_total{{worker=\"{w}\"}} {total}");
         }
-        family(o, "rch_queue_depth", "gauge", "Lease requests waiting for a slot.");
+        family(
+            o,
+            "rch_queue_depth",
+            "gauge",
+            "Lease requests waiting for a slot.",
+        );
         let _ = writeln!(o, "rch_queue_depth {}", gauges.queue_depth);
-        family(o, "rch_circuit_transitions_total", "counter", "Breaker transitions by kind.");
+        family(
+            o,
+            "rch_circuit_transitions_total",
+            "counter",
+            "Breaker transitions by kind.",
+        );
         for (kind, n) in &self.transitions {
             let _ = writeln!(o, "rch_circuit_transitions_total{{kind=\"{kind}\"}} {n}");
         }
-        family(o, "rch_builds_total", "counter", "Finished builds by outcome and placement.");
+        family(
+            o,
+            "rch_builds_total",
+            "counter",
+            "Finished builds by outcome and placement.",
+        );
         for ((outcome, placement), n) in &self.builds {
-            let _ = writeln!(o, "rch_builds_total{{outcome=\"{outcome}\",placement=\"{placement}\"}} {n}");
+            let _ = writeln!(
+                o,
+                "rch_builds_total{{outcome=\"{outcome}\",placement=\"{placement}\"}} {n}"
+            );
         }
-        family(o, "rch_fallbacks_total", "counter", "Builds that left a worker, by reason.");
+        family(
+            o,
+            "rch_fallbacks_total",
+            "counter",
+            "Builds that left a worker, by reason.",
+        );
         for (reason, n) in &self.fallbacks {
             let _ = writeln!(o, "rch_fallbacks_total{{reason=\"{reason}\"}} {n}");
         }
         family(o, "rch_leases_total", "counter", "Leases by result.");
-        let _ = writeln!(o, "rch_leases_total{{result=\"granted\"}} {}", self.leases_granted);
-        let _ = writeln!(o, "rch_leases_total{{result=\"local\"}} {}", self.local_decisions);
-        family(o, "rch_attempts_total", "counter", "Released attempts by breaker outcome.");
-        let _ = writeln!(o, "rch_attempts_total{{outcome=\"success\"}} {}", self.attempts_ok);
-        let _ = writeln!(o, "rch_attempts_total{{outcome=\"failure\"}} {}", self.attempts_failed);
-        let _ = writeln!(o, "rch_attempts_total{{outcome=\"unknown\"}} {}", self.attempts_unknown);
+        let _ = writeln!(
+            o,
+            "rch_leases_total{{result=\"granted\"}} {}",
+            self.leases_granted
+        );
+        let _ = writeln!(
+            o,
+            "rch_leases_total{{result=\"local\"}} {}",
+            self.local_decisions
+        );
+        family(
+            o,
+            "rch_attempts_total",
+            "counter",
+            "Released attempts by breaker outcome.",
+        );
+        let _ = writeln!(
+            o,
+            "rch_attempts_total{{outcome=\"success\"}} {}",
+            self.attempts_ok
+        );
+        let _ = writeln!(
+            o,
+            "rch_attempts_total{{outcome=\"failure\"}} {}",
+            self.attempts_failed
+        );
+        let _ = writeln!(
+            o,
+            "rch_attempts_total{{outcome=\"unknown\"}} {}",
+            self.attempts_unknown
+        );
         family(o, "rch_probes_total", "counter", "Worker probes run.");
         let _ = writeln!(o, "rch_probes_total {}", self.probes);
-        family(o, "rch_lease_duration_seconds", "histogram", "How long leases were held.");
+        family(
+            o,
+            "rch_lease_duration_seconds",
+            "histogram",
+            "How long leases were held.",
+        );
         for (i, bound) in LEASE_BUCKETS.iter().enumerate() {
-            let _ = writeln!(o, "rch_lease_duration_seconds_bucket{{le=\"{bound}\"}} {}", self.lease_buckets[i]);
+            let _ = writeln!(
+                o,
+                "rch_lease_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.lease_buckets[i]
+            );
         }
-        let _ = writeln!(o, "rch_lease_duration_seconds_bucket{{le=\"+Inf\"}} {}", self.lease_count);
+        let _ = writeln!(
+            o,
+            "rch_lease_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            self.lease_count
+        );
         let _ = writeln!(o, "rch_lease_duration_seconds_sum {}", self.lease_sum);
         let _ = writeln!(o, "rch_lease_duration_seconds_count {}", self.lease_count);
         out
@@ -119,7 +190,10 @@ mod tests {
         let mut m = Metrics::default();
         m.observe_lease_secs(0.02);
         m.observe_lease_secs(2.0);
-        let text = m.render(&Gauges { workers: vec![("w1", 2, 1, 4)], queue_depth: 0 });
+        let text = m.render(&Gauges {
+            workers: vec![("w1", 2, 1, 4)],
+            queue_depth: 0,
+        });
         assert!(text.contains("rch_lease_duration_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("rch_lease_duration_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("rch_circuit_state{worker=\"w1\"} 2"));

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
+pub mod metrics_http;
 pub mod prober;
 pub mod report;
 pub mod server;
@@ -66,7 +67,11 @@ impl Shared {
                 .iter()
                 .filter_map(|id| fleet.breaker(id).map(|b| (id.clone(), b.clone())))
                 .collect();
-            let flags: Vec<_> = effects.flags.iter().map(|id| (id.clone(), fleet.flags(id))).collect();
+            let flags: Vec<_> = effects
+                .flags
+                .iter()
+                .map(|id| (id.clone(), fleet.flags(id)))
+                .collect();
             (result, effects, breakers, flags)
         };
         self.apply(effects, breakers, flags, now);
@@ -143,10 +148,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let shared = Arc::new(open_state(opts)?);
     tracing::info!(socket = %guard.socket.display(), pid = std::process::id(), "rch daemon listening");
     let prober = tokio::spawn(prober::run(shared.clone()));
+    let metrics_listen = shared.with_fleet(|f, _| f.config().daemon.metrics_listen.clone());
+    let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
     prober.abort();
     signals.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     drop(guard);
     tracing::info!("rch daemon stopped");
     result
@@ -163,7 +173,12 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Shared> {
     let breakers = store.load_breakers().unwrap_or_default();
     let flags = store.load_flags().unwrap_or_default();
     let mut fleet = Fleet::new(config, breakers, flags, now);
-    let ids: Vec<String> = fleet.config().workers.iter().map(|w| w.id.clone()).collect();
+    let ids: Vec<String> = fleet
+        .config()
+        .workers
+        .iter()
+        .map(|w| w.id.clone())
+        .collect();
     for id in ids {
         if let Ok(Some(at)) = store.last_build_ms(&id) {
             fleet.last_build(&id, at);
@@ -196,7 +211,10 @@ fn bind(socket: &Path) -> anyhow::Result<(tokio::net::UnixListener, Listening)> 
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
     if fs2::FileExt::try_lock_exclusive(&lock).is_err() {
-        anyhow::bail!("another rch daemon is already running on {}", socket.display());
+        anyhow::bail!(
+            "another rch daemon is already running on {}",
+            socket.display()
+        );
     }
     // We hold the lock, so a socket file left here is stale.
     let _ = std::fs::remove_file(socket);

@@ -118,7 +118,8 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
         Request::Status => conn.send(&Response::Status(Box::new(status(shared)))).await,
         Request::Reset { worker } => {
             let r = shared.with_fleet(|f, now| f.reset(worker.as_deref(), now));
-            conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown)).await
+            conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown))
+                .await
         }
         Request::Probe { worker } => {
             let response = probe(shared, worker.as_deref()).await;
@@ -126,7 +127,8 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
         }
         Request::SetWorker { worker, action } => {
             let r = shared.with_fleet(|f, now| f.set_worker(&worker, action, now));
-            conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown)).await
+            conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown))
+                .await
         }
         Request::History { worker, limit } => {
             let response = history(shared, &worker, limit);
@@ -248,7 +250,11 @@ fn record_job(shared: &Shared, job: &JobReport) {
     }
     let to = job.worker.clone().unwrap_or_else(|| "local".into());
     shared.with_fleet(|f, now| {
-        let placement = if job.worker.is_some() { "remote" } else { "local" };
+        let placement = if job.worker.is_some() {
+            "remote"
+        } else {
+            "local"
+        };
         f.metrics.count_build(&job.outcome, placement);
         for (i, fo) in job.failovers.iter().enumerate() {
             let next = job
@@ -297,7 +303,10 @@ fn status(shared: &Shared) -> FleetReport {
         pid: Some(std::process::id()),
         uptime_secs: Some(shared.now_ms().saturating_sub(shared.started_ms) / 1000),
     };
-    report.recent_jobs = shared.store().recent_jobs(None, RECENT_JOBS).unwrap_or_default();
+    report.recent_jobs = shared
+        .store()
+        .recent_jobs(None, RECENT_JOBS)
+        .unwrap_or_default();
     report
 }
 
@@ -308,11 +317,21 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
             Some(id) if fleet.config().worker(id).is_none() => {
                 return Response::Error {
                     message: format!("unknown worker {id:?}"),
-                    known_workers: fleet.config().workers.iter().map(|w| w.id.clone()).collect(),
+                    known_workers: fleet
+                        .config()
+                        .workers
+                        .iter()
+                        .map(|w| w.id.clone())
+                        .collect(),
                 }
             }
             Some(id) => vec![id.to_string()],
-            None => fleet.config().workers.iter().map(|w| w.id.clone()).collect(),
+            None => fleet
+                .config()
+                .workers
+                .iter()
+                .map(|w| w.id.clone())
+                .collect(),
         }
     };
     let tasks: Vec<_> = ids
@@ -323,7 +342,10 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
                 match shared.with_fleet(|f, now| f.probe_now(&id, now)) {
                     Ok(job) => run_probe(&shared, job).await,
                     Err(reason) => ProbeResult {
-                        state: shared.with_fleet(|f, _| f.state_of(&id)).map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        state: shared
+                            .with_fleet(|f, _| f.state_of(&id))
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
                         worker: id,
                         ok: false,
                         latency_ms: None,
@@ -347,12 +369,20 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
     let limit = Duration::from_secs(job.target.ssh.connect_timeout_secs * 2 + 10);
     let result = match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
         Ok(Ok(rtt)) => Ok(rtt.as_millis() as u64),
-        Ok(Err(failure)) => Err(failure.message),
-        Err(_) => Err(format!("{}: probe timed out after {}s", job.worker, limit.as_secs())),
+        Ok(Err(failure)) => {
+            // Only a lost connection means the shared master is broken;
+            // builds may be using it otherwise.
+            if failure.kind == crate::remote::FailureKind::ConnectionLost {
+                crate::remote::ssh::disconnect(&job.target).await;
+            }
+            Err(failure.message)
+        }
+        Err(_) => Err(format!(
+            "{}: probe timed out after {}s",
+            job.worker,
+            limit.as_secs()
+        )),
     };
-    if result.is_err() {
-        crate::remote::ssh::disconnect(&job.target).await;
-    }
     let state = shared.with_fleet(|f, now| {
         f.finish_probe(&job, result.clone(), now);
         f.state_of(&job.worker)
@@ -368,10 +398,13 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
 
 fn history(shared: &Shared, worker: &str, limit: usize) -> Response {
     let known = shared.with_fleet(|f, _| {
-        f.config()
-            .worker(worker)
-            .map(|_| ())
-            .ok_or_else(|| f.config().workers.iter().map(|w| w.id.clone()).collect::<Vec<_>>())
+        f.config().worker(worker).map(|_| ()).ok_or_else(|| {
+            f.config()
+                .workers
+                .iter()
+                .map(|w| w.id.clone())
+                .collect::<Vec<_>>()
+        })
     });
     if let Err(known_workers) = known {
         return Response::Error {
@@ -387,7 +420,12 @@ fn history(shared: &Shared, worker: &str, limit: usize) -> Response {
     })
 }
 
-async fn events(conn: &mut Conn, shared: &Shared, follow: bool, limit: usize) -> Result<(), WireError> {
+async fn events(
+    conn: &mut Conn,
+    shared: &Shared,
+    follow: bool,
+    limit: usize,
+) -> Result<(), WireError> {
     // Subscribe before reading the store so nothing falls between the two.
     let mut live = shared.events.subscribe();
     let stored = shared.store().events(None, limit).unwrap_or_default();
@@ -408,7 +446,8 @@ async fn events(conn: &mut Conn, shared: &Shared, follow: bool, limit: usize) ->
     }
 }
 
-fn metrics(shared: &Shared) -> String {
+/// The Prometheus text of the daemon's counters and gauges.
+pub fn metrics(shared: &Shared) -> String {
     shared.with_fleet(|f, _| {
         let workers = f
             .config()
@@ -425,7 +464,10 @@ fn metrics(shared: &Shared) -> String {
             })
             .collect::<Vec<_>>();
         let gauges = Gauges {
-            workers: workers.iter().map(|(id, s, u, t)| (id.as_str(), *s, *u, *t)).collect(),
+            workers: workers
+                .iter()
+                .map(|(id, s, u, t)| (id.as_str(), *s, *u, *t))
+                .collect(),
             queue_depth: f.queue_len(),
         };
         f.metrics.render(&gauges)

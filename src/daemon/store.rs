@@ -78,8 +78,7 @@ impl Store {
     /// Open (or create) the database; a broken one is moved aside.
     pub fn open(path: &Path) -> anyhow::Result<Opened> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         match Self::open_checked(path) {
             Ok(store) => Ok(Opened {
@@ -238,7 +237,11 @@ impl Store {
     }
 
     /// The last `limit` events (of `worker` when given), oldest first.
-    pub fn events(&self, worker: Option<&str>, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub fn events(
+        &self,
+        worker: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut stmt = self.conn.prepare(
             "SELECT body FROM (SELECT id, body FROM events WHERE (?1 IS NULL OR worker = ?1)
              ORDER BY id DESC LIMIT ?2) ORDER BY id ASC",
@@ -324,7 +327,13 @@ mod tests {
         {
             let mut store = Store::open(&db).unwrap().store;
             store
-                .save_flags("w1", WorkerFlags { enabled: Some(false), draining: true })
+                .save_flags(
+                    "w1",
+                    WorkerFlags {
+                        enabled: Some(false),
+                        draining: true,
+                    },
+                )
                 .unwrap();
             let job = JobReport {
                 worker: Some("w1".into()),
@@ -337,7 +346,10 @@ mod tests {
         let store = Store::open(&db).unwrap().store;
         assert_eq!(
             store.load_flags().unwrap()["w1"],
-            WorkerFlags { enabled: Some(false), draining: true }
+            WorkerFlags {
+                enabled: Some(false),
+                draining: true
+            }
         );
         assert_eq!(store.last_build_ms("w1").unwrap(), Some(5_000));
         assert_eq!(store.recent_jobs(Some("w1"), 5).unwrap()[0].placement, "w1");

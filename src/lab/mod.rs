@@ -101,6 +101,11 @@ impl LabWorker {
         self.dir.join("sshd_config")
     }
 
+    /// The login home of sessions on this worker.
+    pub fn home(&self) -> PathBuf {
+        self.dir.join("home")
+    }
+
     fn pid_file(&self) -> PathBuf {
         self.dir.join("sshd.pid")
     }
@@ -523,6 +528,7 @@ impl Lab {
     fn start_sshd(&self, worker: &LabWorker) -> anyhow::Result<i32> {
         let paths = WorkerPaths::of(worker);
         let files = paths.as_sshd_files();
+        sshd::write_home(files.home)?;
         sshd::write_config(&self.state.sshd, worker.port, &files)?;
         sshd::start(&self.state.sshd, worker.port, &files)
             .with_context(|| format!("starting worker {}", worker.id))
@@ -626,6 +632,7 @@ impl Lab {
 /// The files of one worker's sshd, owned so they can be borrowed as [`SshdFiles`].
 struct WorkerPaths {
     config: PathBuf,
+    home: PathBuf,
     host_key: PathBuf,
     authorized_keys: PathBuf,
     pid_file: PathBuf,
@@ -636,6 +643,7 @@ impl WorkerPaths {
     fn of(worker: &LabWorker) -> WorkerPaths {
         WorkerPaths {
             config: worker.sshd_config(),
+            home: worker.home(),
             host_key: worker.host_key(),
             authorized_keys: worker.authorized_keys(),
             pid_file: worker.pid_file(),
@@ -646,6 +654,7 @@ impl WorkerPaths {
     fn as_sshd_files(&self) -> SshdFiles<'_> {
         SshdFiles {
             config: &self.config,
+            home: &self.home,
             host_key: &self.host_key,
             authorized_keys: &self.authorized_keys,
             pid_file: &self.pid_file,
@@ -720,8 +729,9 @@ fn toml_string(path: &Path) -> String {
     toml::Value::String(path.to_string_lossy().into_owned()).to_string()
 }
 
-/// Poll `done` every few milliseconds until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+/// Poll `done` every few milliseconds until it holds or `timeout` passes;
+/// tells which. (Tests use it too, to wait for what the lab changes.)
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {

@@ -20,6 +20,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The files of one worker's sshd.
 pub struct SshdFiles<'a> {
     pub config: &'a Path,
+    /// The login home of the worker's sessions (see [`write_home`]).
+    pub home: &'a Path,
     pub host_key: &'a Path,
     pub authorized_keys: &'a Path,
     pub pid_file: &'a Path,
@@ -90,10 +92,14 @@ fn render_config(port: u16, files: &SshdFiles, penalties_option: bool) -> String
          MaxSessions 64\n\
          # Local workers gain nothing from a post-quantum key exchange; the\n\
          # classic one keeps each login (and so each test) fast.\n\
-         KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n",
+         KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n\
+         # A home of the lab's own: the login shell reads its .profile, not the\n\
+         # user's shell start-up files (which may be slow or print).\n\
+         SetEnv HOME={home}\n",
         host_key = quote_config_path(files.host_key),
         pid_file = quote_config_path(files.pid_file),
         authorized_keys = quote_token_path(files.authorized_keys),
+        home = quote_config_path(files.home),
     );
     if penalties_option {
         // Newer sshd shuts out a source address after failed logins; every lab
@@ -101,6 +107,34 @@ fn render_config(port: u16, files: &SshdFiles, penalties_option: bool) -> String
         text.push_str("PerSourcePenalties no\n");
     }
     text
+}
+
+/// Create a worker's login home: a `.profile` that puts this machine's Rust
+/// toolchain (rustup and cargo homes of the current user) on PATH, so builds
+/// on the worker find `cargo` the way a real worker's login shell would.
+pub fn write_home(home: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(home)?;
+    let user_home = directories::BaseDirs::new()
+        .map(|b| b.home_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let env_dir = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| user_home.join(default))
+    };
+    let cargo_home = env_dir("CARGO_HOME", ".cargo");
+    let rustup_home = env_dir("RUSTUP_HOME", ".rustup");
+    let profile = format!(
+        "# rch lab worker login profile\n\
+         export CARGO_HOME={cargo}\n\
+         export RUSTUP_HOME={rustup}\n\
+         export PATH=\"$CARGO_HOME/bin:$PATH\"\n",
+        cargo = shell_escape::escape(cargo_home.to_string_lossy()),
+        rustup = shell_escape::escape(rustup_home.to_string_lossy()),
+    );
+    std::fs::write(home.join(".profile"), profile)
+        .with_context(|| format!("writing {}", home.join(".profile").display()))?;
+    Ok(())
 }
 
 /// Write the worker's sshd_config and check it with `sshd -t`, creating the

@@ -12,7 +12,7 @@ pub mod sync;
 use crate::config::{SshConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
-pub use run::{forwarded_env, run, RunReport, RunSpec};
+pub use run::{forwarded_env, run, run_to, RunReport, RunSpec};
 pub use ssh::{connect, disconnect, probe, Connection};
 pub use sync::{pull, push, remote_project_dir, Pull, DEFAULT_EXCLUDES};
 

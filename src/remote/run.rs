@@ -93,6 +93,8 @@ const SETUP_MARKER: &[u8] = b"\x1erch-setup\x1e";
 /// a non-interactive shell otherwise gets /dev/null. The watcher ignores TERM
 /// once it has fired so the script's own clean-up cannot cut the escalation to
 /// KILL short; before that, TERM ends it at once (it sits in the `read` builtin).
+/// When it fires right at the start, it first waits for the command to have
+/// made its own process group, which setsid does just after the fork.
 const RUN_SCRIPT: &str = r#"dir=$1; shift
 while [ "$#" -gt 0 ]; do
   if [ "$1" = -- ]; then shift; break; fi
@@ -113,10 +115,12 @@ child=$!
 (
   while read -r _; do :; done
   trap '' TERM
+  n=0
+  while [ "$n" -lt 20 ] && ! kill -0 -"$child" && kill -0 "$child"; do sleep 0.1; n=$((n + 1)); done
   kill -TERM -"$child"
   n=0
   while [ "$n" -lt 20 ] && kill -0 -"$child"; do sleep 0.1; n=$((n + 1)); done
-  kill -KILL -"$child"
+  kill -KILL -"$child" "$child"
 ) <&3 >/dev/null 2>&1 &
 watcher=$!
 exec 3<&-
@@ -140,16 +144,31 @@ fn quote(s: &str) -> Cow<'_, str> {
 /// Run `spec` on the worker behind `conn`, streaming its stdout and stderr
 /// live to ours. Dropping the returned future ends the remote command too.
 pub async fn run(conn: &Connection, spec: &RunSpec) -> RunReport {
+    run_to(conn, spec, tokio::io::stdout(), tokio::io::stderr()).await
+}
+
+/// [`run`], with the command's stdout and stderr streamed to the given writers.
+pub async fn run_to(
+    conn: &Connection,
+    spec: &RunSpec,
+    stdout: impl AsyncWrite + Unpin,
+    stderr: impl AsyncWrite + Unpin,
+) -> RunReport {
     let command = match remote_command(spec) {
         Ok(c) => c,
         Err(detail) => {
             return RunReport {
                 started: false,
-                result: Err(RemoteFailure::new(FailureKind::Other, conn.worker_id(), detail)),
+                result: Err(RemoteFailure::new(
+                    FailureKind::Other,
+                    conn.worker_id(),
+                    detail,
+                )),
             }
         }
     };
-    match tokio::time::timeout(spec.timeout, execute(conn, command, &spec.dir)).await {
+    let execution = execute(conn, command, &spec.dir, stdout, stderr);
+    match tokio::time::timeout(spec.timeout, execution).await {
         Ok(report) => report,
         // The timed-out future held the ssh child; dropping it killed the
         // client, which closes the channel and sets off the remote watcher.
@@ -187,7 +206,13 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
     Ok(login_shell_command(RUN_SCRIPT, &refs))
 }
 
-async fn execute(conn: &Connection, command: String, dir: &str) -> RunReport {
+async fn execute(
+    conn: &Connection,
+    command: String,
+    dir: &str,
+    out: impl AsyncWrite + Unpin,
+    err: impl AsyncWrite + Unpin,
+) -> RunReport {
     let spawned = conn
         .session()
         .raw_command(command)
@@ -213,11 +238,8 @@ async fn execute(conn: &Connection, command: String, dir: &str) -> RunReport {
     let stdin = child.stdin().take();
     let stdout = child.stdout().take();
     let stderr = child.stderr().take();
-    let (_, setup_failure, status) = tokio::join!(
-        pump(stdout, tokio::io::stdout()),
-        pump_stderr(stderr, tokio::io::stderr()),
-        child.wait(),
-    );
+    let (_, setup_failure, status) =
+        tokio::join!(pump(stdout, out), pump_stderr(stderr, err), child.wait(),);
     drop(stdin);
     if let Some(line) = setup_failure {
         return RunReport {
@@ -258,7 +280,11 @@ async fn exit_result(
                 worker,
                 format!("ssh client killed by signal {signal}"),
             )),
-            (None, None) => Err(RemoteFailure::new(FailureKind::Other, worker, "unknown exit status")),
+            (None, None) => Err(RemoteFailure::new(
+                FailureKind::Other,
+                worker,
+                "unknown exit status",
+            )),
         },
         // openssh reports the command's own 127 ("command not found") as an error.
         Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(127),
@@ -275,7 +301,11 @@ async fn exit_result(
                 ))
             }
         }
-        Err(e) => Err(RemoteFailure::new(FailureKind::Other, worker, e.to_string())),
+        Err(e) => Err(RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            e.to_string(),
+        )),
     }
 }
 
@@ -363,7 +393,14 @@ mod tests {
     fn allow_list_keeps_build_settings_only() {
         assert!(is_forwarded("RUSTFLAGS"));
         assert!(is_forwarded("CARGO_PROFILE_RELEASE_LTO"));
-        for name in ["PATH", "HOME", "CARGO_HOME", "CARGO_TARGET_DIR", "RCH_WORKER", "SSH_AUTH_SOCK"] {
+        for name in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "RCH_WORKER",
+            "SSH_AUTH_SOCK",
+        ] {
             assert!(!is_forwarded(name), "{name}");
         }
     }
@@ -382,7 +419,12 @@ mod tests {
     fn hostile_arguments_are_quoted_as_single_words() {
         let spec = RunSpec {
             dir: "d".into(),
-            argv: vec!["printf".into(), "%s\n".into(), "$(touch x)".into(), "it's".into()],
+            argv: vec![
+                "printf".into(),
+                "%s\n".into(),
+                "$(touch x)".into(),
+                "it's".into(),
+            ],
             env: vec![("RCH_X".into(), "1".into()), ("A".into(), "b c".into())],
             timeout: Duration::from_secs(1),
         };
@@ -392,14 +434,26 @@ mod tests {
         assert_eq!(words[2], RUN_SCRIPT);
         assert_eq!(
             &words[3..],
-            ["rch", "d", "A=b c", "--", "printf", "%s\n", "$(touch x)", "it's"]
+            [
+                "rch",
+                "d",
+                "A=b c",
+                "--",
+                "printf",
+                "%s\n",
+                "$(touch x)",
+                "it's"
+            ]
         );
     }
 
     #[test]
     fn marker_detection_holds_back_only_possible_prefixes() {
         assert!(matches!(classify_head(b"\x1erch"), Head::Undecided));
-        assert!(matches!(classify_head(b"\x1erch-setup\x1edir:x"), Head::Setup));
+        assert!(matches!(
+            classify_head(b"\x1erch-setup\x1edir:x"),
+            Head::Setup
+        ));
         assert!(matches!(classify_head(b"error: x"), Head::Output));
     }
 
@@ -411,7 +465,11 @@ mod tests {
         assert_eq!(out, b"warning: x\n");
 
         let mut out = Vec::new();
-        let setup = pump_stderr(Some(&b"\x1erch-setup\x1edir:Permission denied\n"[..]), &mut out).await;
+        let setup = pump_stderr(
+            Some(&b"\x1erch-setup\x1edir:Permission denied\n"[..]),
+            &mut out,
+        )
+        .await;
         assert_eq!(setup.as_deref(), Some("dir:Permission denied"));
         assert!(out.is_empty());
     }

@@ -35,6 +35,7 @@ const MAX_CONTROL_PATH_LEN: usize = 108 - 18;
 const MASTER_DIR_SUFFIX_LEN: usize = 1 + 21 + 7;
 
 /// A live, shared master connection to one worker.
+#[derive(Debug)]
 pub struct Connection {
     session: Session,
     control_path: PathBuf,
@@ -130,6 +131,10 @@ const PROBE_DIR_FAILED: i32 = 3;
 const PROBE_SCRIPT: &str = r#"base=$1
 case $base in /*) ;; *) base=$HOME/$base ;; esac
 probe_file=$base/.rch-probe-$$
+if [ -e "$base" ] && [ ! -d "$base" ]; then
+  printf '%s: Not a directory\n' "$base" >&2
+  exit 3
+fi
 if ! err=$( { mkdir -p -- "$base" && : > "$probe_file" && rm -f -- "$probe_file"; } 2>&1 ); then
   printf '%s\n' "$err" >&2
   exit 3
@@ -203,12 +208,17 @@ fn master_key(target: &Target) -> String {
     }
     let hash = hasher.finalize();
     let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    let id: String = w
-        .id
-        .chars()
-        .take(16)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
+    let id: String =
+        w.id.chars()
+            .take(16)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
     format!("{id}-{hex}")
 }
 
@@ -237,19 +247,26 @@ async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
             worker,
             format!("cannot lock ssh master: {e}"),
         )),
-        Err(e) => Err(RemoteFailure::new(FailureKind::Other, worker, e.to_string())),
+        Err(e) => Err(RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            e.to_string(),
+        )),
     }
 }
 
 async fn resume_live_master(files: &MasterFiles, target: &Target) -> Option<Connection> {
     let control_path = read_pointer(&files.pointer)?;
-    let session = resumed_session(&control_path);
-    session.check().await.ok()?;
-    Some(Connection {
-        session,
-        control_path,
-        worker_id: target.worker.id.clone(),
-    })
+    master_answers(&control_path)
+        .await
+        .then(|| connection_for(&control_path, target))
+}
+
+/// Whether a master listens on its control socket. Connecting is what
+/// `ssh -O check` proves too (the master answers locally either way), without
+/// starting an ssh process on the path of every build.
+async fn master_answers(control_path: &Path) -> bool {
+    tokio::net::UnixStream::connect(control_path).await.is_ok()
 }
 
 fn connection_for(control_path: &Path, target: &Target) -> Connection {
@@ -397,7 +414,11 @@ fn classify_connect_text(text: &str, target: &Target) -> (FailureKind, String) {
 
 /// An error running a command over an established master: a master that
 /// went away means the connection is lost.
-pub(crate) fn session_error(conn: &Connection, target: &Target, err: openssh::Error) -> RemoteFailure {
+pub(crate) fn session_error(
+    conn: &Connection,
+    target: &Target,
+    err: openssh::Error,
+) -> RemoteFailure {
     let text = error_text(&err);
     let kind = match err {
         openssh::Error::RemoteProcessTerminated
@@ -432,7 +453,11 @@ fn last_line(text: &str) -> &str {
 }
 
 fn local_failure(target: &Target, what: &str, err: std::io::Error) -> RemoteFailure {
-    RemoteFailure::new(FailureKind::Other, &target.worker.id, format!("{what}: {err}"))
+    RemoteFailure::new(
+        FailureKind::Other,
+        &target.worker.id,
+        format!("{what}: {err}"),
+    )
 }
 
 #[cfg(test)]

@@ -15,7 +15,14 @@ use std::process::Stdio;
 use tokio::process::Command;
 
 /// Never sent to a worker, whatever the project says.
-pub const DEFAULT_EXCLUDES: &[&str] = &["target/", ".git/", "node_modules/", ".env*", "*.pem", "*.key"];
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    "target/",
+    ".git/",
+    "node_modules/",
+    ".env*",
+    "*.pem",
+    "*.key",
+];
 
 /// Build by-products not worth bringing back with the artifacts.
 const ARTIFACT_EXCLUDES: &[&str] = &["incremental/", ".fingerprint/", "build/", "deps/*.d"];
@@ -231,10 +238,18 @@ fn classify_rsync_failure(
         return RemoteFailure::new(
             FailureKind::ConnectionLost,
             worker,
-            format!("connection lost during transfer: {}", first_error_line(stderr)),
+            format!(
+                "connection lost during transfer: {}",
+                first_error_line(stderr)
+            ),
         );
     }
-    let remote_dir_errors = ["Permission denied", "Not a directory", "No space left", "mkdir:"];
+    let remote_dir_errors = [
+        "Permission denied",
+        "Not a directory",
+        "No space left",
+        "mkdir:",
+    ];
     if remote_dir_errors.iter().any(|e| stderr.contains(e)) {
         let relevant = stderr
             .lines()
@@ -293,7 +308,12 @@ mod tests {
 
     #[test]
     fn rsync_failures_are_classified() {
-        let lost = classify_rsync_failure("w1", "d", Some(255), "rsync: connection unexpectedly closed");
+        let lost = classify_rsync_failure(
+            "w1",
+            "d",
+            Some(255),
+            "rsync: connection unexpectedly closed",
+        );
         assert_eq!(lost.kind, FailureKind::ConnectionLost);
         let dir = classify_rsync_failure(
             "w1",
@@ -302,7 +322,10 @@ mod tests {
             "mkdir: cannot create directory 'd': Permission denied\nrsync: connection unexpectedly closed\n",
         );
         assert_eq!(dir.kind, FailureKind::RemoteDir);
-        assert_eq!(dir.message, "w1: remote dir d not writable: Permission denied");
+        assert_eq!(
+            dir.message,
+            "w1: remote dir d not writable: Permission denied"
+        );
         let other = classify_rsync_failure("w1", "d", Some(23), "rsync: some error\n");
         assert_eq!(other.kind, FailureKind::Transfer);
     }

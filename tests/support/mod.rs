@@ -12,7 +12,7 @@ use rch::lab::Lab;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long `rch daemon stop` may take when a test ends.
 const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,19 +179,7 @@ fn stop_daemon(env: &TestEnv) {
     let _ = child.wait();
 }
 
-/// Poll `done` until it holds or `timeout` passes; tells which.
-pub fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use rch::lab::wait_until as wait_for;
 
 /// Stdout and stderr of a finished command, for assertion messages.
 pub fn describe(output: &Output) -> String {

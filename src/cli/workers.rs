@@ -1,0 +1,330 @@
+//! `rch workers`: list, probe, reset, drain, enable, disable and the history
+//! of workers, through the daemon.
+
+use super::{Global, UsageError};
+use crate::client::Client;
+use crate::daemon::report::ProbeResult;
+use crate::paths;
+use crate::protocol::{Request, Response, WorkerAction};
+use crate::ui::{self, progress::Spinners, Output};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+/// Exit code when a probe failed.
+const EXIT_PROBE_FAILED: i32 = 1;
+
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// The configured workers and how they stand.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test workers now (SSH round trip, writable remote base, toolchain);
+    /// the result feeds the breaker. Exits non-zero when a probe fails.
+    Probe {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Force circuits closed and clear their counters.
+    Reset {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop giving the worker new builds; running ones finish.
+    Drain { id: String },
+    /// Give the worker builds again (undoes drain and disable).
+    Enable { id: String },
+    /// Take the worker out of rotation (kept across daemon restarts).
+    Disable { id: String },
+    /// Recent jobs and breaker transitions of a worker.
+    History {
+        id: String,
+        /// How many jobs and events to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// One worker by id, or every worker.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// The worker id.
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub id: Option<String>,
+    /// Every configured worker.
+    #[arg(long)]
+    pub all: bool,
+}
+
+pub fn run(cmd: WorkersCommand, global: &Global) -> anyhow::Result<i32> {
+    let detect = |json| Output::detect(json, global.quiet, global.verbose);
+    super::block_on(async move {
+        match cmd {
+            WorkersCommand::List { json } => list(&detect(json)).await,
+            WorkersCommand::Probe { target, json } => probe(&detect(json), target.id).await,
+            WorkersCommand::Reset { target } => reset(&detect(false), target.id).await,
+            WorkersCommand::Drain { id } => set(&detect(false), id, WorkerAction::Drain).await,
+            WorkersCommand::Enable { id } => set(&detect(false), id, WorkerAction::Enable).await,
+            WorkersCommand::Disable { id } => set(&detect(false), id, WorkerAction::Disable).await,
+            WorkersCommand::History { id, limit, json } => history(&detect(json), id, limit).await,
+        }
+    })
+}
+
+async fn list(out: &Output) -> anyhow::Result<i32> {
+    let report = super::status::current_report(out).await?;
+    if out.json {
+        ui::print_json(&json!({ "workers": report.workers }))?;
+    } else if report.workers.is_empty() {
+        println!("{}", ui::fleet::summary_line(&report.workers));
+    } else {
+        let now = super::status::now();
+        println!("{}", ui::fleet::workers_table(out, &report.workers, now));
+    }
+    Ok(0)
+}
+
+async fn connect() -> anyhow::Result<Client> {
+    Client::connect_or_start(&paths::socket_path()).await
+}
+
+/// Turn a daemon error into the CLI's: an unknown worker is a usage error.
+fn daemon_error(id: Option<&str>, message: String, known: Vec<String>) -> anyhow::Error {
+    if message.starts_with("unknown worker") || !known.is_empty() {
+        let id = id.unwrap_or("?");
+        let known = if known.is_empty() {
+            "no workers configured".to_string()
+        } else {
+            format!("known: {}", known.join(", "))
+        };
+        return UsageError(format!("unknown worker {id:?} ({known})")).into();
+    }
+    anyhow::anyhow!("daemon: {message}")
+}
+
+fn unexpected(answer: Response) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from the daemon: {answer:?}")
+}
+
+/// Send one request that is answered with `Ok`.
+async fn expect_ok(id: Option<&str>, request: Request) -> anyhow::Result<()> {
+    match connect().await?.call(request).await? {
+        Response::Ok => Ok(()),
+        Response::Error {
+            message,
+            known_workers,
+        } => Err(daemon_error(id, message, known_workers)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn probe(out: &Output, id: Option<String>) -> anyhow::Result<i32> {
+    let ids = match id {
+        Some(id) => vec![id],
+        None => worker_ids().await?,
+    };
+    if ids.is_empty() {
+        out.note("no workers configured; nothing to probe");
+        return Ok(0);
+    }
+    let spinners = Spinners::start(out, &ids, "probing…");
+    // One connection per worker, so each result shows as soon as it is known.
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids.iter().cloned() {
+        tasks.spawn(async move {
+            let answer = probe_one(&id).await;
+            (id, answer)
+        });
+    }
+    let mut results = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (id, answer) = joined?;
+        match answer {
+            Ok(found) => {
+                for r in found {
+                    let (mark, line) = probe_line(&r);
+                    spinners.finish(&r.worker, mark, &line);
+                    results.push(r);
+                }
+            }
+            Err(e) => {
+                spinners.clear(&id);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    results.sort_by_key(|r| ids.iter().position(|i| *i == r.worker));
+    if out.json {
+        ui::print_json(&json!({ "results": results }))?;
+    }
+    Ok(if results.iter().all(|r| r.ok) {
+        0
+    } else {
+        EXIT_PROBE_FAILED
+    })
+}
+
+async fn probe_one(id: &str) -> anyhow::Result<Vec<ProbeResult>> {
+    let request = Request::Probe {
+        worker: Some(id.to_string()),
+    };
+    match connect().await?.call(request).await? {
+        Response::Probed { results } => Ok(results),
+        Response::Error {
+            message,
+            known_workers,
+        } => Err(daemon_error(Some(id), message, known_workers)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `✓`/`✗` and `ok in 12ms, circuit closed` or `failed: …; circuit open`.
+fn probe_line(r: &ProbeResult) -> (&'static str, String) {
+    if r.ok {
+        let latency = r
+            .latency_ms
+            .map(|ms| format!(" in {ms}ms"))
+            .unwrap_or_default();
+        ("✓", format!("ok{latency}, circuit {}", r.state))
+    } else {
+        let error = r.error.as_deref().unwrap_or("probe failed");
+        // Daemon messages name the worker; the line already does.
+        let error = error
+            .strip_prefix(&format!("{}: ", r.worker))
+            .unwrap_or(error);
+        ("✗", format!("failed: {error}; circuit {}", r.state))
+    }
+}
+
+/// The ids of the daemon's workers, in config order.
+async fn worker_ids() -> anyhow::Result<Vec<String>> {
+    match connect().await?.call(Request::Status).await? {
+        Response::Status(report) => Ok(report.workers.into_iter().map(|w| w.id).collect()),
+        Response::Error {
+            message,
+            known_workers,
+        } => Err(daemon_error(None, message, known_workers)),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn reset(out: &Output, id: Option<String>) -> anyhow::Result<i32> {
+    expect_ok(id.as_deref(), Request::Reset { worker: id.clone() }).await?;
+    let whom = id.unwrap_or_else(|| "all workers".into());
+    if !out.quiet {
+        println!("{whom}: circuit reset to closed, failure counters cleared");
+    }
+    Ok(0)
+}
+
+async fn set(out: &Output, id: String, action: WorkerAction) -> anyhow::Result<i32> {
+    let request = Request::SetWorker {
+        worker: id.clone(),
+        action,
+    };
+    expect_ok(Some(&id), request).await?;
+    if !out.quiet {
+        println!("{}", set_message(&id, action));
+    }
+    Ok(0)
+}
+
+fn set_message(id: &str, action: WorkerAction) -> String {
+    match action {
+        WorkerAction::Drain => format!(
+            "{id}: draining: no new builds, running ones finish (`rch workers enable {id}` undoes it)"
+        ),
+        WorkerAction::Enable => format!("{id}: enabled: takes new builds"),
+        WorkerAction::Disable => format!(
+            "{id}: disabled: no new builds, kept across restarts (`rch workers enable {id}` undoes it)"
+        ),
+    }
+}
+
+async fn history(out: &Output, id: String, limit: usize) -> anyhow::Result<i32> {
+    let request = Request::History {
+        worker: id.clone(),
+        limit,
+    };
+    let h = match connect().await?.call(request).await? {
+        Response::History(h) => h,
+        Response::Error {
+            message,
+            known_workers,
+        } => return Err(daemon_error(Some(&id), message, known_workers)),
+        other => return Err(unexpected(other)),
+    };
+    if out.json {
+        ui::print_json(&h)?;
+    } else {
+        println!(
+            "{}",
+            ui::history::history_text(out, &h, super::status::now())
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_worker_is_a_usage_error_naming_known_ids() {
+        let e = daemon_error(
+            Some("w9"),
+            "unknown worker \"w9\"".into(),
+            vec!["w1".into(), "w2".into()],
+        );
+        let usage = e.downcast_ref::<UsageError>().expect("usage error");
+        assert_eq!(usage.0, "unknown worker \"w9\" (known: w1, w2)");
+    }
+
+    #[test]
+    fn other_errors_stay_plain() {
+        let e = daemon_error(Some("w1"), "disk full".into(), vec![]);
+        assert!(e.downcast_ref::<UsageError>().is_none());
+    }
+
+    #[test]
+    fn probe_lines_say_result_and_state() {
+        let ok = ProbeResult {
+            worker: "w1".into(),
+            ok: true,
+            latency_ms: Some(7),
+            error: None,
+            state: "closed".into(),
+        };
+        assert_eq!(
+            probe_line(&ok),
+            ("✓", "ok in 7ms, circuit closed".to_string())
+        );
+        let bad = ProbeResult {
+            worker: "w1".into(),
+            ok: false,
+            latency_ms: None,
+            error: Some("w1: refused".into()),
+            state: "open".into(),
+        };
+        assert_eq!(
+            probe_line(&bad),
+            ("✗", "failed: refused; circuit open".to_string())
+        );
+    }
+}
