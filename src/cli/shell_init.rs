@@ -3,9 +3,9 @@
 //!
 //! Sourcing the output twice leaves one shims entry on PATH, always first.
 
-use super::{Cli, Global};
+use super::{completions, Global};
 use crate::wrap;
-use clap::{CommandFactory, ValueEnum};
+use clap::ValueEnum;
 use std::io::Write;
 use std::path::Path;
 
@@ -25,15 +25,16 @@ pub struct ShellInitArgs {
     pub no_completions: bool,
 }
 
-pub fn run(args: ShellInitArgs, _global: &Global) -> anyhow::Result<i32> {
+pub fn run(args: ShellInitArgs, global: &Global) -> anyhow::Result<i32> {
     let dir = wrap::shims_dir();
-    let mut out = std::io::stdout().lock();
-    match args.shell {
-        InitShell::Bash | InitShell::Zsh => out.write_all(posix_path_lines(&dir).as_bytes())?,
-        InitShell::Fish => out.write_all(fish_path_lines(&dir).as_bytes())?,
-    }
+    let path_lines = match args.shell {
+        InitShell::Bash | InitShell::Zsh => posix_path_lines(&dir),
+        InitShell::Fish => fish_path_lines(&dir),
+    };
+    let mut out = std::io::stdout();
+    out.write_all(path_lines.as_bytes())?;
     if !args.no_completions {
-        write_completions(args.shell, &mut out)?;
+        write_completions(args.shell, global)?;
     }
     out.flush()?;
     Ok(0)
@@ -82,25 +83,31 @@ fn fish_quote(word: &str) -> String {
     format!("'{}'", word.replace('\\', r"\\").replace('\'', r"\'"))
 }
 
-/// rch's own completions for `shell`, generated from the argument definitions.
-fn write_completions(shell: InitShell, out: &mut impl Write) -> std::io::Result<()> {
-    let mut cmd = Cli::command();
-    let mut script = Vec::new();
-    let generator = match shell {
-        InitShell::Bash => clap_complete::Shell::Bash,
-        InitShell::Zsh => clap_complete::Shell::Zsh,
-        InitShell::Fish => clap_complete::Shell::Fish,
+/// rch's own completions, as `rch completions <shell>` prints them.
+fn write_completions(shell: InitShell, global: &Global) -> anyhow::Result<()> {
+    let completions_shell = match shell {
+        InitShell::Bash => completions::Shell::Bash,
+        InitShell::Zsh => completions::Shell::Zsh,
+        InitShell::Fish => completions::Shell::Fish,
     };
-    clap_complete::generate(generator, &mut cmd, "rch", &mut script);
+    let mut out = std::io::stdout();
     writeln!(out, "# rch: completions")?;
-    if shell == InitShell::Zsh {
-        // The zsh script registers itself with compdef, which exists only once
-        // the completion system is loaded (compinit).
+    // The zsh script registers itself with compdef, which exists only once
+    // the completion system is loaded (compinit).
+    let zsh = shell == InitShell::Zsh;
+    if zsh {
         writeln!(out, "if (( $+functions[compdef] )); then")?;
-        out.write_all(&script)?;
-        writeln!(out, "fi")?;
-    } else {
-        out.write_all(&script)?;
     }
+    out.flush()?;
+    completions::run(
+        completions::CompletionsArgs {
+            shell: completions_shell,
+        },
+        global,
+    )?;
+    if zsh {
+        writeln!(out, "fi")?;
+    }
+    out.flush()?;
     Ok(())
 }

@@ -10,8 +10,9 @@ use std::ffi::OsString;
 pub enum WrapCommand {
     /// Write wrapper scripts that send build tools through `rch exec`.
     Install {
-        /// The tools to wrap, comma separated (default: cargo, make, cmake,
-        /// ninja, cc, gcc, g++, clang, clang++). Replaces the wrapped set.
+        /// The tools to wrap, comma separated (default: those of cargo, make,
+        /// cmake, ninja, cc, gcc, g++, clang, clang++ found on PATH). Replaces
+        /// the wrapped set.
         #[arg(long, value_delimiter = ',', value_name = "TOOL,...")]
         tools: Option<Vec<String>>,
     },
@@ -34,14 +35,17 @@ pub fn run(cmd: WrapCommand, global: &Global) -> anyhow::Result<i32> {
 }
 
 fn install(tools: Option<Vec<String>>, global: &Global) -> anyhow::Result<i32> {
-    let tools: Vec<String> = match tools {
-        Some(list) => list.into_iter().map(|t| t.trim().to_string()).collect(),
-        None => wrap::DEFAULT_TOOLS.iter().map(|t| t.to_string()).collect(),
+    let dir = wrap::shims_dir();
+    let (tools, absent) = match tools {
+        Some(list) => (
+            list.into_iter().map(|t| t.trim().to_string()).collect(),
+            Vec::new(),
+        ),
+        None => default_tools_present(&dir),
     };
     if tools.is_empty() {
-        return Err(UsageError("--tools names no tool".into()).into());
+        return Err(UsageError("no tool to wrap".into()).into());
     }
-    let dir = wrap::shims_dir();
     let rch = wrap::current_rch()?;
     let report = wrap::install(&dir, &tools, &rch).map_err(usage_if_bad_name)?;
     if !global.quiet {
@@ -50,6 +54,9 @@ fn install(tools: Option<Vec<String>>, global: &Global) -> anyhow::Result<i32> {
             report.written.join(", "),
             dir.display()
         );
+        if !absent.is_empty() {
+            println!("rch: not wrapped (not on PATH): {}", absent.join(", "));
+        }
         if !report.removed.is_empty() {
             println!("rch: unwrapped {}", report.removed.join(", "));
         }
@@ -62,6 +69,16 @@ fn install(tools: Option<Vec<String>>, global: &Global) -> anyhow::Result<i32> {
         print_path_hint(&dir);
     }
     Ok(0)
+}
+
+/// The default tools split into those installed here and those absent. A
+/// shim for an absent tool would make configure scripts believe it exists.
+fn default_tools_present(dir: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let path = wrap::path_without(&std::env::var_os("PATH").unwrap_or_default(), dir);
+    wrap::DEFAULT_TOOLS
+        .iter()
+        .map(|t| t.to_string())
+        .partition(|t| wrap::resolve(t, &path).is_some())
 }
 
 /// A bad tool name is a usage error (exit 64), not a failure.
