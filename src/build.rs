@@ -14,8 +14,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Set in the environment of every command rch runs, so wrappers inside it
-/// run the real tool instead of calling rch again.
+/// Set in the environment of every command rch runs locally (the remote
+/// script sets it on the worker), so wrappers inside run the real tool
+/// instead of calling rch again.
 pub const INSIDE_VAR: &str = "RCH_INSIDE";
 
 /// Exit code of a build interrupted by the user (SIGINT).
@@ -325,12 +326,10 @@ impl<'a> Build<'a> {
         } else {
             format!("{remote_dir}/{}", rel.display())
         };
-        let mut env = remote::run::forwarded_env();
-        env.push((INSIDE_VAR.to_string(), "1".to_string()));
         remote::run::RunSpec {
             dir,
             argv: self.req.argv.clone(),
-            env,
+            env: remote::run::forwarded_env(),
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
         }
     }

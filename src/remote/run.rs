@@ -86,6 +86,8 @@ fn is_exportable(name: &str) -> bool {
 const SETUP_MARKER: &[u8] = b"\x1erch-setup\x1e";
 
 /// The fixed script: `$1` is the directory, then `K=V` pairs, `--`, the command.
+/// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
+/// wrappers on the worker run the real tool instead of calling rch again.
 /// When it cannot start the command it writes [`SETUP_MARKER`] and a reason to
 /// stderr and exits 125.
 ///
@@ -100,6 +102,7 @@ while [ "$#" -gt 0 ]; do
   if [ "$1" = -- ]; then shift; break; fi
   export "$1"; shift
 done
+RCH_INSIDE=1; export RCH_INSIDE
 if [ -d "$HOME/.cargo/bin" ]; then PATH=$HOME/.cargo/bin:$PATH; export PATH; fi
 setup_failed() { printf '\036rch-setup\036%s:%s\n' "$1" "$2" >&2; exit 125; }
 case $dir in /*) ;; *) dir=$HOME/$dir ;; esac
