@@ -87,7 +87,7 @@ fn p1_warm_noop() {
     // The script a user would write: three ssh connections, no multiplexing.
     let script = format!(
         "rsync -az --delete --exclude target/ --exclude .git/ -e 'ssh -F {cfg}' ./ {host}:{dir}/ \
-         && ssh -F {cfg} {host} 'cd {dir} && . \"$HOME/.cargo/env\" 2>/dev/null; cargo build -q' \
+         && ssh -F {cfg} {host} \"sh -lc 'cd {dir} && cargo build -q'\" \
          && mkdir -p target/debug \
          && rsync -az -e 'ssh -F {cfg}' --exclude incremental/ --exclude .fingerprint/ --exclude build/ \
             {host}:{dir}/target/debug/ target/debug/",
