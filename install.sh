@@ -35,3 +35,17 @@ case ":$PATH:" in
         echo "    export PATH=\"$bin_dir:\$PATH\""
         ;;
 esac
+
+# Optional: plain `cargo build`, `make`, ... through rch without typing `rch exec`.
+shell_name="$(basename "${SHELL:-bash}")"
+case "$shell_name" in
+    bash | zsh) rc_line="eval \"\$(rch shell-init $shell_name)\"" ;;
+    fish) rc_line="rch shell-init fish | source" ;;
+    *) rc_line="" ;;
+esac
+if [ -n "$rc_line" ]; then
+    echo "install.sh: to send plain build commands through rch, run once:"
+    echo "    rch wrap install"
+    echo "  and add to your $shell_name start-up file:"
+    echo "    $rc_line"
+fi
