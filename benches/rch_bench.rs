@@ -80,7 +80,11 @@ fn p1_warm_noop() {
     println!("== P1: warm no-op `cargo build` on a loopback worker");
     let env = TestEnv::new(1);
     env.write_config("");
+    // Each contender builds its own copy, so none overwrites another's
+    // artifacts and turns the next no-op into real work.
     let project = env.project("bench-p1");
+    let script_project = env.project("bench-p1-script");
+    let local_project = env.project("bench-p1-local");
     let w = &env.lab.workers()[0];
     let ssh_cfg = env.lab.ssh_config().display().to_string();
     let script_dir = format!("{}/script-p1", w.remote_base.display());
@@ -103,13 +107,13 @@ fn p1_warm_noop() {
     };
     // Warm everything: remote target dirs, the master connection, local build.
     time(rch());
-    time(sh(&script, &project));
-    time(sh("cargo build -q", &project));
+    time(sh(&script, &script_project));
+    time(sh("cargo build -q", &local_project));
     let (mut r, mut s, mut l) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         r.push(time(rch()));
-        s.push(time(sh(&script, &project)));
-        l.push(time(sh("cargo build -q", &project)));
+        s.push(time(sh(&script, &script_project)));
+        l.push(time(sh("cargo build -q", &local_project)));
     }
     let (r, s, l) = (median(r), median(s), median(l));
     println!("  rch exec          {}", ms(r));
@@ -161,6 +165,11 @@ fn p3_open_breaker_and_dead_fleet() {
     let env = TestEnv::new(1);
     env.write_config("[ssh]\nconnect_timeout_secs = 1\n[circuit]\nfailure_threshold = 1\nopen_cooldown_secs = 3600\n");
     let project = env.project("bench-p3-dead");
+    let check = || {
+        let mut c = env.rch();
+        c.current_dir(&project).args(["exec", "--", "cargo", "check", "-q"]);
+        c
+    };
     let _pit = env.lab.tarpit("w1").unwrap();
     let first = time(check());
     let mut fallback = Vec::new();
@@ -193,8 +202,10 @@ fn fake_workers(n: usize) -> String {
 
 fn p4_daemon() {
     println!("== P4: daemon lease + release");
-    let env = TestEnv::new(0);
-    env.write_config(&fake_workers(100));
+    // One real lab worker (a lab needs one) plus fake ones that are never
+    // contacted: leases only count slots.
+    let env = TestEnv::new(1);
+    env.write_config(&fake_workers(99));
     let dir = env.root.path().to_path_buf();
     let mut start = env.rch();
     start.current_dir(&dir).args(["daemon", "start"]);
@@ -237,7 +248,7 @@ fn p4_daemon() {
     time(stop);
 
     // 1,000 workers and 100k jobs of history.
-    env.write_config(&fake_workers(1000));
+    env.write_config(&fake_workers(999));
     {
         let mut store = rch::daemon::store::Store::open(&env.path().join("state/rch/state.db"))
             .unwrap()
