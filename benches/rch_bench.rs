@@ -167,7 +167,8 @@ fn p3_open_breaker_and_dead_fleet() {
     let project = env.project("bench-p3-dead");
     let check = || {
         let mut c = env.rch();
-        c.current_dir(&project).args(["exec", "--", "cargo", "check", "-q"]);
+        c.current_dir(&project)
+            .args(["exec", "--", "cargo", "check", "-q"]);
         c
     };
     let _pit = env.lab.tarpit("w1").unwrap();

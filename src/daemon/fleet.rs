@@ -18,6 +18,9 @@ use crate::select::{self, Pick, Selector, WorkerSlots};
 use std::collections::{BTreeSet, HashMap};
 use tokio::sync::oneshot;
 
+/// How often breakers changed only by routine successes are written.
+pub const LAZY_PERSIST_MS: u64 = 2_000;
+
 /// The daemon's answer to a lease request, once there is one.
 #[derive(Debug)]
 pub enum Answer {
@@ -94,16 +97,23 @@ pub struct Fleet {
     last_build_ms: HashMap<String, u64>,
     next_id: u64,
     effects: Effects,
+    /// Breakers changed only by routine successes, persisted lazily.
+    lazy_breakers: BTreeSet<String>,
+    last_lazy_flush_ms: u64,
     pub metrics: Metrics,
 }
 
 impl Fleet {
     pub fn new(
         config: Config,
-        breakers: HashMap<String, Breaker>,
+        mut breakers: HashMap<String, Breaker>,
         flags: HashMap<String, WorkerFlags>,
         now_ms: u64,
     ) -> Fleet {
+        for b in breakers.values_mut() {
+            // Permits of a previous daemon died with its connections.
+            b.probes_in_flight = 0;
+        }
         let mut fleet = Fleet {
             selector: Selector::new(Vec::new()),
             config: Config::default(),
@@ -116,6 +126,8 @@ impl Fleet {
             last_build_ms: HashMap::new(),
             next_id: 1,
             effects: Effects::default(),
+            lazy_breakers: BTreeSet::new(),
+            last_lazy_flush_ms: now_ms,
             metrics: Metrics::default(),
         };
         fleet.reconfigure(config, now_ms);
@@ -284,6 +296,11 @@ impl Fleet {
         let id = active.worker.clone();
         if let Some(breaker) = self.breakers.get_mut(&id) {
             let cfg = &self.config.circuit;
+            // A success on a healthy closed breaker only adds a window sample:
+            // persist it lazily, not on the path of every release.
+            let routine = matches!(outcome, AttemptOutcome::Success { .. })
+                && breaker.state == State::Closed
+                && breaker.consecutive_failures == 0;
             let transition = match outcome {
                 AttemptOutcome::Success { .. } => {
                     breaker.record(cfg, now_ms, active.permit, Outcome::Success)
@@ -299,7 +316,11 @@ impl Fleet {
                     None
                 }
             };
-            self.effects.breakers.insert(id.clone());
+            if routine && transition.is_none() {
+                self.lazy_breakers.insert(id.clone());
+            } else {
+                self.effects.breakers.insert(id.clone());
+            }
             self.note_transition(&id, transition, false, now_ms);
         }
         match outcome {
@@ -618,8 +639,19 @@ impl Fleet {
         self.effects.events.push(Event::new(kind, now_ms));
     }
 
-    pub fn take_effects(&mut self) -> Effects {
+    /// The side effects gathered since the last call; breakers changed only
+    /// by routine successes are included at most every [`LAZY_PERSIST_MS`].
+    pub fn take_effects(&mut self, now_ms: u64) -> Effects {
+        if now_ms.saturating_sub(self.last_lazy_flush_ms) >= LAZY_PERSIST_MS {
+            self.flush_lazy(now_ms);
+        }
         std::mem::take(&mut self.effects)
+    }
+
+    /// Persist every lazily changed breaker with the next effects (shutdown).
+    pub fn flush_lazy(&mut self, now_ms: u64) {
+        self.effects.breakers.append(&mut self.lazy_breakers);
+        self.last_lazy_flush_ms = now_ms;
     }
 
     pub fn breaker(&self, id: &str) -> Option<&Breaker> {

@@ -61,7 +61,7 @@ impl Shared {
         let (result, effects, breakers, flags) = {
             let mut fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
             let result = f(&mut fleet, now);
-            let effects = fleet.take_effects();
+            let effects = fleet.take_effects(now);
             let breakers: Vec<_> = effects
                 .breakers
                 .iter()
@@ -152,6 +152,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
+    shared.with_fleet(|f, now| f.flush_lazy(now));
     prober.abort();
     signals.abort();
     if let Some(h) = http {
