@@ -81,10 +81,33 @@ fn announce(placement: &Placement, quiet: bool) {
 }
 
 /// Run the command here right away (not offloadable, disabled, `--local`).
+///
+/// rch says where it runs first and then becomes the command (exec): nothing
+/// stays between the user and the tool, so signals, the exit status and the
+/// cost (one process start) are exactly those of calling the tool directly.
+/// Returns only when the command could not be started.
 pub fn local_now(req: &ExecRequest, why: &str) -> i32 {
-    let code = run_local(&req.argv, &req.cwd);
+    use std::os::unix::process::CommandExt;
     announce(&Placement::Local(why.to_string()), req.quiet);
-    code
+    let Some((program, args)) = req.argv.split_first() else {
+        return crate::EXIT_USAGE;
+    };
+    let err = std::process::Command::new(program)
+        .args(args)
+        .current_dir(&req.cwd)
+        .env(INSIDE_VAR, "1")
+        .exec();
+    cannot_start(program, &err)
+}
+
+/// Report a command that could not be started; 127 when it does not exist.
+fn cannot_start(program: &OsString, err: &std::io::Error) -> i32 {
+    eprintln!("rch: cannot run {}: {err}", program.to_string_lossy());
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
 }
 
 /// Run the command here, stdio inherited; 128+N when it dies by signal N.
@@ -99,14 +122,7 @@ pub fn run_local(argv: &[OsString], cwd: &Path) -> i32 {
         .status();
     match status {
         Ok(s) => exit_code(s),
-        Err(e) => {
-            eprintln!("rch: cannot run {}: {e}", program.to_string_lossy());
-            if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            }
-        }
+        Err(e) => cannot_start(program, &e),
     }
 }
 
