@@ -15,6 +15,8 @@
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
+//! - [`diagnose`]: why a command would run where it would (`rch diagnose`); pure.
+//! - [`fleet_report`]: the fleet for operator commands: the daemon's report, else the saved state.
 //! - [`ui`]: tables, progress and output modes.
 //! - [`service`]: the systemd user unit for the daemon.
 //! - [`wrap`]: shell wrappers (shims) that send build tools through `rch exec`.
@@ -27,6 +29,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
+pub mod fleet_report;
 pub mod hook;
 pub mod lab;
 pub mod paths;

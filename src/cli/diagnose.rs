@@ -2,13 +2,12 @@
 //! decide it, and where would it go right now. Never runs the command.
 
 use super::{Global, UsageError};
-use crate::classify::{self, Decision, Offload};
-use crate::config::{self, Fallback, Loaded, Overrides};
-use crate::daemon::report::{FleetReport, WorkerReport};
-use crate::select::{self, Pick, Selector, WorkerSlots};
+use crate::classify::{self, Decision};
+use crate::config::{self, Overrides};
+use crate::diagnose::diagnose;
+use crate::fleet_report::current_report;
 use crate::ui::{self, Output};
 use clap::Args;
-use serde::Serialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -30,39 +29,6 @@ pub struct DiagnoseArgs {
     pub command: Vec<String>,
 }
 
-/// A setting that decides placement, with where its value came from.
-#[derive(Debug, Serialize)]
-pub struct Setting {
-    pub value: String,
-    pub origin: String,
-}
-
-/// One worker's answer to this command right now.
-#[derive(Debug, Serialize)]
-pub struct WorkerVerdict {
-    pub worker: String,
-    pub admits: bool,
-    pub why: String,
-}
-
-/// Everything `rch diagnose` found out.
-#[derive(Debug, Serialize)]
-pub struct Diagnosis {
-    pub command: String,
-    pub offload: bool,
-    /// The tool and kind when offloadable, else why it stays local.
-    pub classification: String,
-    pub enabled: Setting,
-    pub fallback: Setting,
-    pub requested_worker: Option<Setting>,
-    pub daemon_running: Option<bool>,
-    pub workers: Vec<WorkerVerdict>,
-    /// `remote`, `queue`, `local` or `fail`.
-    pub placement: String,
-    /// One line: where it would run now and why.
-    pub verdict: String,
-}
-
 pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
     let out = Output::detect(args.json, global.quiet, global.verbose);
     let cwd = std::env::current_dir()?;
@@ -78,26 +44,14 @@ pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
             return Err(UsageError(format!("unknown worker {id:?} (known: {known})")).into());
         }
     }
-    let mut d = settings(&command, &decision, &loaded);
-    match (&decision, loaded.config.general.enabled) {
-        (Decision::Local(why), _) => conclude(&mut d, "local", format!("runs locally: {why}")),
-        (Decision::Offload(_), false) => {
-            let why = format!(
-                "runs locally: rch is disabled (general.enabled from {})",
-                d.enabled.origin
-            );
-            conclude(&mut d, "local", why);
-        }
-        (Decision::Offload(offload), true) => {
-            let report = super::block_on(super::status::current_report(&out))?;
-            let project = crate::build::project_root(&loaded, &dir, offload);
-            place(&mut d, &report, &loaded, &project);
-        }
-    }
+    let d = diagnose(&command, &decision, &loaded, |offload| {
+        let report = super::block_on(current_report(&out))?;
+        Ok((report, crate::build::project_root(&loaded, &dir, offload)))
+    })?;
     if out.json {
         ui::print_json(&d)?;
     } else {
-        println!("{}", text(&d));
+        println!("{}", ui::diagnose::diagnosis_text(&d));
     }
     Ok(0)
 }
@@ -118,310 +72,9 @@ fn classify_input(words: &[String], cwd: &Path) -> (String, Decision, PathBuf) {
     (shown, classify::classify(&argv), cwd.to_path_buf())
 }
 
-fn settings(command: &str, decision: &Decision, loaded: &Loaded) -> Diagnosis {
-    let general = &loaded.config.general;
-    let fallback = match general.fallback {
-        Fallback::Local => "local",
-        Fallback::Never => "never",
-    };
-    Diagnosis {
-        command: command.to_string(),
-        offload: decision.is_offload(),
-        classification: match decision {
-            Decision::Offload(o) => describe_offload(o),
-            Decision::Local(why) => why.clone(),
-        },
-        enabled: Setting {
-            value: general.enabled.to_string(),
-            origin: loaded.origin("general.enabled").to_string(),
-        },
-        fallback: Setting {
-            value: fallback.into(),
-            origin: loaded.origin("general.fallback").to_string(),
-        },
-        requested_worker: loaded.requested_worker.as_ref().map(|w| Setting {
-            value: w.clone(),
-            origin: loaded.origin("requested_worker").to_string(),
-        }),
-        daemon_running: None,
-        workers: Vec::new(),
-        placement: String::new(),
-        verdict: String::new(),
-    }
-}
-
-fn describe_offload(o: &Offload) -> String {
-    format!("{} {}", o.tool.as_str(), o.kind.as_str())
-}
-
-fn conclude(d: &mut Diagnosis, placement: &str, verdict: String) {
-    d.placement = placement.into();
-    d.verdict = verdict;
-}
-
-/// Where the daemon would put it now, by the same selection rules it uses.
-fn place(d: &mut Diagnosis, report: &FleetReport, loaded: &Loaded, project: &Path) {
-    d.daemon_running = Some(report.daemon.running);
-    let project = project.to_string_lossy().into_owned();
-    let selector = selector_for(report, &project);
-    let request = select::LeaseRequest {
-        project: project.clone(),
-        worker: loaded.requested_worker.clone(),
-        exclude: Vec::new(),
-    };
-    let admits = |id: &str| {
-        report
-            .workers
-            .iter()
-            .any(|w| w.id == id && breaker_admits(w))
-    };
-    d.workers = report
-        .workers
-        .iter()
-        .map(|w| worker_verdict(w, &request, &selector, &admits))
-        .collect();
-    let fallback_never = loaded.config.general.fallback == Fallback::Never;
-    match selector.pick(&request, &admits) {
-        Pick::Worker(id) => {
-            let why = if selector.last_builder(&project) == Some(id.as_str()) {
-                "it last built this project"
-            } else {
-                "free slot, by priority"
-            };
-            conclude(d, "remote", format!("would run on {id} ({why})"));
-        }
-        Pick::Wait => conclude(
-            d,
-            "queue",
-            format!(
-                "would wait for a free slot (up to {}s), then {}",
-                loaded.config.daemon.queue_timeout_secs,
-                if fallback_never {
-                    "exit 75"
-                } else {
-                    "run locally"
-                }
-            ),
-        ),
-        Pick::Unavailable(_) => {
-            let reasons: Vec<String> = d
-                .workers
-                .iter()
-                .map(|w| format!("{} {}", w.worker, w.why))
-                .collect();
-            let why = if reasons.is_empty() {
-                "no workers configured".to_string()
-            } else {
-                reasons.join(", ")
-            };
-            if fallback_never {
-                conclude(
-                    d,
-                    "fail",
-                    format!("would fail with exit 75 (fallback = never): {why}"),
-                );
-            } else {
-                conclude(d, "local", format!("would run locally: {why}"));
-            }
-        }
-    }
-}
-
-/// Slots in use and the last worker of each project, as the report shows them.
-fn selector_for(report: &FleetReport, project: &str) -> Selector {
-    let mut selector = Selector::new(
-        report
-            .workers
-            .iter()
-            .map(|w| WorkerSlots {
-                id: w.id.clone(),
-                slots: w.slots,
-                priority: w.priority,
-                enabled: w.enabled,
-                draining: w.draining,
-            })
-            .collect(),
-    );
-    for w in &report.workers {
-        for _ in 0..w.used {
-            selector.acquire(&w.id);
-        }
-    }
-    let warm = report
-        .recent_jobs
-        .iter()
-        .find(|j| j.project == project && j.placement != "local");
-    if let Some(job) = warm {
-        selector.record_build(project, &job.placement);
-    }
-    selector
-}
-
-/// Would the breaker let a build through: closed, half-open, or open with
-/// its cooldown over (the next request turns it half-open).
-fn breaker_admits(w: &WorkerReport) -> bool {
-    match w.circuit.state.as_str() {
-        "open" => w.circuit.retry_in_secs == Some(0),
-        _ => true,
-    }
-}
-
-fn worker_verdict(
-    w: &WorkerReport,
-    request: &select::LeaseRequest,
-    selector: &Selector,
-    admits: &dyn Fn(&str) -> bool,
-) -> WorkerVerdict {
-    let single = select::LeaseRequest {
-        worker: Some(w.id.clone()),
-        ..request.clone()
-    };
-    let requested_elsewhere = request.worker.as_deref().is_some_and(|r| r != w.id);
-    let (ok, why) = if requested_elsewhere {
-        (false, "not requested".to_string())
-    } else {
-        match selector.pick(&single, admits) {
-            Pick::Worker(_) => (
-                true,
-                format!(
-                    "admits ({}/{} slots used, circuit {})",
-                    w.used, w.slots, w.circuit.state
-                ),
-            ),
-            Pick::Wait => (false, format!("busy ({}/{} slots used)", w.used, w.slots)),
-            Pick::Unavailable(whys) => {
-                let mine = whys.iter().find(|(id, _)| *id == w.id).map(|(_, why)| *why);
-                (false, refusal(w, mine))
-            }
-        }
-    };
-    WorkerVerdict {
-        worker: w.id.clone(),
-        admits: ok,
-        why,
-    }
-}
-
-fn refusal(w: &WorkerReport, why: Option<select::Why>) -> String {
-    match why {
-        Some(select::Why::Refused) => match w.circuit.retry_in_secs {
-            Some(s) => format!("circuit open (retry in {})", ui::time::duration(s)),
-            None => "circuit open".into(),
-        },
-        Some(why) => why.as_str().to_string(),
-        None => "unavailable".into(),
-    }
-}
-
-fn text(d: &Diagnosis) -> String {
-    let mut lines = vec![
-        format!("command:   {}", d.command),
-        format!(
-            "offload:   {} ({})",
-            if d.offload { "yes" } else { "no" },
-            d.classification
-        ),
-        format!("enabled:   {} (from {})", d.enabled.value, d.enabled.origin),
-        format!(
-            "fallback:  {} (from {})",
-            d.fallback.value, d.fallback.origin
-        ),
-    ];
-    if let Some(w) = &d.requested_worker {
-        lines.push(format!(
-            "worker:    {} requested (from {})",
-            w.value, w.origin
-        ));
-    }
-    match d.daemon_running {
-        Some(true) => lines.push("daemon:    running".into()),
-        Some(false) => {
-            lines.push("daemon:    not running (saved state; the build would start it)".into())
-        }
-        None => {}
-    }
-    for w in &d.workers {
-        lines.push(format!("  {:<10} {}", w.worker, w.why));
-    }
-    lines.push(format!("verdict:   {}", d.verdict));
-    lines.join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::report::CircuitReport;
-
-    fn worker(id: &str, state: &str, used: u32, priority: i64) -> WorkerReport {
-        WorkerReport {
-            id: id.into(),
-            host: "h".into(),
-            slots: 2,
-            used,
-            priority,
-            enabled: true,
-            draining: false,
-            circuit: CircuitReport {
-                state: state.into(),
-                failures: 0,
-                since: None,
-                retry_in_secs: (state == "open").then_some(9),
-                last_error: None,
-                error_rate: None,
-                epoch: 0,
-            },
-            last_build: None,
-            latency_ms: None,
-        }
-    }
-
-    /// Defaults only: an empty user config, no project.
-    fn loaded() -> Loaded {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.toml");
-        std::fs::write(&file, "").unwrap();
-        let env = [("RCH_CONFIG".to_string(), file.display().to_string())].into();
-        config::load_with(&config::Sources::from_env_map(env, dir.path())).expect("defaults load")
-    }
-
-    fn diagnose(workers: Vec<WorkerReport>) -> Diagnosis {
-        let report = FleetReport {
-            workers,
-            ..Default::default()
-        };
-        let decision = classify::classify_shell("cargo build");
-        let l = loaded();
-        let mut d = settings("cargo build", &decision, &l);
-        place(&mut d, &report, &l, Path::new("/p"));
-        d
-    }
-
-    #[test]
-    fn picks_the_admitting_worker_with_highest_priority() {
-        let d = diagnose(vec![
-            worker("w1", "open", 0, 200),
-            worker("w2", "closed", 0, 100),
-            worker("w3", "closed", 0, 50),
-        ]);
-        assert_eq!(d.placement, "remote");
-        assert_eq!(d.verdict, "would run on w2 (free slot, by priority)");
-        assert_eq!(d.workers[0].why, "circuit open (retry in 9s)");
-        assert!(d.workers[1].admits);
-    }
-
-    #[test]
-    fn full_workers_mean_queue_and_open_ones_mean_local() {
-        assert_eq!(
-            diagnose(vec![worker("w1", "closed", 2, 1)]).placement,
-            "queue"
-        );
-        let d = diagnose(vec![worker("w1", "open", 0, 1)]);
-        assert_eq!(d.placement, "local");
-        assert_eq!(
-            d.verdict,
-            "would run locally: w1 circuit open (retry in 9s)"
-        );
-    }
 
     #[test]
     fn shell_line_with_cd_uses_that_directory() {

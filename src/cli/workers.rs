@@ -84,13 +84,13 @@ pub fn run(cmd: WorkersCommand, global: &Global) -> anyhow::Result<i32> {
 }
 
 async fn list(out: &Output) -> anyhow::Result<i32> {
-    let report = super::status::current_report(out).await?;
+    let report = crate::fleet_report::current_report(out).await?;
     if out.json {
         ui::print_json(&json!({ "workers": report.workers }))?;
     } else if report.workers.is_empty() {
         println!("{}", ui::fleet::summary_line(&report.workers));
     } else {
-        let now = super::status::now();
+        let now = time::OffsetDateTime::now_utc();
         println!("{}", ui::fleet::workers_table(out, &report.workers, now));
     }
     Ok(0)
@@ -275,7 +275,7 @@ async fn history(out: &Output, id: String, limit: usize) -> anyhow::Result<i32> 
     } else {
         println!(
             "{}",
-            ui::history::history_text(out, &h, super::status::now())
+            ui::history::history_text(out, &h, time::OffsetDateTime::now_utc())
         );
     }
     Ok(0)

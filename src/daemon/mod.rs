@@ -11,6 +11,7 @@ pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod metrics_http;
+pub mod offline;
 pub mod prober;
 pub mod report;
 pub mod server;

@@ -4,6 +4,7 @@
 //! Renderers are pure: they take data and the time "now" and return text, so
 //! every surface can be checked without a terminal or a daemon.
 
+pub mod diagnose;
 pub mod events;
 pub mod fleet;
 pub mod history;
