@@ -11,9 +11,6 @@ use crate::breaker::Breaker;
 use crate::config::{Config, WorkerConfig};
 use std::path::Path;
 
-/// Jobs shown from the store (as many as the daemon shows).
-const RECENT_JOBS: usize = 20;
-
 /// The fleet from the state database at `db` for the workers of `config`.
 /// No database yet means nothing ever ran: every breaker is fresh.
 pub fn stored_report(config: &Config, db: &Path, now_ms: u64) -> anyhow::Result<FleetReport> {
@@ -26,7 +23,7 @@ pub fn stored_report(config: &Config, db: &Path, now_ms: u64) -> anyhow::Result<
         Some(s) => (
             s.load_breakers()?,
             s.load_flags()?,
-            s.recent_jobs(None, RECENT_JOBS)?,
+            s.recent_jobs(None, super::report::RECENT_JOBS)?,
         ),
         None => Default::default(),
     };

@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Jobs a fleet report carries (`rch status --jobs`).
+pub const RECENT_JOBS: usize = 20;
+
 /// The whole fleet at one moment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FleetReport {

@@ -16,9 +16,6 @@ use std::time::Duration;
 use tokio::io::{BufReader, ReadHalf, WriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Jobs shown by `rch status --jobs`.
-const RECENT_JOBS: usize = 20;
-
 pub async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) -> anyhow::Result<()> {
     let my_uid = nix::unistd::getuid().as_raw();
     loop {
@@ -305,7 +302,7 @@ fn status(shared: &Shared) -> FleetReport {
     };
     report.recent_jobs = shared
         .store()
-        .recent_jobs(None, RECENT_JOBS)
+        .recent_jobs(None, super::report::RECENT_JOBS)
         .unwrap_or_default();
     report
 }
