@@ -33,11 +33,7 @@ pub struct ExecRequest {
 /// Where a build ran and why: the one stderr line of every run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// Ran on `worker`, after the workers that failed first (their reasons).
-    Remote {
-        worker: String,
-        after: Vec<String>,
-    },
+    Remote(String),
     Local(String),
     /// Fail-closed: it ran nowhere (exit 75).
     Nowhere(String),
@@ -46,12 +42,7 @@ pub enum Placement {
 impl std::fmt::Display for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Placement::Remote { worker, after } if after.is_empty() => {
-                write!(f, "rch: ran on {worker}")
-            }
-            Placement::Remote { worker, after } => {
-                write!(f, "rch: ran on {worker} after {}", after.join("; "))
-            }
+            Placement::Remote(worker) => write!(f, "rch: ran on {worker}"),
             Placement::Local(reason) => write!(f, "rch: ran locally: {reason}"),
             Placement::Nowhere(reason) => write!(f, "rch: could not run remotely: {reason}"),
         }
@@ -256,13 +247,7 @@ impl<'a> Build<'a> {
         self.job.outcome = label.into();
         self.job.exit_code = Some(code);
         self.finish(client).await;
-        let after = self
-            .job
-            .failovers
-            .iter()
-            .map(|f| f.reason.clone())
-            .collect();
-        (code, Placement::Remote { worker, after })
+        (code, Placement::Remote(worker))
     }
 
     async fn lease(&mut self, client: &mut Client) -> Result<Lease, String> {

@@ -473,6 +473,16 @@ impl Lab {
             .collect()
     }
 
+    /// What runs on the worker for its ssh sessions other than sshd itself:
+    /// commands and their children. An idle shared master connection (kept
+    /// on purpose for reuse) shows up in [`Lab::session_processes`] but not here.
+    pub fn leftover_processes(&self, id: &str) -> Vec<i32> {
+        self.session_processes(id)
+            .into_iter()
+            .filter(|pid| !procs::is_sshd(*pid))
+            .collect()
+    }
+
     fn worker(&self, id: &str) -> anyhow::Result<&LabWorker> {
         self.state
             .workers
