@@ -24,6 +24,9 @@ pub struct Metrics {
     lease_sum: f64,
 }
 
+/// One per-worker figure out of a [`Gauges::workers`] entry.
+type WorkerValue = fn(&(&str, u8, u32, u32)) -> u64;
+
 /// Gauges read at render time.
 pub struct Gauges<'a> {
     /// (worker, state as 0 closed / 1 half-open / 2 open, slots in use, slots)
@@ -60,27 +63,24 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         let o = &mut out;
-        family(
-            o,
-            "rch_circuit_state",
-            "gauge",
-            "Circuit state per worker: 0 closed, 1 half_open, 2 open.",
-        );
-        for (w, state, _, _) in &gauges.workers {
-            let _ = writeln!(o, "rch_circuit_state{{worker=\"{w}\"}} {state}");
-        }
-        family(o, "rch_slots_in_use", "gauge", "Slots leased per worker.");
-        for (w, _, used, _) in &gauges.workers {
-            let _ = writeln!(o, "rch_slots_in_use{{worker=\"{w}\"}} {used}");
-        }
-        family(
-            o,
-            "rch_slots_total",
-            "gauge",
-            "Configured slots per worker.",
-        );
-        for (w, _, _, total) in &gauges.workers {
-            let _ = writeln!(o, "rch_slots_total{{worker=\"{w}\"}} {total}");
+        let per_worker: [(&str, &str, WorkerValue); 3] = [
+            (
+                "rch_circuit_state",
+                "Circuit state per worker: 0 closed, 1 half_open, 2 open.",
+                |w| u64::from(w.1),
+            ),
+            ("rch_slots_in_use", "Slots leased per worker.", |w| {
+                u64::from(w.2)
+            }),
+            ("rch_slots_total", "Configured slots per worker.", |w| {
+                u64::from(w.3)
+            }),
+        ];
+        for (name, help, value) in per_worker {
+            family(o, name, "gauge", help);
+            for w in &gauges.workers {
+                let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", w.0, value(w));
+            }
         }
         family(
             o,
