@@ -2,8 +2,6 @@
 
 mod support;
 
-use rch::daemon::report::FleetReport;
-use rch::protocol::{Request, Response};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,31 +19,9 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn fleet(env: &TestEnv) -> FleetReport {
-    let socket = env.socket();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = rch::client::Client::connect(&socket)
-            .await
-            .expect("daemon up");
-        match c.call(Request::Status).await.unwrap() {
-            Response::Status(r) => *r,
-            other => panic!("unexpected {other:?}"),
-        }
-    })
-}
-
 fn circuit(env: &TestEnv, id: &str) -> (String, u32) {
-    let r = fleet(env);
-    let w = r
-        .workers
-        .iter()
-        .find(|w| w.id == id)
-        .expect("worker in status");
-    (w.circuit.state.clone(), w.circuit.failures)
+    let c = env.circuit(id);
+    (c.state, c.failures)
 }
 
 fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
@@ -194,7 +170,7 @@ fn open_breaker_and_history_survive_a_daemon_restart() {
     let out = rch_in(&env, &project, &["exec", "--", "cargo", "check"]);
     assert!(stderr(&out).contains("ran locally"), "{}", stderr(&out));
     assert_eq!(circuit(&env, "w1").0, "open");
-    let jobs_before = fleet(&env).recent_jobs.len();
+    let jobs_before = env.fleet().recent_jobs.len();
     assert!(jobs_before >= 1);
 
     let stop = rch_in(&env, &project, &["daemon", "stop"]);
@@ -202,7 +178,7 @@ fn open_breaker_and_history_survive_a_daemon_restart() {
     let start = rch_in(&env, &project, &["daemon", "start"]);
     assert!(start.status.success(), "{}", stderr(&start));
     assert_eq!(circuit(&env, "w1").0, "open");
-    assert_eq!(fleet(&env).recent_jobs.len(), jobs_before);
+    assert_eq!(env.fleet().recent_jobs.len(), jobs_before);
 }
 
 #[test]

@@ -5,12 +5,12 @@
 
 mod support;
 
-use rch::daemon::report::{CircuitReport, FleetReport};
+use rch::daemon::report::CircuitReport;
 use rch::protocol::{Request, Response};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{describe, wait_for, TestEnv};
+use support::{block_on, describe, wait_for, TestEnv};
 
 /// Long enough that no cooldown ends (and no daemon probe runs) during a test.
 const NO_COOLDOWN: &str = "[circuit]\nopen_cooldown_secs = 600\n";
@@ -25,37 +25,6 @@ const BUILD_EXIT: i32 = 7;
 const MAKE_EXIT: i32 = 2;
 
 // ---------------------------------------------------------------- building blocks
-
-/// Run the tokio future on a throwaway runtime (tests are synchronous).
-fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(fut)
-}
-
-fn fleet(env: &TestEnv) -> FleetReport {
-    let socket = env.socket();
-    block_on(async {
-        let mut client = rch::client::Client::connect(&socket)
-            .await
-            .expect("daemon up");
-        match client.call(Request::Status).await.expect("status") {
-            Response::Status(report) => *report,
-            other => panic!("unexpected answer {other:?}"),
-        }
-    })
-}
-
-fn circuit(env: &TestEnv, id: &str) -> CircuitReport {
-    fleet(env)
-        .workers
-        .into_iter()
-        .find(|w| w.id == id)
-        .unwrap_or_else(|| panic!("{id} in status"))
-        .circuit
-}
 
 fn daemon_pid(env: &TestEnv) -> i32 {
     let socket = env.socket();
@@ -220,12 +189,12 @@ fn refused_worker_counts_a_failure_and_the_build_runs_on_the_next() {
     let out = exec(&env, &first, &["make"]);
     assert_true_result(&out, &mark);
     assert_eq!(placement_line(&out), "rch: ran on w2");
-    assert_state(&circuit(&env, "w1"), "closed", 1);
+    assert_state(&env.circuit("w1"), "closed", 1);
     // A fresh project prefers w1 again: the second refusal opens its circuit.
     let second = make_project(&env, "refused2", &mark);
     let out = exec(&env, &second, &["make"]);
     assert_true_result(&out, &mark);
-    let c = circuit(&env, "w1");
+    let c = env.circuit("w1");
     assert_state(&c, "open", 2);
     assert!(
         c.last_error.as_deref().unwrap_or("").contains("refused"),
@@ -249,7 +218,7 @@ fn tarpit_costs_one_short_connect_timeout_then_runs_locally() {
     assert!(line.starts_with("rch: ran locally: w1: "), "{line}");
     assert!(line.contains("timed out"), "{line}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
-    assert_state(&circuit(&env, "w1"), "closed", 1);
+    assert_state(&env.circuit("w1"), "closed", 1);
     assert_nothing_left(&env, "w1", &mark);
 }
 
@@ -280,12 +249,12 @@ fn wrong_key_is_one_attempt_per_build_with_a_clear_reason() {
     );
     let after_one = wait_attempts(&env, 1);
     assert_eq!(after_one, 1, "one login attempt for one build");
-    assert_state(&circuit(&env, "w1"), "closed", 1);
+    assert_state(&env.circuit("w1"), "closed", 1);
 
     let out = exec(&env, &project, &["make"]);
     assert_true_result(&out, &mark);
     assert_eq!(wait_attempts(&env, 2), 2, "one login attempt per build");
-    assert_state(&circuit(&env, "w1"), "open", 2);
+    assert_state(&env.circuit("w1"), "open", 2);
 
     // Open: the next build does not even try.
     let out = exec(&env, &project, &["make"]);
@@ -335,7 +304,7 @@ fn changed_host_key_is_refused_and_never_learned() {
         assert_nothing_left(&env, "w1", &mark);
     }
     // Each refusal counted once.
-    assert_state(&circuit(&env, "w1"), "closed", 2);
+    assert_state(&env.circuit("w1"), "closed", 2);
 }
 
 #[test]
@@ -350,7 +319,7 @@ fn unusable_remote_base_is_an_infrastructure_failure() {
     let line = placement_line(&out);
     assert!(line.starts_with("rch: ran locally: w1: "), "{line}");
     assert!(line.contains("not writable"), "{line}");
-    let c = circuit(&env, "w1");
+    let c = env.circuit("w1");
     assert_state(&c, "open", 1);
     assert_nothing_left(&env, "w1", &mark);
 }
@@ -395,7 +364,7 @@ fn connection_lost_mid_build_reruns_elsewhere_with_a_banner() {
         describe(&out)
     );
     assert_eq!(placement_line(&out), "rch: ran on w2");
-    let c = circuit(&env, "w1");
+    let c = env.circuit("w1");
     assert_state(&c, "closed", 1);
     assert_nothing_left(&env, "w1", &mark);
 }
@@ -419,7 +388,7 @@ fn build_timeout_kills_the_remote_process_group_and_counts_as_failure() {
     let err = stderr(&out);
     assert!(err.contains("timed out after 2s"), "{err}");
     assert!(placement_line(&out).starts_with("rch: ran locally: w1: "));
-    assert_state(&circuit(&env, "w1"), "closed", 1);
+    assert_state(&env.circuit("w1"), "closed", 1);
     assert_nothing_left(&env, "w1", &mark);
 }
 
@@ -439,7 +408,7 @@ fn stopped_worker_costs_one_connect_timeout() {
     assert_true_result(&out, &mark);
     assert!(placement_line(&out).starts_with("rch: ran locally: w1: "));
     assert!(took < Duration::from_secs(8), "took {took:?}");
-    assert_state(&circuit(&env, "w1"), "closed", 1);
+    assert_state(&env.circuit("w1"), "closed", 1);
     env.lab.resume("w1").unwrap();
     assert_nothing_left(&env, "w1", &mark);
 }
@@ -464,7 +433,7 @@ fn worker_stopped_mid_build_is_given_up_on_by_keepalives() {
         describe(&out)
     );
     assert!(placement_line(&out).starts_with("rch: ran locally: w1: "));
-    assert_state(&circuit(&env, "w1"), "closed", 1);
+    assert_state(&env.circuit("w1"), "closed", 1);
     env.lab.resume("w1").unwrap();
     assert_nothing_left(&env, "w1", &mark);
 }
@@ -483,7 +452,7 @@ fn daemon_killed_mid_build_the_client_finishes_and_breakers_survive() {
     let out = exec(&env, &warmup, &["make"]);
     assert_true_result(&out, &mark);
     assert_eq!(placement_line(&out), "rch: ran on w1");
-    let before = circuit(&env, "w2");
+    let before = env.circuit("w2");
     assert_state(&before, "open", 1);
 
     let project = make_project(&env, "daemon", &mark);
@@ -503,7 +472,7 @@ fn daemon_killed_mid_build_the_client_finishes_and_breakers_survive() {
     let start = env.rch().args(["daemon", "start"]).output().unwrap();
     assert!(start.status.success(), "{}", describe(&start));
     assert_ne!(daemon_pid(&env), pid);
-    let after = circuit(&env, "w2");
+    let after = env.circuit("w2");
     assert_state(&after, "open", 1);
     assert_eq!(after.epoch, before.epoch);
     assert_eq!(after.since, before.since);
@@ -552,7 +521,7 @@ fn bad_config_on_reload_keeps_the_running_daemon_and_its_config() {
     let out = env.rch().args(["daemon", "reload"]).output().unwrap();
     assert_eq!(out.status.code(), Some(78), "{}", describe(&out));
     assert!(stderr(&out).contains("queue_timeout"), "{}", describe(&out));
-    assert_eq!(fleet(&env).workers.len(), 1, "previous config kept");
+    assert_eq!(env.fleet().workers.len(), 1, "previous config kept");
 }
 
 #[test]
@@ -584,7 +553,7 @@ fn corrupt_state_database_is_moved_aside_and_the_daemon_runs() {
     let out = exec(&env, &project, &["make"]);
     assert_true_result(&out, &mark);
     assert_eq!(placement_line(&out), "rch: ran on w1");
-    assert_eq!(fleet(&env).recent_jobs.len(), 1);
+    assert_eq!(env.fleet().recent_jobs.len(), 1);
 }
 
 /// `rch daemon status` as user `nobody` against our socket.
@@ -656,7 +625,7 @@ fn another_user_cannot_use_the_socket() {
         describe(&log)
     );
     // The owner is still served.
-    assert_eq!(fleet(&env).workers.len(), 1);
+    assert_eq!(env.fleet().workers.len(), 1);
 }
 
 #[test]

@@ -6,8 +6,6 @@
 
 mod support;
 
-use rch::daemon::report::FleetReport;
-use rch::protocol::{Request, Response};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -142,23 +140,6 @@ fn worker_home(env: &TestEnv, id: &str) -> PathBuf {
         .home()
 }
 
-fn fleet(env: &TestEnv) -> FleetReport {
-    let socket = env.socket();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let mut client = rch::client::Client::connect(&socket)
-                .await
-                .expect("daemon up");
-            match client.call(Request::Status).await.expect("status") {
-                Response::Status(report) => *report,
-                other => panic!("unexpected answer {other:?}"),
-            }
-        })
-}
-
 /// Wait for every client within [`CLIENT_BOUND`]; none may hang.
 fn finish_all(children: Vec<(usize, Child)>) -> Vec<(usize, Output)> {
     let deadline = Instant::now() + CLIENT_BOUND;
@@ -202,7 +183,7 @@ fn assert_own_result(n: usize, out: &Output) {
 }
 
 fn queue_len(env: &TestEnv) -> usize {
-    fleet(env).queue.len()
+    env.fleet().queue.len()
 }
 
 #[test]
@@ -296,7 +277,7 @@ fn a_worker_killed_under_load_loses_no_build() {
         let (max, _) = load.tally(&w.id);
         assert!(max <= SLOTS, "{} ran {max} builds at once", w.id);
     }
-    let report = fleet(&env);
+    let report = env.fleet();
     let w1 = report.workers.iter().find(|w| w.id == "w1").unwrap();
     assert!(w1.circuit.failures >= 1, "{:?}", w1.circuit);
     assert!(report.queue.is_empty() && report.leases.is_empty());

@@ -27,6 +27,31 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// The running daemon's live report of the fleet (`Request::Status`).
+    pub fn fleet(&self) -> rch::daemon::report::FleetReport {
+        use rch::protocol::{Request, Response};
+        let socket = self.socket();
+        block_on(async {
+            let mut client = rch::client::Client::connect(&socket)
+                .await
+                .expect("daemon up");
+            match client.call(Request::Status).await.expect("status") {
+                Response::Status(report) => *report,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        })
+    }
+
+    /// One worker's circuit in the daemon's live report.
+    pub fn circuit(&self, id: &str) -> rch::daemon::report::CircuitReport {
+        self.fleet()
+            .workers
+            .into_iter()
+            .find(|w| w.id == id)
+            .unwrap_or_else(|| panic!("{id} in status"))
+            .circuit
+    }
+
     /// Start `workers` lab workers and an isolated rch environment whose
     /// config (`RCH_CONFIG`) lists them. The real HOME is kept: workers log in
     /// as the current user and need its toolchain (`~/.cargo`).
@@ -180,6 +205,15 @@ fn stop_daemon(env: &TestEnv) {
 }
 
 pub use rch::lab::wait_until as wait_for;
+
+/// Run a future on a throwaway runtime (tests are synchronous).
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(fut)
+}
 
 /// Stdout and stderr of a finished command, for assertion messages.
 pub fn describe(output: &Output) -> String {
