@@ -222,14 +222,19 @@ pub fn add_to(settings: &mut Value, command: &str, file: &Path) -> Result<bool, 
     Ok(true)
 }
 
-/// Remove every rch hook from `settings`, and the groups and tables that only
-/// held it. Returns how many hooks were removed.
-pub fn remove_from(settings: &mut Value, file: &Path) -> Result<usize, SettingsError> {
-    let shape = |what, expected| SettingsError::Shape {
+/// Builds the error for a settings value that is not of the expected type.
+fn shape_error(file: &Path) -> impl Fn(&'static str, &'static str) -> SettingsError + '_ {
+    move |what, expected| SettingsError::Shape {
         file: file.to_path_buf(),
         what,
         expected,
-    };
+    }
+}
+
+/// Remove every rch hook from `settings`, and the groups and tables that only
+/// held it. Returns how many hooks were removed.
+pub fn remove_from(settings: &mut Value, file: &Path) -> Result<usize, SettingsError> {
+    let shape = shape_error(file);
     let root = settings
         .as_object_mut()
         .ok_or(shape("the file", "object"))?;
@@ -267,11 +272,7 @@ fn pre_tool_use<'a>(
     settings: &'a mut Value,
     file: &Path,
 ) -> Result<&'a mut Vec<Value>, SettingsError> {
-    let shape = |what, expected| SettingsError::Shape {
-        file: file.to_path_buf(),
-        what,
-        expected,
-    };
+    let shape = shape_error(file);
     let root = settings
         .as_object_mut()
         .ok_or(shape("the file", "object"))?;

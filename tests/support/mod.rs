@@ -207,13 +207,7 @@ fn stop_daemon(env: &TestEnv) {
 pub use rch::lab::wait_until as wait_for;
 
 /// Run a future on a throwaway runtime (tests are synchronous).
-pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(fut)
-}
+pub use rch::cli::block_on;
 
 /// Stdout and stderr of a finished command, for assertion messages.
 pub fn describe(output: &Output) -> String {
