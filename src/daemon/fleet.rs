@@ -494,6 +494,16 @@ impl Fleet {
             .min()
     }
 
+    /// Whether a probe of `id` is running now.
+    pub fn probe_in_flight(&self, id: &str) -> bool {
+        self.probing.contains(id)
+    }
+
+    /// Round trip of the last successful probe of `id`.
+    pub fn latency(&self, id: &str) -> Option<u64> {
+        self.latency_ms.get(id).copied()
+    }
+
     pub fn state_of(&self, id: &str) -> Option<State> {
         self.breakers.get(id).map(|b| b.state)
     }

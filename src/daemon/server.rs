@@ -338,6 +338,9 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
             tokio::spawn(async move {
                 match shared.with_fleet(|f, now| f.probe_now(&id, now)) {
                     Ok(job) => run_probe(&shared, job).await,
+                    Err(_) if shared.with_fleet(|f, _| f.probe_in_flight(&id)) => {
+                        await_running_probe(&shared, id).await
+                    }
                     Err(reason) => ProbeResult {
                         state: shared
                             .with_fleet(|f, _| f.state_of(&id))
@@ -359,6 +362,33 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
         }
     }
     Response::Probed { results }
+}
+
+/// The daemon's own probe of `id` is running: report its result instead of
+/// refusing (an operator's probe and the prober often meet at a cooldown's end).
+async fn await_running_probe(shared: &Shared, id: String) -> ProbeResult {
+    let limit = shared.with_fleet(|f, _| f.config().ssh.connect_timeout_secs * 2 + 10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(limit);
+    while shared.with_fleet(|f, _| f.probe_in_flight(&id)) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, latency_ms, last_error) = shared.with_fleet(|f, _| {
+        let b = f.breaker(&id);
+        (
+            f.state_of(&id),
+            f.latency(&id),
+            b.and_then(|b| b.last_error.clone()),
+        )
+    });
+    let ok = !matches!(state, Some(crate::breaker::State::Open));
+    ProbeResult {
+        worker: id,
+        ok,
+        latency_ms: if ok { latency_ms } else { None },
+        error: if ok { None } else { last_error },
+        state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+    }
 }
 
 /// Run one probe against the worker and feed its result to the breaker.
