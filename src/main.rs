@@ -3,6 +3,9 @@
 use clap::Parser;
 
 fn main() {
-    let cli = rch::cli::Cli::parse();
-    std::process::exit(rch::cli::dispatch(cli));
+    let code = match rch::cli::Cli::try_parse() {
+        Ok(cli) => rch::cli::dispatch(cli),
+        Err(err) => rch::cli::parse_failure(err),
+    };
+    std::process::exit(code);
 }

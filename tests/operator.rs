@@ -406,7 +406,11 @@ fn completions_cover_the_operator_commands() {
             "{shell}"
         );
     }
-    assert_eq!(rch(&["completions", "tcsh"]).status.code(), Some(2));
+    // A value the command line does not accept is a usage error: exit 64.
+    assert_eq!(rch(&["completions", "tcsh"]).status.code(), Some(64));
+    assert_eq!(rch(&["exec"]).status.code(), Some(64));
+    assert_eq!(rch(&["no-such-command"]).status.code(), Some(64));
+    assert_eq!(rch(&["--help"]).status.code(), Some(0));
 }
 
 #[test]

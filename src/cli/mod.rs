@@ -118,6 +118,17 @@ fn restore_default_sigpipe() {
     }
 }
 
+/// A command line clap could not take: print clap's message; exit 64 (usage
+/// error) — or 0 when it was `--help`/`--version`, which clap reports the same way.
+pub fn parse_failure(err: clap::Error) -> i32 {
+    let _ = err.print();
+    if err.use_stderr() {
+        crate::EXIT_USAGE
+    } else {
+        0
+    }
+}
+
 /// Print an error as one line on stderr and choose its exit code.
 fn report(err: anyhow::Error) -> i32 {
     if let Some(e) = err.downcast_ref::<crate::config::ConfigError>() {
