@@ -142,7 +142,6 @@ struct Build<'a> {
     req: &'a ExecRequest,
     offload: Offload,
     root: PathBuf,
-    command: String,
     job: JobReport,
     exclude: Vec<String>,
 }
@@ -150,10 +149,9 @@ struct Build<'a> {
 impl<'a> Build<'a> {
     fn new(loaded: &'a Loaded, req: &'a ExecRequest, offload: Offload) -> Self {
         let root = project_root(loaded, &req.cwd, &offload);
-        let command = display_command(&req.argv);
         let job = JobReport {
             project: root.display().to_string(),
-            command: command.clone(),
+            command: display_command(&req.argv),
             ..Default::default()
         };
         Build {
@@ -161,7 +159,6 @@ impl<'a> Build<'a> {
             req,
             offload,
             root,
-            command,
             job,
             exclude: Vec::new(),
         }
@@ -253,7 +250,7 @@ impl<'a> Build<'a> {
     async fn lease(&mut self, client: &mut Client) -> Result<Lease, String> {
         let request = Request::Lease(LeaseRequest {
             project: self.job.project.clone(),
-            command: self.command.clone(),
+            command: self.job.command.clone(),
             worker: self.loaded.requested_worker.clone(),
             exclude: self.exclude.clone(),
         });

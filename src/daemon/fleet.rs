@@ -177,7 +177,8 @@ impl Fleet {
             .collect()
     }
 
-    fn known(&self, id: &str) -> Result<(), UnknownWorker> {
+    /// `Ok` when `id` is a configured worker.
+    pub fn known(&self, id: &str) -> Result<(), UnknownWorker> {
         if self.config.worker(id).is_some() {
             Ok(())
         } else {
@@ -364,7 +365,8 @@ impl Fleet {
         Ok(ids)
     }
 
-    fn targets(&self, worker: Option<&str>) -> Result<Vec<String>, UnknownWorker> {
+    /// The ids an operator command is about: `id`, or every worker for `None`.
+    pub fn targets(&self, worker: Option<&str>) -> Result<Vec<String>, UnknownWorker> {
         match worker {
             Some(id) => self.known(id).map(|_| vec![id.to_string()]),
             None => Ok(self.config.workers.iter().map(|w| w.id.clone()).collect()),
@@ -686,7 +688,7 @@ impl Fleet {
                     draining: flags.draining,
                     circuit: circuit_report(self.breakers.get(&w.id), &self.config, now_ms),
                     last_build: self.last_build_ms.get(&w.id).map(|t| rfc3339(*t)),
-                    latency_ms: self.latency_ms.get(&w.id).copied(),
+                    latency_ms: self.latency(&w.id),
                 }
             })
             .collect();
@@ -725,14 +727,6 @@ impl Fleet {
 
     pub fn used(&self, id: &str) -> u32 {
         self.selector.used(id)
-    }
-
-    pub fn slots_in_use(&self) -> u32 {
-        self.config
-            .workers
-            .iter()
-            .map(|w| self.selector.used(&w.id))
-            .sum()
     }
 }
 

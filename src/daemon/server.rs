@@ -308,28 +308,9 @@ fn status(shared: &Shared) -> FleetReport {
 }
 
 async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
-    let ids: Vec<String> = {
-        let fleet = shared.fleet.lock().unwrap_or_else(|e| e.into_inner());
-        match worker {
-            Some(id) if fleet.config().worker(id).is_none() => {
-                return Response::Error {
-                    message: format!("unknown worker {id:?}"),
-                    known_workers: fleet
-                        .config()
-                        .workers
-                        .iter()
-                        .map(|w| w.id.clone())
-                        .collect(),
-                }
-            }
-            Some(id) => vec![id.to_string()],
-            None => fleet
-                .config()
-                .workers
-                .iter()
-                .map(|w| w.id.clone())
-                .collect(),
-        }
+    let ids = match shared.with_fleet(|f, _| f.targets(worker)) {
+        Ok(ids) => ids,
+        Err(e) => return unknown(e),
     };
     let tasks: Vec<_> = ids
         .into_iter()
@@ -424,20 +405,8 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
 }
 
 fn history(shared: &Shared, worker: &str, limit: usize) -> Response {
-    let known = shared.with_fleet(|f, _| {
-        f.config().worker(worker).map(|_| ()).ok_or_else(|| {
-            f.config()
-                .workers
-                .iter()
-                .map(|w| w.id.clone())
-                .collect::<Vec<_>>()
-        })
-    });
-    if let Err(known_workers) = known {
-        return Response::Error {
-            message: format!("unknown worker {worker:?}"),
-            known_workers,
-        };
+    if let Err(e) = shared.with_fleet(|f, _| f.known(worker)) {
+        return unknown(e);
     }
     let store = shared.store();
     Response::History(WorkerHistory {
