@@ -46,7 +46,8 @@ exit $((n % 3))
 
 struct Load<'a> {
     env: &'a TestEnv,
-    /// Shared by all builds (the workers are local): script, gates, start log.
+    /// Shared by all builds and the test (the exchange dir): script, gates,
+    /// start log.
     dir: PathBuf,
 }
 
@@ -60,7 +61,7 @@ impl<'a> Load<'a> {
             ));
         }
         env.write_config(&config);
-        let dir = env.path().join("load");
+        let dir = env.exchange_dir();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("job.sh"), JOB_SCRIPT).unwrap();
         let start = env.rch().args(["daemon", "start"]).output().unwrap();

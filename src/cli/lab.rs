@@ -1,7 +1,7 @@
 //! `rch lab`: start, inspect, break and remove throwaway local sshd workers.
 
 use super::{Global, UsageError};
-use crate::lab::{AlreadyUp, Lab, NoLab, UnknownWorker};
+use crate::lab::{AlreadyUp, Isolation, Lab, NoLab, UnknownWorker};
 use crate::paths;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
@@ -63,7 +63,10 @@ fn usage_for_unknown_worker(err: anyhow::Error) -> anyhow::Error {
 }
 
 fn up(root: &std::path::Path, workers: usize, global: &Global) -> anyhow::Result<i32> {
-    let lab = match Lab::up(root, workers) {
+    // Workers must not see the user's home nor the directory the lab was
+    // started from (typically the project about to be built).
+    let cwd: Vec<std::path::PathBuf> = std::env::current_dir().into_iter().collect();
+    let lab = match Lab::up(root, workers, Isolation::client(&cwd)) {
         Ok(lab) => lab,
         Err(err) if err.is::<AlreadyUp>() => {
             println!("rch lab: already up in {}", root.display());
@@ -79,6 +82,7 @@ fn up(root: &std::path::Path, workers: usize, global: &Global) -> anyhow::Result
         root.display()
     );
     println!("{}", workers_table(&lab));
+    println!("{}", lab.confinement().describe());
     if !global.quiet {
         print_next_steps(&lab);
     }
@@ -123,6 +127,7 @@ fn status(root: &std::path::Path) -> anyhow::Result<i32> {
         Ok(lab) => {
             println!("rch lab in {}", root.display());
             println!("{}", workers_table(&lab));
+            println!("{}", lab.confinement().describe());
             Ok(0)
         }
         Err(err) if err.is::<NoLab>() => {

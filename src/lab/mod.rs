@@ -9,10 +9,12 @@
 //! base. The sshd processes outlive the process that started them, so a later
 //! process can [`Lab::open`] the lab to inject faults or take it down.
 
+mod isolate;
 mod procs;
 mod sshd;
 mod tarpit;
 
+pub use isolate::{Confinement, Isolation};
 pub use tarpit::Tarpit;
 
 use anyhow::{bail, Context};
@@ -156,6 +158,18 @@ struct LabState {
     user: String,
     sshd: PathBuf,
     workers: Vec<LabWorker>,
+    /// What the workers must not see (kept for restarts by later processes).
+    #[serde(default)]
+    isolation: Isolation,
+    /// How the workers were confined.
+    #[serde(default = "unknown_confinement")]
+    confinement: Confinement,
+}
+
+fn unknown_confinement() -> Confinement {
+    Confinement::Shared {
+        why: "started by an older rch".to_string(),
+    }
 }
 
 /// A set of local sshd workers in one directory.
@@ -167,10 +181,11 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Create a lab of `workers` sshd workers in `root` and start them.
+    /// Create a lab of `workers` sshd workers in `root` and start them, each
+    /// confined so that it cannot see `isolation.hidden` (see [`Isolation`]).
     /// Fails with [`AlreadyUp`] when a lab is running there; leftovers of a
     /// lab whose workers all died are cleared first.
-    pub fn up(root: &Path, workers: usize) -> anyhow::Result<Lab> {
+    pub fn up(root: &Path, workers: usize, isolation: Isolation) -> anyhow::Result<Lab> {
         if workers == 0 {
             bail!("a lab needs at least one worker");
         }
@@ -184,6 +199,8 @@ impl Lab {
                 user: current_user(),
                 sshd,
                 workers: Vec::new(),
+                confinement: isolate::available_confinement(),
+                isolation,
             },
             tarpits: Arc::default(),
         };
@@ -236,6 +253,11 @@ impl Lab {
 
     pub fn workers(&self) -> &[LabWorker] {
         &self.state.workers
+    }
+
+    /// How the workers are kept from the client's files.
+    pub fn confinement(&self) -> &Confinement {
+        &self.state.confinement
     }
 
     /// The user the workers log in as (the one who started the lab).
@@ -540,7 +562,8 @@ impl Lab {
         let files = paths.as_sshd_files();
         sshd::write_home(files.home)?;
         sshd::write_config(&self.state.sshd, worker.port, &files)?;
-        sshd::start(&self.state.sshd, worker.port, &files)
+        let isolation = self.state.isolation.with_visible(&worker.dir);
+        sshd::start(&self.state.sshd, worker.port, &files, &isolation)
             .with_context(|| format!("starting worker {}", worker.id))
     }
 
@@ -765,6 +788,8 @@ mod tests {
                 user: "builder".to_string(),
                 sshd: PathBuf::from("/usr/sbin/sshd"),
                 workers: vec![LabWorker::new(&root, 1, 40001)],
+                isolation: Isolation::default(),
+                confinement: unknown_confinement(),
             },
             root,
             tarpits: Arc::default(),

@@ -6,6 +6,7 @@
 //! without `-D`: it daemonizes, writes its pid file and outlives the process
 //! that started it.
 
+use super::isolate::Isolation;
 use anyhow::{bail, Context};
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -187,12 +188,18 @@ pub fn listener_pid(pid_file: &Path) -> Option<i32> {
     super::procs::is_alive(pid).then_some(pid)
 }
 
-/// Start the sshd (it daemonizes) and wait until it answers with a banner.
-/// Returns the listener's pid.
-pub fn start(sshd: &Path, port: u16, files: &SshdFiles) -> anyhow::Result<i32> {
+/// Start the sshd (it daemonizes), confined by `isolation`, and wait until
+/// it answers with a banner. Returns the listener's pid.
+pub fn start(
+    sshd: &Path,
+    port: u16,
+    files: &SshdFiles,
+    isolation: &Isolation,
+) -> anyhow::Result<i32> {
     let _ = std::fs::remove_file(files.pid_file);
     let log_start = std::fs::metadata(files.log).map(|m| m.len()).unwrap_or(0);
-    let status = Command::new(sshd)
+    let (mut command, _) = isolation.wrap(sshd);
+    let status = command
         .arg("-f")
         .arg(files.config)
         .arg("-E")

@@ -53,18 +53,32 @@ impl TestEnv {
     }
 
     /// Start `workers` lab workers and an isolated rch environment whose
-    /// config (`RCH_CONFIG`) lists them. The real HOME is kept: workers log in
-    /// as the current user and need its toolchain (`~/.cargo`).
+    /// config (`RCH_CONFIG`) lists them. Workers log in as the current user
+    /// and see its toolchain (`~/.cargo`, `~/.rustup`) but, like real build
+    /// machines, none of the client's files: not this temp root (projects,
+    /// config, state), not the home, not this source tree.
     pub fn new(workers: usize) -> TestEnv {
         let root = tempfile::Builder::new()
             .prefix("rch-t-")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let lab = Lab::up(&root.path().join("lab"), workers).expect("starting lab workers");
-        for dir in ["config/rch", "state", "cache", "data", "projects"] {
+        for dir in [
+            "config/rch",
+            "state",
+            "cache",
+            "data",
+            "projects",
+            "exchange",
+        ] {
             std::fs::create_dir_all(root.path().join(dir)).expect("test dirs");
         }
         create_private_dir(&root.path().join("run"));
+        let lab = Lab::up(
+            &root.path().join("lab"),
+            workers,
+            client_isolation(root.path()),
+        )
+        .expect("starting lab workers");
         let mut env = TestEnv {
             lab,
             root,
@@ -73,6 +87,13 @@ impl TestEnv {
         env.project_dir = env.project("app");
         env.write_config("");
         env
+    }
+
+    /// A directory that the test and every worker see at the same path: the
+    /// test's own back channel to what runs on the workers (gates, tallies).
+    /// rch never uses it; everything else of the client is invisible there.
+    pub fn exchange_dir(&self) -> PathBuf {
+        self.path().join("exchange")
     }
 
     /// The temp root as a path.
@@ -217,6 +238,17 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// What test workers must not see: the test's temp root, the home and the
+/// source tree of rch itself.
+/// Only [`TestEnv::exchange_dir`] stays visible to both sides.
+fn client_isolation(root: &Path) -> rch::lab::Isolation {
+    rch::lab::Isolation::client(&[
+        root.to_path_buf(),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    ])
+    .with_visible(&root.join("exchange"))
 }
 
 fn create_private_dir(dir: &Path) {
