@@ -469,11 +469,12 @@ async fn push_creates_a_home_relative_remote_dir() {
     remote::push(&conn, project.path(), &remote_dir, &[])
         .await
         .expect("push");
-    let home = std::env::var("HOME").unwrap();
-    let on_worker = Path::new(&home).join(&remote_dir);
-    let exists = on_worker.join("a.txt").exists();
-    let _ = std::fs::remove_dir_all(Path::new(&home).join(".cache").join(&unique));
-    assert!(exists);
+    // Relative to where the worker's ssh commands start (its login home),
+    // checked and cleaned up on the worker: the client's home is untouched.
+    let file = shell_escape::escape(format!("{remote_dir}/a.txt").into()).into_owned();
+    let check = fx.env.ssh("w1", &format!("test -f {file}"));
+    let _ = fx.env.ssh("w1", &format!("rm -rf .cache/{unique}"));
+    assert!(check.status.success(), "{file} missing on the worker");
 }
 
 #[tokio::test]

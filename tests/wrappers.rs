@@ -476,13 +476,23 @@ fn builds_go_to_a_worker_and_shims_there_do_not_recurse() {
         .unwrap();
     assert!(env.project_dir.join("target/debug").join(name).exists());
 
-    // make through the shim goes to the worker; there, the recipe finds the
-    // same shims first on PATH, and they run the real tool (RCH_INSIDE).
-    let shims = env.path().join("data/rch/shims");
+    // make through the shim goes to the worker; there, the recipe finds
+    // shims of the worker's own first on PATH (in the one directory both
+    // sides see), and they run the real tool (RCH_INSIDE).
+    let worker_bin = env.exchange_dir().join("bin");
+    let worker_shims = env.exchange_dir().join("shims");
+    std::fs::create_dir_all(&worker_bin).unwrap();
+    std::fs::create_dir_all(&worker_shims).unwrap();
+    write_probe_tool(&worker_bin);
+    let shim =
+        rch::wrap::shim_script("probe-tool", Path::new("/usr/bin/rch"), &worker_shims).unwrap();
+    let shim_path = worker_shims.join("probe-tool");
+    std::fs::write(&shim_path, shim).unwrap();
+    std::fs::set_permissions(&shim_path, std::fs::Permissions::from_mode(0o755)).unwrap();
     let makefile = format!(
         "all:\n\tPATH='{}:{}':\"$$PATH\" probe-tool\n",
-        shims.display(),
-        bin.display()
+        worker_shims.display(),
+        worker_bin.display()
     );
     std::fs::write(env.project_dir.join("Makefile"), makefile).unwrap();
     let out = shell(&format!("{init}\nmake"));
