@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Build rch in release mode, install it into $PREFIX/bin (default ~/.local/bin)
 # and create a starter config unless one exists. Safe to run again.
+# --deps first installs the system packages rch and its tests use (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+if [ "${1-}" = "--deps" ]; then
+    scripts/deps.sh
+fi
 
 prefix="${PREFIX:-$HOME/.local}"
 bin_dir="$prefix/bin"
