@@ -41,6 +41,7 @@ const ENV_VARS: &[&str] = &[
     "RCH_SOCKET",
     "RCH_LOG",
     "RCH_QUIET",
+    "RCH_VERBOSE",
     "RCH_DISABLE",
     "RCH_REQUIRE_REMOTE",
     "RCH_WORKER",

@@ -259,15 +259,26 @@ fn local_cargo_commands_never_reach_a_daemon() {
             "{}",
             describe(&out)
         );
-        assert_eq!(
-            rch_lines(&out),
-            vec!["rch: ran locally: cargo tree is not offloadable".to_string()],
+        // Not a build: silent by default (configure scripts make such calls by the hundred).
+        assert!(
+            rch_lines(&out).is_empty(),
             "{}: {}",
             shell.name(),
             describe(&out)
         );
         sandbox.assert_no_daemon_contact(shell.name());
     }
+    // Asked for: the reason.
+    let script = format!("{}\ncargo tree --offline", Shell::Bash.init_line());
+    let out = sandbox
+        .shell(Shell::Bash, &script, &[("RCH_VERBOSE", "1")])
+        .unwrap();
+    assert_eq!(
+        rch_lines(&out),
+        vec!["rch: ran locally: cargo tree is not offloadable".to_string()],
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

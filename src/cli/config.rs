@@ -25,7 +25,11 @@ pub enum ConfigCommand {
     /// Write a commented starter user config; an existing file is never touched.
     Init,
     /// Print the config files in use: user, project (if found), lab (if active).
-    Path,
+    Path {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: ConfigCommand, global: &Global) -> anyhow::Result<i32> {
@@ -35,7 +39,7 @@ pub fn run(cmd: ConfigCommand, global: &Global) -> anyhow::Result<i32> {
         ConfigCommand::Show { origin, json } => show(&sources, global, origin, json),
         ConfigCommand::Validate => validate(&sources),
         ConfigCommand::Init => init(&sources.user_file),
-        ConfigCommand::Path => path(&sources),
+        ConfigCommand::Path { json } => path(&sources, json),
     }
 }
 
@@ -100,7 +104,17 @@ fn init(user_file: &Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn path(sources: &Sources) -> anyhow::Result<i32> {
+fn path(sources: &Sources, json: bool) -> anyhow::Result<i32> {
+    if json {
+        let shown = |p: Option<&Path>| p.map(|p| p.display().to_string());
+        crate::ui::print_json(&serde_json::json!({
+            "user": sources.user_file.display().to_string(),
+            "user_present": sources.user_file.is_file(),
+            "project": shown(sources.project_file().as_deref()),
+            "lab": shown(sources.active_lab_file()),
+        }))?;
+        return Ok(0);
+    }
     let presence = |p: &Path| if p.is_file() { "" } else { " (not present)" };
     println!(
         "user: {}{}",

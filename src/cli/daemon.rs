@@ -21,8 +21,12 @@ pub enum DaemonCommand {
     Start,
     /// Stop the running daemon.
     Stop,
-    /// Is the daemon running? Version, pid, uptime, socket.
-    Status,
+    /// Is the daemon running? Version, pid, uptime, socket (exit 3 when it is not).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the daemon log.
     Logs {
         /// Lines from the end.
@@ -40,7 +44,7 @@ pub fn run(cmd: DaemonCommand, _global: &Global) -> anyhow::Result<i32> {
         DaemonCommand::Run => run_foreground(),
         DaemonCommand::Start => super::block_on(start()),
         DaemonCommand::Stop => super::block_on(stop()),
-        DaemonCommand::Status => super::block_on(status()),
+        DaemonCommand::Status { json } => super::block_on(status(json)),
         DaemonCommand::Logs { lines } => logs(lines),
         DaemonCommand::Reload => super::block_on(reload()),
         DaemonCommand::InstallService => crate::service::install_service(),
@@ -124,9 +128,13 @@ async fn stop() -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn status() -> anyhow::Result<i32> {
+async fn status(json: bool) -> anyhow::Result<i32> {
     let socket = paths::socket_path();
-    match ping(&socket).await {
+    let answer = ping(&socket).await;
+    if json {
+        return status_json(answer, &socket);
+    }
+    match answer {
         Some(Response::Hello {
             version,
             pid,
@@ -147,6 +155,32 @@ async fn status() -> anyhow::Result<i32> {
             Ok(EXIT_NOT_RUNNING)
         }
     }
+}
+
+/// `{"running": true, "version", "protocol", "pid", "uptime_secs", "socket", "state", "log"}`.
+fn status_json(answer: Option<Response>, socket: &Path) -> anyhow::Result<i32> {
+    let mut doc = serde_json::json!({
+        "running": false,
+        "socket": socket.display().to_string(),
+        "state": paths::state_db().display().to_string(),
+        "log": paths::daemon_log().display().to_string(),
+    });
+    let running = matches!(answer, Some(Response::Hello { .. }));
+    if let Some(Response::Hello {
+        version,
+        pid,
+        uptime_secs,
+        protocol,
+    }) = answer
+    {
+        doc["running"] = true.into();
+        doc["version"] = version.into();
+        doc["protocol"] = protocol.into();
+        doc["pid"] = pid.into();
+        doc["uptime_secs"] = uptime_secs.into();
+    }
+    crate::ui::print_json(&doc)?;
+    Ok(if running { 0 } else { EXIT_NOT_RUNNING })
 }
 
 fn logs(lines: usize) -> anyhow::Result<i32> {

@@ -28,6 +28,11 @@ pub struct ExecArgs {
     pub command: Vec<OsString>,
 }
 
+/// `-v` or `RCH_VERBOSE=1`: also say why a command that is not a build ran here.
+fn verbose(global: &Global) -> bool {
+    global.verbose > 0 || config::env_flag("RCH_VERBOSE")
+}
+
 pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
     let cwd = std::env::current_dir()?;
     let mut req = ExecRequest {
@@ -42,7 +47,12 @@ pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
     // pays for (or fails on) anything else.
     let offload = match classify::classify(&req.argv) {
         Decision::Offload(o) => o,
-        Decision::Local(why) => return Ok(build::local_now(&req, &why)),
+        Decision::Local(why) => {
+            // Not a build: configure scripts call `cc --version` and friends by
+            // the hundred, so the line saying so is shown only on request.
+            req.quiet |= !verbose(global);
+            return Ok(build::local_now(&req, &why));
+        }
     };
     let mut loaded = config::load(&req.cwd)?;
     loaded.apply(&Overrides {

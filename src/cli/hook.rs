@@ -20,7 +20,13 @@ pub enum HookAction {
     /// Remove rch's hook from the agent's settings.json.
     Uninstall(SettingsArg),
     /// Show whether the hook is registered.
-    Status(SettingsArg),
+    Status {
+        #[command(flatten)]
+        settings: SettingsArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -42,7 +48,7 @@ pub fn run(args: HookArgs, global: &Global) -> anyhow::Result<i32> {
         None => Ok(answer_event()),
         Some(HookAction::Install(s)) => install(s.file(), global),
         Some(HookAction::Uninstall(s)) => uninstall(s.file(), global),
-        Some(HookAction::Status(s)) => status(s.file()),
+        Some(HookAction::Status { settings, json }) => status(settings.file(), json),
     }
 }
 
@@ -83,9 +89,17 @@ fn uninstall(file: PathBuf, global: &Global) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn status(file: PathBuf) -> anyhow::Result<i32> {
+fn status(file: PathBuf, json: bool) -> anyhow::Result<i32> {
     let settings = hook::read_settings(&file)?;
     let commands = hook::registered(&settings);
+    if json {
+        crate::ui::print_json(&serde_json::json!({
+            "settings": file.display().to_string(),
+            "registered": !commands.is_empty(),
+            "commands": commands,
+        }))?;
+        return Ok(0);
+    }
     if commands.is_empty() {
         println!("hook: not registered in {}", file.display());
         return Ok(0);

@@ -3,8 +3,9 @@
 use super::{Global, UsageError};
 use crate::lab::{AlreadyUp, Isolation, Lab, NoLab, UnknownWorker};
 use crate::paths;
+use crate::ui::{self, table, Output};
 use clap::Subcommand;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde_json::json;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -17,7 +18,11 @@ pub enum LabCommand {
     /// Stop every worker and remove the lab.
     Down,
     /// Show each worker's port and health.
-    Status,
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Kill a worker's sshd and its sessions: connections are refused.
     Kill {
         /// Worker id (w1, w2, ...).
@@ -45,7 +50,7 @@ pub fn run(cmd: LabCommand, global: &Global) -> anyhow::Result<i32> {
     let result = match cmd {
         LabCommand::Up { workers } => up(&root, workers.into(), global),
         LabCommand::Down => down(&root),
-        LabCommand::Status => status(&root),
+        LabCommand::Status { json } => status(&root, &Output::detect(json, global.quiet, 0)),
         LabCommand::Kill { id } => fault(&root, &id, "killed", |lab| lab.kill(&id)),
         LabCommand::Revive { id } => fault(&root, &id, "revived", |lab| lab.revive(&id)),
         LabCommand::Pause { id } => fault(&root, &id, "paused", |lab| lab.pause(&id)),
@@ -71,7 +76,7 @@ fn up(root: &std::path::Path, workers: usize, global: &Global) -> anyhow::Result
         Err(err) if err.is::<AlreadyUp>() => {
             println!("rch lab: already up in {}", root.display());
             let lab = Lab::open(root)?;
-            println!("{}", workers_table(&lab));
+            println!("{}", workers_table(&lab, &Output::detect(false, false, 0)));
             return Ok(0);
         }
         Err(err) => return Err(err),
@@ -81,7 +86,7 @@ fn up(root: &std::path::Path, workers: usize, global: &Global) -> anyhow::Result
         lab.workers().len(),
         root.display()
     );
-    println!("{}", workers_table(&lab));
+    println!("{}", workers_table(&lab, &Output::detect(false, false, 0)));
     println!("{}", lab.confinement().describe());
     if !global.quiet {
         print_next_steps(&lab);
@@ -122,20 +127,55 @@ fn down(root: &std::path::Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn status(root: &std::path::Path) -> anyhow::Result<i32> {
+fn status(root: &std::path::Path, out: &Output) -> anyhow::Result<i32> {
     match Lab::open(root) {
+        Ok(lab) if out.json => {
+            ui::print_json(&status_json(root, Some(&lab)))?;
+            Ok(0)
+        }
         Ok(lab) => {
             println!("rch lab in {}", root.display());
-            println!("{}", workers_table(&lab));
+            println!("{}", workers_table(&lab, out));
             println!("{}", lab.confinement().describe());
             Ok(0)
         }
         Err(err) if err.is::<NoLab>() => {
-            println!("rch lab: no lab is up (start one with `rch lab up`)");
+            if out.json {
+                ui::print_json(&status_json(root, None))?;
+            } else {
+                println!("rch lab: no lab is up (start one with `rch lab up`)");
+            }
             Ok(1)
         }
         Err(err) => Err(err),
     }
+}
+
+/// `{"up": true, "dir": …, "workers": [{"id", "ssh_host", "port", "health", "remote_base"}]}`.
+fn status_json(root: &std::path::Path, lab: Option<&Lab>) -> serde_json::Value {
+    let workers: Vec<_> = lab
+        .map(|lab| {
+            lab.workers()
+                .iter()
+                .map(|w| {
+                    json!({
+                        "id": w.id,
+                        "ssh_host": w.alias,
+                        "port": w.port,
+                        "health": lab.health(&w.id).to_string(),
+                        "remote_base": w.remote_base.display().to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let confinement = lab.map(|lab| lab.confinement().describe().to_string());
+    json!({
+        "up": lab.is_some(),
+        "dir": root.display().to_string(),
+        "confinement": confinement,
+        "workers": workers,
+    })
 }
 
 /// Open the lab, inject one fault (or undo it) and show the worker's health.
@@ -151,12 +191,14 @@ fn fault(
     Ok(0)
 }
 
-fn workers_table(lab: &Lab) -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["worker", "ssh host", "port", "health", "remote base"]);
+/// Bordered on a terminal, plain columns when piped.
+fn workers_table(lab: &Lab, out: &Output) -> String {
+    let mut tbl = table::new(
+        out,
+        &["worker", "ssh host", "port", "health", "remote base"],
+    );
     for worker in lab.workers() {
-        table.add_row([
+        tbl.add_row([
             worker.id.clone(),
             worker.alias.clone(),
             worker.port.to_string(),
@@ -164,5 +206,5 @@ fn workers_table(lab: &Lab) -> Table {
             worker.remote_base.display().to_string(),
         ]);
     }
-    table
+    table::render(&tbl)
 }

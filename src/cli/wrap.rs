@@ -1,9 +1,9 @@
 //! `rch wrap install|uninstall|status`: the build-tool shims.
 
 use super::{Global, UsageError};
+use crate::ui::{table, Output};
 use crate::wrap::{self, PathPosition, WrapError};
 use clap::Subcommand;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use std::ffi::OsString;
 
 #[derive(Debug, Subcommand)]
@@ -118,7 +118,7 @@ fn status(json: bool) -> anyhow::Result<i32> {
     if json {
         println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
     } else {
-        print_status(&status);
+        print_status(&status, &Output::detect(false, false, 0));
     }
     Ok(0)
 }
@@ -152,7 +152,7 @@ fn status_json(status: &wrap::Status) -> serde_json::Value {
     })
 }
 
-fn print_status(status: &wrap::Status) {
+fn print_status(status: &wrap::Status, out: &Output) {
     println!(
         "shims dir: {} ({})",
         status.dir.display(),
@@ -170,18 +170,16 @@ fn print_status(status: &wrap::Status) {
         };
         println!("rch binary: {}{note}", rch.display());
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["tool", "wrapped on this PATH", "real tool"]);
+    let mut tbl = table::new(out, &["tool", "wrapped on this PATH", "real tool"]);
     for t in &status.tools {
         let real = t
             .real
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "not found".into());
-        table.add_row([t.tool.clone(), yes_no(t.active).into(), real]);
+        tbl.add_row([t.tool.clone(), yes_no(t.active).into(), real]);
     }
-    println!("{table}");
+    println!("{}", table::render(&tbl));
 }
 
 fn yes_no(b: bool) -> &'static str {
