@@ -8,6 +8,7 @@
 use crate::classify::{self, Artifacts, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
+use crate::phases::Phase;
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
 use crate::remote::{self, sync::Pull, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
@@ -28,6 +29,8 @@ pub struct ExecRequest {
     pub argv: Vec<OsString>,
     pub cwd: PathBuf,
     pub quiet: bool,
+    /// `-v`: also print where the build's time went.
+    pub verbose: bool,
 }
 
 /// Where a build ran and why: the one stderr line of every run.
@@ -59,8 +62,12 @@ pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i3
         return local_now(req, &why);
     }
     let mut build = Build::new(loaded, req, offload);
-    let (code, placement) = build.run().await;
+    let span = tracing::info_span!("build", command = %build.job.command);
+    let (code, placement) = tracing::Instrument::instrument(build.run(), span).await;
     announce(&placement, req.quiet);
+    if req.verbose && !build.job.phases.is_empty() {
+        eprintln!("rch: {}", build.job.phases);
+    }
     code
 }
 
@@ -185,6 +192,7 @@ impl<'a> Build<'a> {
                 }
             };
             self.job.queue_ms += queued.elapsed().as_millis() as u64;
+            self.job.phases.add(Phase::Lease, queued.elapsed());
             let worker = match answer {
                 Lease::Granted(w) => w,
                 Lease::Local(reason) => return self.no_worker(Some(&mut client), reason).await,
@@ -206,7 +214,8 @@ impl<'a> Build<'a> {
                         kind: failure.kind,
                         message: failure.message.clone(),
                     };
-                    let _ = client.call(Request::Release { outcome }).await;
+                    let release = client.call(Request::Release { outcome });
+                    let _ = self.job.phases.time(Phase::Release, release).await;
                     if failure.kind == FailureKind::ConnectionLost {
                         // The shared master is broken: close it so the next
                         // build to this worker connects afresh. Other failures
@@ -239,7 +248,8 @@ impl<'a> Build<'a> {
         label: &str,
         code: i32,
     ) -> (i32, Placement) {
-        let _ = client.call(Request::Release { outcome }).await;
+        let release = client.call(Request::Release { outcome });
+        let _ = self.job.phases.time(Phase::Release, release).await;
         self.job.worker = Some(worker.clone());
         self.job.outcome = label.into();
         self.job.exit_code = Some(code);
@@ -278,21 +288,23 @@ impl<'a> Build<'a> {
             ssh: self.loaded.config.ssh.clone(),
         };
         let failed = |failure, started| Attempt::Failed { failure, started };
-        let conn = match remote::ssh::connect(&target).await {
+        let connect = remote::ssh::connect(&target);
+        let conn = match self.job.phases.time(Phase::Connect, connect).await {
             Ok(c) => c,
             Err(f) => return failed(f, false),
         };
         let remote_dir = remote::sync::remote_project_dir(&target.worker.remote_base, &self.root);
         let excludes = &self.loaded.config.transfer.exclude;
         let t = Instant::now();
-        if let Err(f) = remote::sync::push(&conn, &self.root, &remote_dir, excludes).await {
+        let push = remote::sync::push(&conn, &self.root, &remote_dir, excludes);
+        if let Err(f) = self.job.phases.time(Phase::Push, push).await {
             return failed(f, false);
         }
         self.job.sync_ms += t.elapsed().as_millis() as u64;
         let spec = self.run_spec(&remote_dir);
         let t = Instant::now();
         let report = tokio::select! {
-            r = remote::run::run(&conn, &spec) => r,
+            r = self.job.phases.time(Phase::Run, remote::run::run(&conn, &spec)) => r,
             _ = interrupted() => return Attempt::Interrupted,
         };
         self.job.run_ms += t.elapsed().as_millis() as u64;
@@ -303,9 +315,8 @@ impl<'a> Build<'a> {
         if code == 0 {
             let t = Instant::now();
             let pull = pull_spec(&self.offload.artifacts);
-            if let Err(f) =
-                remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes).await
-            {
+            let pulled = remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes);
+            if let Err(f) = self.job.phases.time(Phase::Pull, pulled).await {
                 return failed(f, true);
             }
             self.job.return_ms += t.elapsed().as_millis() as u64;

@@ -12,6 +12,7 @@
 //! - [`protocol`]: the messages between the CLI and the daemon, framing and version.
 //! - [`client`]: the CLI side of the daemon socket (connect, auto-start, requests).
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
+//! - [`phases`]: where a build's time went: its phases, timed and traced.
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
@@ -34,6 +35,7 @@ pub mod fleet_report;
 pub mod hook;
 pub mod lab;
 pub mod paths;
+pub mod phases;
 pub mod protocol;
 pub mod remote;
 pub mod select;

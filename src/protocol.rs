@@ -106,6 +106,9 @@ pub struct JobReport {
     pub return_ms: u64,
     /// Workers that failed before the final placement, with their reasons.
     pub failovers: Vec<Failover>,
+    /// Where the time went, phase by phase.
+    #[serde(default)]
+    pub phases: crate::phases::Phases,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -442,3 +442,65 @@ fn metrics_listen_serves_the_same_text_over_http() {
         "{body}"
     );
 }
+
+#[test]
+fn verbose_exec_prints_its_phases_and_the_job_keeps_them() {
+    let env = setup(1, "");
+    // RCH_LOG reaches the client (stderr) and the daemon this build starts.
+    let out = env
+        .rch()
+        .env("RCH_LOG", "rch=debug")
+        .args(["exec", "-v", "--", "make", "quick"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    let phase_line = err
+        .lines()
+        .find(|l| l.starts_with("rch: lease "))
+        .unwrap_or_else(|| panic!("no phase line: {err}"));
+    for phase in [
+        " · connect ",
+        " · push ",
+        " · run ",
+        " · pull ",
+        " · release ",
+    ] {
+        assert!(phase_line.contains(phase), "{phase_line}");
+    }
+    assert!(
+        phase_line.ends_with("ms") || phase_line.ends_with('s'),
+        "{phase_line}"
+    );
+    // The client's trace: each phase a span closed with its duration.
+    assert!(
+        err.lines()
+            .any(|l| l.contains("push") && l.contains("close time.busy")),
+        "{err}"
+    );
+
+    let jobs = json(&env, &["status", "--jobs", "--json"]);
+    let phases: Vec<&str> = jobs["recent_jobs"][0]["phases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{jobs}"))
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(
+        phases,
+        ["lease", "connect", "push", "run", "pull", "release"],
+        "{jobs}"
+    );
+    let history = stdout(&rch(&env, &["workers", "history", "w1"]));
+    assert!(
+        history.contains("lease ") && history.contains(" · run "),
+        "{history}"
+    );
+
+    // The daemon's log has the lease it granted and the job with its phases.
+    let logs = stdout(&rch(&env, &["daemon", "logs"]));
+    assert!(
+        logs.contains("granted") && logs.contains("job recorded"),
+        "{logs}"
+    );
+}

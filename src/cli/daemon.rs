@@ -74,13 +74,7 @@ fn run_foreground() -> anyhow::Result<i32> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    crate::ui::log::init(Some("info"));
 }
 
 async fn ping(socket: &Path) -> Option<Response> {

@@ -39,6 +39,7 @@ pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
         argv: args.command,
         cwd,
         quiet: global.quiet || config::env_flag("RCH_QUIET"),
+        verbose: verbose(global),
     };
     if args.local {
         return Ok(build::local_now(&req, "--local"));
@@ -50,7 +51,7 @@ pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
         Decision::Local(why) => {
             // Not a build: configure scripts call `cc --version` and friends by
             // the hundred, so the line saying so is shown only on request.
-            req.quiet |= !verbose(global);
+            req.quiet |= !req.verbose;
             return Ok(build::local_now(&req, &why));
         }
     };

@@ -84,6 +84,7 @@ pub struct UsageError(pub String);
 pub fn dispatch(cli: Cli) -> i32 {
     if !matches!(cli.command, Command::Daemon(daemon::DaemonCommand::Run)) {
         restore_default_sigpipe();
+        crate::ui::log::init(None);
     }
     let global = cli.global;
     let result = match cli.command {

@@ -95,6 +95,9 @@ pub struct JobRow {
     pub sync_ms: u64,
     pub run_ms: u64,
     pub return_ms: u64,
+    /// Where the time went, phase by phase (empty for a local run).
+    #[serde(default)]
+    pub phases: crate::phases::Phases,
 }
 
 /// Result of probing one worker.

@@ -101,9 +101,14 @@ fn unknown(e: super::fleet::UnknownWorker) -> Response {
 async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Result<(), WireError> {
     match request {
         Request::Ping => conn.send(&hello(shared)).await,
-        Request::Lease(req) => lease(conn, req, shared).await,
+        Request::Lease(req) => {
+            let span =
+                tracing::debug_span!("lease", project = %req.project, command = %req.command);
+            tracing::Instrument::instrument(lease(conn, req, shared), span).await
+        }
         Request::Release { outcome } => {
             if let Some(lease) = conn.lease.take() {
+                let _span = tracing::debug_span!("release", outcome = ?outcome).entered();
                 shared.with_fleet(|f, now| f.release(lease, &outcome, now));
             }
             conn.send(&Response::Ok).await
@@ -187,6 +192,7 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
     };
     let response = match answer {
         Answer::Granted(g) => {
+            tracing::debug!(worker = %g.worker.id, why = %g.why, "granted");
             conn.lease = Some(g.lease);
             Response::Granted {
                 worker: g.worker,
@@ -194,7 +200,10 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
                 why: g.why,
             }
         }
-        Answer::Local(reason) => Response::Local { reason },
+        Answer::Local(reason) => {
+            tracing::debug!(reason = %reason, "no worker: local");
+            Response::Local { reason }
+        }
     };
     conn.send(&response).await
 }
@@ -241,6 +250,12 @@ fn cancel_wait(shared: &Shared, waiter: u64, rx: &mut tokio::sync::oneshot::Rece
 }
 
 fn record_job(shared: &Shared, job: &JobReport) {
+    tracing::debug!(
+        worker = job.worker.as_deref().unwrap_or("local"),
+        outcome = %job.outcome,
+        phases = %job.phases,
+        "job recorded"
+    );
     let now = shared.now_ms();
     if let Err(e) = shared.store().insert_job(now, job) {
         tracing::error!(error = %e, "saving job");

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     queue_ms INTEGER NOT NULL,
     sync_ms INTEGER NOT NULL,
     run_ms INTEGER NOT NULL,
-    return_ms INTEGER NOT NULL
+    return_ms INTEGER NOT NULL,
+    phases TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_placement ON jobs(placement, id);
 CREATE TABLE IF NOT EXISTS events (
@@ -116,6 +117,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        add_phases_column(&conn)?;
         Ok(Store { conn, inserts: 0 })
     }
 
@@ -190,7 +192,7 @@ impl Store {
     /// The newest jobs, newest first; only those of `worker` when given.
     pub fn recent_jobs(&self, worker: Option<&str>, limit: usize) -> anyhow::Result<Vec<JobRow>> {
         let sql = "SELECT id, at_ms, project, command, placement, outcome, exit_code, reason,
-                          queue_ms, sync_ms, run_ms, return_ms
+                          queue_ms, sync_ms, run_ms, return_ms, phases
                    FROM jobs WHERE (?1 IS NULL OR placement = ?1) ORDER BY id DESC LIMIT ?2";
         let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map(params![worker, limit as i64], |r| {
@@ -207,6 +209,7 @@ impl Store {
                 sync_ms: r.get::<_, i64>(9)? as u64,
                 run_ms: r.get::<_, i64>(10)? as u64,
                 return_ms: r.get::<_, i64>(11)? as u64,
+                phases: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -288,8 +291,8 @@ fn insert_job_row(conn: &Connection, at_ms: u64, job: &JobReport) -> rusqlite::R
     let placement = job.worker.as_deref().unwrap_or("local");
     conn.execute(
         "INSERT INTO jobs(at_ms, project, command, placement, outcome, exit_code, reason,
-                          queue_ms, sync_ms, run_ms, return_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                          queue_ms, sync_ms, run_ms, return_ms, phases)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             at_ms as i64,
             job.project,
@@ -301,9 +304,23 @@ fn insert_job_row(conn: &Connection, at_ms: u64, job: &JobReport) -> rusqlite::R
             job.queue_ms as i64,
             job.sync_ms as i64,
             job.run_ms as i64,
-            job.return_ms as i64
+            job.return_ms as i64,
+            serde_json::to_string(&job.phases).unwrap_or_else(|_| "[]".into())
         ],
     )
+}
+
+/// A database written before jobs kept their phases gets the column.
+fn add_phases_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'phases'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN phases TEXT NOT NULL DEFAULT '[]'")?;
+    }
+    Ok(())
 }
 
 fn aside_path(path: &Path) -> PathBuf {

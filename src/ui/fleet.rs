@@ -293,7 +293,7 @@ pub fn jobs_table(out: &Output, jobs: &[JobRow], now: OffsetDateTime) -> String 
     let mut tbl = table::new(
         out,
         &[
-            "when", "command", "project", "where", "outcome", "exit", "why", "took",
+            "when", "command", "project", "where", "outcome", "exit", "why", "took", "phases",
         ],
     );
     for j in jobs {
@@ -307,6 +307,7 @@ pub fn jobs_table(out: &Output, jobs: &[JobRow], now: OffsetDateTime) -> String 
             or_dash(j.exit_code.map(|c| c.to_string())),
             or_dash(Some(j.reason.clone())),
             format!("{:.1}s", took as f64 / 1000.0),
+            or_dash(Some(j.phases.to_string())),
         ]);
     }
     table::render(&tbl)
@@ -577,6 +578,10 @@ mod tests {
                 sync_ms: 0,
                 run_ms: 1500,
                 return_ms: 0,
+                phases: crate::phases::Phases(vec![crate::phases::PhaseTime {
+                    phase: crate::phases::Phase::Run,
+                    us: 1_500_000,
+                }]),
             }],
             ..Default::default()
         };
@@ -586,7 +591,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("circuit open on w1") && text.contains("proj") && text.contains("1.5s"),
+            text.contains("circuit open on w1")
+                && text.contains("proj")
+                && text.contains("1.5s")
+                && text.contains("run 1500ms"),
             "{text}"
         );
     }

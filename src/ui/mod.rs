@@ -8,6 +8,7 @@ pub mod diagnose;
 pub mod events;
 pub mod fleet;
 pub mod history;
+pub mod log;
 pub mod metrics;
 pub mod progress;
 pub mod table;
