@@ -151,6 +151,8 @@ struct Build<'a> {
     root: PathBuf,
     job: JobReport,
     exclude: Vec<String>,
+    /// What a worker must have for this build.
+    needs: crate::caps::Needs,
 }
 
 impl<'a> Build<'a> {
@@ -161,6 +163,7 @@ impl<'a> Build<'a> {
             command: display_command(&req.argv),
             ..Default::default()
         };
+        let needs = crate::needs::needs(&req.argv, &req.cwd, offload.tool);
         Build {
             loaded,
             req,
@@ -168,6 +171,7 @@ impl<'a> Build<'a> {
             root,
             job,
             exclude: Vec::new(),
+            needs,
         }
     }
 
@@ -209,6 +213,9 @@ impl<'a> Build<'a> {
                         .settle(&mut client, id, outcome, "interrupted", EXIT_INTERRUPTED)
                         .await;
                 }
+                Attempt::Failed { failure, .. } if failure.kind == FailureKind::MissingTool => {
+                    self.missing_tool(&mut client, id).await;
+                }
                 Attempt::Failed { failure, started } => {
                     let outcome = AttemptOutcome::Failure {
                         kind: failure.kind,
@@ -239,6 +246,20 @@ impl<'a> Build<'a> {
         }
     }
 
+    /// The worker has no such command: not the build's answer and not the
+    /// worker's fault. The daemon remembers it; the build goes elsewhere.
+    async fn missing_tool(&mut self, client: &mut Client, worker: String) {
+        let tool = self.needs.tool.clone().unwrap_or_default();
+        let outcome = AttemptOutcome::MissingTool { tool: tool.clone() };
+        let _ = client.call(Request::Release { outcome }).await;
+        let unfit = crate::caps::Unfit::Tool { tool };
+        self.job.failovers.push(Failover {
+            worker: worker.clone(),
+            reason: unfit.describe(&worker),
+        });
+        self.exclude.push(worker);
+    }
+
     /// The command ran on `worker`: release, record, and say where.
     async fn settle(
         &mut self,
@@ -263,6 +284,7 @@ impl<'a> Build<'a> {
             command: self.job.command.clone(),
             worker: self.loaded.requested_worker.clone(),
             exclude: self.exclude.clone(),
+            needs: self.needs.clone(),
         });
         let mut reply = client.call(request).await.map_err(|e| e.to_string())?;
         loop {

@@ -3,6 +3,7 @@
 //! the same selection rules the daemon uses. Pure: the classification, the
 //! loaded configuration and the fleet's report in, a [`Diagnosis`] out.
 
+use crate::caps::Needs;
 use crate::classify::{Decision, Offload};
 use crate::config::{Fallback, Loaded};
 use crate::daemon::report::{FleetReport, WorkerReport};
@@ -37,6 +38,8 @@ pub struct Diagnosis {
     pub fallback: Setting,
     pub requested_worker: Option<Setting>,
     pub daemon_running: Option<bool>,
+    /// What a worker must have for this command (tools, toolchains).
+    pub needs: Option<Needs>,
     pub workers: Vec<WorkerVerdict>,
     /// `remote`, `queue`, `local` or `fail`.
     pub placement: String,
@@ -46,12 +49,13 @@ pub struct Diagnosis {
 
 /// Diagnose `command`. `fleet` is asked only when the fleet decides (the
 /// command is offloadable and rch is enabled): it gives the fleet's current
-/// report and the root of the project the build would belong to.
+/// report, the root of the project the build would belong to and what the
+/// build needs of a worker.
 pub fn diagnose(
     command: &str,
     decision: &Decision,
     loaded: &Loaded,
-    fleet: impl FnOnce(&Offload) -> anyhow::Result<(FleetReport, PathBuf)>,
+    fleet: impl FnOnce(&Offload) -> anyhow::Result<(FleetReport, PathBuf, Needs)>,
 ) -> anyhow::Result<Diagnosis> {
     let mut d = settings(command, decision, loaded);
     match (decision, loaded.config.general.enabled) {
@@ -64,8 +68,8 @@ pub fn diagnose(
             conclude(&mut d, "local", why);
         }
         (Decision::Offload(offload), true) => {
-            let (report, project) = fleet(offload)?;
-            place(&mut d, &report, loaded, &project);
+            let (report, project, needs) = fleet(offload)?;
+            place(&mut d, &report, loaded, &project, needs);
         }
     }
     Ok(d)
@@ -97,6 +101,7 @@ fn settings(command: &str, decision: &Decision, loaded: &Loaded) -> Diagnosis {
             origin: loaded.origin("requested_worker").to_string(),
         }),
         daemon_running: None,
+        needs: None,
         workers: Vec::new(),
         placement: String::new(),
         verdict: String::new(),
@@ -113,15 +118,17 @@ fn conclude(d: &mut Diagnosis, placement: &str, verdict: String) {
 }
 
 /// Where the daemon would put it now, by the same selection rules it uses.
-fn place(d: &mut Diagnosis, report: &FleetReport, loaded: &Loaded, project: &Path) {
+fn place(d: &mut Diagnosis, report: &FleetReport, loaded: &Loaded, project: &Path, needs: Needs) {
     d.daemon_running = Some(report.daemon.running);
     let project = project.to_string_lossy().into_owned();
-    let selector = selector_for(report, &project);
+    let selector = selector_for(report, loaded, &project);
     let request = select::LeaseRequest {
         project: project.clone(),
         worker: loaded.requested_worker.clone(),
         exclude: Vec::new(),
+        needs: needs.clone(),
     };
+    d.needs = Some(needs);
     let admits = |id: &str| {
         report
             .workers
@@ -156,12 +163,23 @@ fn place(d: &mut Diagnosis, report: &FleetReport, loaded: &Loaded, project: &Pat
                 }
             ),
         ),
-        Pick::Unavailable(_) => {
-            let reasons: Vec<String> = d
+        Pick::Unavailable(whys) => {
+            let unfit: Vec<(String, crate::caps::Unfit)> = whys
+                .iter()
+                .filter_map(|(id, why)| match why {
+                    select::Why::Unfit(u) => Some((id.clone(), u.clone())),
+                    _ => None,
+                })
+                .collect();
+            let mut reasons: Vec<String> = d
                 .workers
                 .iter()
+                .filter(|w| !unfit.iter().any(|(id, _)| *id == w.worker))
                 .map(|w| format!("{} {}", w.worker, w.why))
                 .collect();
+            if let Some(line) = crate::caps::no_worker_line(&unfit) {
+                reasons.insert(0, line);
+            }
             let why = if reasons.is_empty() {
                 "no workers configured".to_string()
             } else {
@@ -181,7 +199,7 @@ fn place(d: &mut Diagnosis, report: &FleetReport, loaded: &Loaded, project: &Pat
 }
 
 /// Slots in use and the last worker of each project, as the report shows them.
-fn selector_for(report: &FleetReport, project: &str) -> Selector {
+fn selector_for(report: &FleetReport, loaded: &Loaded, project: &str) -> Selector {
     let mut selector = Selector::new(
         report
             .workers
@@ -192,6 +210,12 @@ fn selector_for(report: &FleetReport, project: &str) -> Selector {
                 priority: w.priority,
                 enabled: w.enabled,
                 draining: w.draining,
+                policy: loaded
+                    .config
+                    .worker(&w.id)
+                    .map(|c| loaded.config.policy(c))
+                    .unwrap_or_default(),
+                caps: w.capabilities.clone(),
             })
             .collect(),
     );
@@ -243,7 +267,7 @@ fn worker_verdict(
             ),
             Pick::Wait => (false, format!("busy ({}/{} slots used)", w.used, w.slots)),
             Pick::Unavailable(whys) => {
-                let mine = whys.iter().find(|(id, _)| *id == w.id).map(|(_, why)| *why);
+                let mine = whys.iter().find(|(id, _)| *id == w.id).map(|(_, why)| why.clone());
                 (false, refusal(w, mine))
             }
         }
@@ -261,6 +285,7 @@ fn refusal(w: &WorkerReport, why: Option<select::Why>) -> String {
             Some(s) => format!("circuit open (retry in {})", ui::time::duration(s)),
             None => "circuit open".into(),
         },
+        Some(select::Why::Unfit(unfit)) => unfit.detail(),
         Some(why) => why.as_str().to_string(),
         None => "unavailable".into(),
     }
@@ -293,6 +318,7 @@ mod tests {
             },
             last_build: None,
             latency_ms: None,
+            capabilities: None,
         }
     }
 
@@ -313,7 +339,7 @@ mod tests {
         let decision = classify::classify_shell("cargo build");
         let l = loaded();
         let mut d = settings("cargo build", &decision, &l);
-        place(&mut d, &report, &l, Path::new("/p"));
+        place(&mut d, &report, &l, Path::new("/p"), Needs::default());
         d
     }
 

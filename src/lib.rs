@@ -8,9 +8,11 @@
 //! - [`paths`]: where rch keeps its config, state, socket and SSH control sockets (XDG).
 //! - [`breaker`]: the per-worker circuit breaker; a pure state machine, time passed in.
 //! - [`select`]: worker choice, slot accounting and the FIFO wait queue; pure.
+//! - [`caps`]: worker capabilities (tools, toolchains), what a build needs, whether they fit; pure.
 //! - [`classify`]: which commands can be offloaded, and their kind.
 //! - [`protocol`]: the messages between the CLI and the daemon, framing and version.
 //! - [`client`]: the CLI side of the daemon socket (connect, auto-start, requests).
+//! - [`needs`]: what a build needs of a worker, found on this machine (local rustc, cc, target).
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
@@ -25,6 +27,7 @@
 
 pub mod breaker;
 pub mod build;
+pub mod caps;
 pub mod classify;
 pub mod cli;
 pub mod client;
@@ -34,6 +37,7 @@ pub mod diagnose;
 pub mod fleet_report;
 pub mod hook;
 pub mod lab;
+pub mod needs;
 pub mod paths;
 pub mod phases;
 pub mod protocol;

@@ -74,6 +74,9 @@ pub struct LeaseRequest {
     pub worker: Option<String>,
     /// Workers that already failed this build.
     pub exclude: Vec<String>,
+    /// The tools and toolchain the build needs of a worker.
+    #[serde(default)]
+    pub needs: crate::caps::Needs,
 }
 
 /// How a leased attempt ended, as the breaker counts it.
@@ -86,6 +89,9 @@ pub enum AttemptOutcome {
     Failure { kind: FailureKind, message: String },
     /// Nobody knows (interrupted by the user): no breaker effect.
     Unknown,
+    /// The worker has no such command: a routing fact, not a fault (no
+    /// breaker effect); the daemon remembers it and probes the worker again.
+    MissingTool { tool: String },
 }
 
 /// One finished `rch exec`, recorded in the job history.

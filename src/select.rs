@@ -3,9 +3,13 @@
 //! The selector knows each worker's slots and how many are in use, which
 //! worker last built each project, and who is waiting for a slot. Breaker
 //! state is not kept here: the caller passes a peek (`admits`) so this module
-//! stays free of time and IO.
+//! stays free of time and IO. What each worker can build (its probed
+//! capabilities) is part of the worker's input, what a build needs is part of
+//! the request; [`crate::caps::fit`] decides whether they meet.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::caps::{self, Capabilities, Needs, Policy, Unfit};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +22,13 @@ pub struct WorkerSlots {
     pub enabled: bool,
     /// Finishing its current builds but taking no new ones.
     pub draining: bool,
+    /// How strictly its toolchains must match the client's.
+    #[serde(default)]
+    pub policy: Policy,
+    /// What its last probe found (and builds found missing since); `None`
+    /// while never probed.
+    #[serde(default)]
+    pub caps: Option<Capabilities>,
 }
 
 /// What a build asks of a worker.
@@ -28,10 +39,13 @@ pub struct LeaseRequest {
     pub worker: Option<String>,
     /// These workers may not serve it (they already failed this build).
     pub exclude: Vec<String>,
+    /// The tools and toolchain the build needs.
+    #[serde(default)]
+    pub needs: Needs,
 }
 
 /// Why a worker cannot take a request right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Why {
     Disabled,
@@ -42,11 +56,13 @@ pub enum Why {
     Refused,
     /// All its slots are in use.
     Busy,
+    /// It cannot build this command: a tool or toolchain does not match.
+    Unfit(Unfit),
 }
 
 impl Why {
     /// Short words for the "ran locally: ..." line, e.g. "w2 busy".
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Why::Disabled => "disabled",
             Why::Draining => "draining",
@@ -54,6 +70,7 @@ impl Why {
             Why::NotRequested => "not requested",
             Why::Refused => "circuit open",
             Why::Busy => "busy",
+            Why::Unfit(_) => "lacks a capability",
         }
     }
 }
@@ -113,6 +130,13 @@ impl Selector {
         }
     }
 
+    /// What a probe (or a build that found a tool missing) learned of `id`.
+    pub fn set_capabilities(&mut self, id: &str, caps: Option<Capabilities>) {
+        if let Some(worker) = self.worker_mut(id) {
+            worker.caps = caps;
+        }
+    }
+
     /// Choose a worker for `req`. `admits` says whether a worker's breaker
     /// would let a request through. Does not take the slot: see `acquire`.
     pub fn pick(&self, req: &LeaseRequest, admits: &dyn Fn(&str) -> bool) -> Pick {
@@ -127,7 +151,7 @@ impl Selector {
         if let Some(best) = free.into_iter().max_by(|a, b| self.compare(req, a, b)) {
             return Pick::Worker(best.id.clone());
         }
-        if refusals.iter().any(|(_, why)| *why == Why::Busy) {
+        if refusals.iter().any(|(_, why)| matches!(why, Why::Busy)) {
             return Pick::Wait;
         }
         Pick::Unavailable(refusals)
@@ -262,6 +286,8 @@ impl Selector {
             Some(Why::Disabled)
         } else if worker.draining {
             Some(Why::Draining)
+        } else if let Err(unfit) = caps::fit(&req.needs, worker.caps.as_ref(), &worker.policy) {
+            Some(Why::Unfit(unfit))
         } else if !admits(&worker.id) {
             Some(Why::Refused)
         } else if self.free_slots(worker) == 0 {
@@ -296,6 +322,8 @@ mod tests {
             priority,
             enabled: true,
             draining: false,
+            policy: Policy::default(),
+            caps: None,
         }
     }
 
@@ -304,6 +332,7 @@ mod tests {
             project: project.to_string(),
             worker: None,
             exclude: Vec::new(),
+            needs: Needs::default(),
         }
     }
 

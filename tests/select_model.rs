@@ -1,11 +1,14 @@
 //! The selector under random operation sequences: slots are never
 //! oversubscribed, picks agree with a plain reference ranking, waiters with
 //! identical constraints are served strictly first come first served, and no
-//! waiter is left waiting while a slot it could use is free.
+//! waiter is left waiting while a slot it could use is free. Capabilities
+//! are part of the input: a worker known to lack the build's tool is never
+//! picked, one never probed may be.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
+use rch::caps::{parse_probe, Capabilities, Needs};
 use rch::select::{LeaseRequest, Pick, Selector, WorkerSlots};
 
 const IDS: [&str; 3] = ["w0", "w1", "w2"];
@@ -22,6 +25,8 @@ enum Op {
     SetEnabled(usize, bool),
     SetDraining(usize, bool),
     SetAdmits(usize, bool),
+    /// What a probe found: `None` never probed, else whether cargo is there.
+    SetCargo(usize, Option<bool>),
     RecordBuild(u8, usize),
     Reconfigure(Vec<(u32, i64)>),
 }
@@ -32,6 +37,7 @@ struct Req {
     project: u8,
     worker: Option<usize>,
     exclude: Vec<usize>,
+    needs_cargo: bool,
 }
 
 impl Req {
@@ -40,15 +46,19 @@ impl Req {
             project: format!("p{}", self.project),
             worker: self.worker.map(|i| IDS[i].to_string()),
             exclude: self.exclude.iter().map(|&i| IDS[i].to_string()).collect(),
+            needs: Needs {
+                tool: Some(if self.needs_cargo { "cargo" } else { "make" }.into()),
+                ..Needs::default()
+            },
         }
     }
 
     /// What decides which workers may serve it (the project only ranks them).
-    fn constraints(&self) -> (Option<usize>, Vec<usize>) {
+    fn constraints(&self) -> (Option<usize>, Vec<usize>, bool) {
         let mut exclude = self.exclude.clone();
         exclude.sort_unstable();
         exclude.dedup();
-        (self.worker, exclude)
+        (self.worker, exclude, self.needs_cargo)
     }
 }
 
@@ -57,11 +67,13 @@ fn req() -> impl Strategy<Value = Req> {
         0u8..3,
         prop::option::weighted(0.2, 0usize..3),
         prop::collection::vec(0usize..3, 0..2),
+        any::<bool>(),
     )
-        .prop_map(|(project, worker, exclude)| Req {
+        .prop_map(|(project, worker, exclude, needs_cargo)| Req {
             project,
             worker,
             exclude,
+            needs_cargo,
         })
 }
 
@@ -76,6 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..3, any::<bool>()).prop_map(|(w, on)| Op::SetEnabled(w, on)),
         1 => (0usize..3, any::<bool>()).prop_map(|(w, on)| Op::SetDraining(w, on)),
         2 => (0usize..3, any::<bool>()).prop_map(|(w, on)| Op::SetAdmits(w, on)),
+        2 => (0usize..3, prop::option::of(any::<bool>())).prop_map(|(w, c)| Op::SetCargo(w, c)),
         1 => (0u8..3, 0usize..3).prop_map(|(p, w)| Op::RecordBuild(p, w)),
         1 => prop::collection::vec((1u32..4, 0i64..3), 3).prop_map(Op::Reconfigure),
     ]
@@ -91,8 +104,20 @@ fn workers(shape: &[(u32, i64)]) -> Vec<WorkerSlots> {
             priority,
             enabled: true,
             draining: false,
+            policy: Default::default(),
+            caps: None,
         })
         .collect()
+}
+
+/// A probe's answer: make always, cargo when `cargo`.
+fn caps(cargo: Option<bool>) -> Option<Capabilities> {
+    let cargo = cargo?;
+    let mut text = String::from("tool\tmake\tGNU Make 4.3\n");
+    if cargo {
+        text.push_str("tool\tcargo\tcargo 1.95.0\n");
+    }
+    Some(parse_probe(&text))
 }
 
 /// The test's own view of the world, kept independently of the selector.
@@ -101,6 +126,7 @@ struct World {
     enabled: [bool; 3],
     draining: [bool; 3],
     admits: [bool; 3],
+    cargo: [Option<bool>; 3],
     warm: HashMap<u8, usize>,
     /// Leases held, by worker index.
     leases: Vec<usize>,
@@ -137,6 +163,7 @@ impl World {
             && self.enabled[w]
             && !self.draining[w]
             && self.admits[w]
+            && !(req.needs_cargo && self.cargo[w] == Some(false))
     }
 
     fn expect(&self, req: &Req, got: &Pick) -> Result<(), TestCaseError> {
@@ -175,6 +202,7 @@ proptest! {
             enabled: [true; 3],
             draining: [false; 3],
             admits: [true; 3],
+            cargo: [None; 3],
             warm: HashMap::new(),
             leases: Vec::new(),
             queue: Vec::new(),
@@ -257,6 +285,10 @@ proptest! {
                     selector.set_draining(IDS[w], on);
                 }
                 Op::SetAdmits(w, on) => world.admits[w] = on,
+                Op::SetCargo(w, cargo) => {
+                    world.cargo[w] = cargo;
+                    selector.set_capabilities(IDS[w], caps(cargo));
+                }
                 Op::RecordBuild(project, w) => {
                     world.warm.insert(project, w);
                     selector.record_build(&format!("p{project}"), IDS[w]);
@@ -266,6 +298,7 @@ proptest! {
                     for (i, worker) in fresh.iter_mut().enumerate() {
                         worker.enabled = world.enabled[i];
                         worker.draining = world.draining[i];
+                        worker.caps = caps(world.cargo[i]);
                     }
                     selector.reconfigure(fresh);
                     world.shape = shape;
@@ -294,7 +327,7 @@ proptest! {
         for (w, take) in ops {
             if take {
                 waiter += 1;
-                let request = LeaseRequest { project: "p".into(), worker: None, exclude: vec![] };
+                let request = LeaseRequest { project: "p".into(), worker: None, exclude: vec![], needs: Needs::default() };
                 match selector.pick(&request, &|_| true) {
                     Pick::Worker(id) => prop_assert!(selector.acquire(&id)),
                     Pick::Wait => {

@@ -33,6 +33,7 @@ pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
     let out = Output::detect(args.json, global.quiet, global.verbose);
     let cwd = std::env::current_dir()?;
     let (command, decision, dir) = classify_input(&args.command, &cwd);
+    let argv = command_words(&args.command);
     let mut loaded = config::load(&dir)?;
     loaded.apply(&Overrides {
         worker: args.worker,
@@ -46,7 +47,8 @@ pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
     }
     let d = diagnose(&command, &decision, &loaded, |offload| {
         let report = super::block_on(current_report(&out))?;
-        Ok((report, crate::build::project_root(&loaded, &dir, offload)))
+        let needs = crate::needs::needs(&argv, &dir, offload.tool);
+        Ok((report, crate::build::project_root(&loaded, &dir, offload), needs))
     })?;
     if out.json {
         ui::print_json(&d)?;
@@ -70,6 +72,16 @@ fn classify_input(words: &[String], cwd: &Path) -> (String, Decision, PathBuf) {
     let shown =
         shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "));
     (shown, classify::classify(&argv), cwd.to_path_buf())
+}
+
+/// The command's words, after a leading `cd DIR &&` of a shell line.
+fn command_words(words: &[String]) -> Vec<OsString> {
+    if let [line] = words {
+        let (_, rest) = classify::split_leading_cd(line);
+        let words = shlex::split(rest).unwrap_or_default();
+        return words.into_iter().map(OsString::from).collect();
+    }
+    words.iter().map(OsString::from).collect()
 }
 
 #[cfg(test)]

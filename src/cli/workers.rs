@@ -201,7 +201,12 @@ fn probe_line(r: &ProbeResult) -> (&'static str, String) {
             .latency_ms
             .map(|ms| format!(" in {ms}ms"))
             .unwrap_or_default();
-        ("✓", format!("ok{latency}, circuit {}", r.state))
+        let tools = r
+            .capabilities
+            .as_ref()
+            .map(|c| format!("; {}", c.summary()))
+            .unwrap_or_default();
+        ("✓", format!("ok{latency}, circuit {}{tools}", r.state))
     } else {
         let error = r.error.as_deref().unwrap_or("probe failed");
         // Daemon messages name the worker; the line already does.
@@ -310,6 +315,7 @@ mod tests {
             latency_ms: Some(7),
             error: None,
             state: "closed".into(),
+            capabilities: None,
         };
         assert_eq!(
             probe_line(&ok),
@@ -321,6 +327,7 @@ mod tests {
             latency_ms: None,
             error: Some("w1: refused".into()),
             state: "open".into(),
+            capabilities: None,
         };
         assert_eq!(
             probe_line(&bad),

@@ -19,6 +19,7 @@ pub use layers::{
 };
 
 use crate::breaker::BreakerConfig;
+use crate::caps::{CcMatch, Policy, ToolchainMatch};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -39,6 +40,12 @@ pub struct GeneralConfig {
     pub fallback: Fallback,
     /// The remote build is killed after this many seconds.
     pub build_timeout_secs: u64,
+    /// Toolchain match for every worker that does not set its own.
+    pub toolchain: ToolchainMatch,
+    /// C compiler match for every worker that does not set its own.
+    pub cc_toolchain: CcMatch,
+    /// Tools every worker must have (a worker's own list replaces it).
+    pub tools: Vec<String>,
 }
 
 impl Default for GeneralConfig {
@@ -47,6 +54,9 @@ impl Default for GeneralConfig {
             enabled: true,
             fallback: Fallback::Local,
             build_timeout_secs: 7200,
+            toolchain: ToolchainMatch::default(),
+            cc_toolchain: CcMatch::default(),
+            tools: Vec::new(),
         }
     }
 }
@@ -119,6 +129,12 @@ pub struct WorkerConfig {
     pub priority: i64,
     pub remote_base: String,
     pub enabled: bool,
+    /// Tools this worker must have; a probe fails naming the ones it lacks.
+    pub tools: Vec<String>,
+    /// Overrides `general.toolchain` for this worker.
+    pub toolchain: Option<ToolchainMatch>,
+    /// Overrides `general.cc_toolchain` for this worker.
+    pub cc_toolchain: Option<CcMatch>,
 }
 
 impl WorkerConfig {
@@ -134,6 +150,9 @@ impl WorkerConfig {
             priority: 100,
             remote_base: "~/.cache/rch/builds".to_string(),
             enabled: true,
+            tools: Vec::new(),
+            toolchain: None,
+            cc_toolchain: None,
         }
     }
 }
@@ -142,6 +161,23 @@ impl Config {
     /// The worker with this id, if configured.
     pub fn worker(&self, id: &str) -> Option<&WorkerConfig> {
         self.workers.iter().find(|w| w.id == id)
+    }
+
+    /// How strictly `worker`'s toolchains must match: its own keys, else `[general]`'s.
+    pub fn policy(&self, worker: &WorkerConfig) -> Policy {
+        Policy {
+            toolchain: worker.toolchain.unwrap_or(self.general.toolchain),
+            cc_toolchain: worker.cc_toolchain.unwrap_or(self.general.cc_toolchain),
+        }
+    }
+
+    /// The tools `worker` must have: its own list, else `general.tools`.
+    pub fn required_tools<'a>(&'a self, worker: &'a WorkerConfig) -> &'a [String] {
+        if worker.tools.is_empty() {
+            &self.general.tools
+        } else {
+            &worker.tools
+        }
     }
 
     /// The ids of all configured workers, in file order.

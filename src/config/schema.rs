@@ -49,7 +49,15 @@ pub const GENERAL: &[Key] = &[
     key("enabled", Kind::Bool),
     key("fallback", Kind::Choice(&["local", "never"])),
     key("build_timeout_secs", Kind::Int { min: 1, max: U64 }),
+    key("toolchain", TOOLCHAIN),
+    key("cc_toolchain", CC_TOOLCHAIN),
+    key("tools", Kind::TextList),
 ];
+
+/// `toolchain`: how a worker's rustc must match the client's.
+const TOOLCHAIN: Kind = Kind::Choice(&["exact", "same-release", "any"]);
+/// `cc_toolchain`: whether a worker's C compiler version must match.
+const CC_TOOLCHAIN: Kind = Kind::Choice(&["any", "exact"]);
 
 pub const CIRCUIT: &[Key] = &[
     key("failure_threshold", Kind::Int { min: 1, max: U32 }),
@@ -94,6 +102,9 @@ pub const WORKER: &[Key] = &[
     ),
     key("remote_base", Kind::Text),
     key("enabled", Kind::Bool),
+    key("tools", Kind::TextList),
+    key("toolchain", TOOLCHAIN),
+    key("cc_toolchain", CC_TOOLCHAIN),
 ];
 
 /// Worker keys without which a worker entry is an error.

@@ -11,6 +11,7 @@ use super::metrics::Metrics;
 use super::report::{CircuitReport, FleetReport, LeaseReport, QueuedReport, WorkerReport};
 use super::store::WorkerFlags;
 use crate::breaker::{Breaker, Outcome, Permit, State, Transition};
+use crate::caps::Capabilities;
 use crate::config::{Config, WorkerConfig};
 use crate::protocol::{AttemptOutcome, LeaseRequest, WorkerAction};
 use crate::remote::Target;
@@ -60,6 +61,8 @@ pub struct Effects {
     pub events: Vec<Event>,
     pub breakers: BTreeSet<String>,
     pub flags: BTreeSet<String>,
+    /// Workers whose capabilities should be learned again (the prober does it).
+    pub learn: bool,
 }
 
 /// An id the fleet does not know, with the ids it does.
@@ -95,6 +98,10 @@ pub struct Fleet {
     probing: BTreeSet<String>,
     latency_ms: HashMap<String, u64>,
     last_build_ms: HashMap<String, u64>,
+    /// What each worker's last probe found, and tools builds found missing.
+    caps: HashMap<String, Capabilities>,
+    /// Workers whose capabilities are to be learned (never yet, or stale).
+    to_learn: BTreeSet<String>,
     next_id: u64,
     effects: Effects,
     /// Breakers changed only by routine successes, persisted lazily.
@@ -124,6 +131,8 @@ impl Fleet {
             probing: BTreeSet::new(),
             latency_ms: HashMap::new(),
             last_build_ms: HashMap::new(),
+            caps: HashMap::new(),
+            to_learn: BTreeSet::new(),
             next_id: 1,
             effects: Effects::default(),
             lazy_breakers: BTreeSet::new(),
@@ -141,6 +150,11 @@ impl Fleet {
             self.breakers
                 .entry(w.id.clone())
                 .or_insert_with(|| Breaker::new(now_ms));
+            if self.config.worker(&w.id) != Some(w) {
+                self.caps.remove(&w.id);
+                self.to_learn.insert(w.id.clone());
+                self.effects.learn = true;
+            }
         }
         self.config = config;
         self.selector.reconfigure(self.worker_slots());
@@ -172,9 +186,38 @@ impl Fleet {
                     priority: w.priority,
                     enabled: self.is_enabled(&w.id),
                     draining: flags.draining,
+                    policy: self.config.policy(w),
+                    caps: self.caps.get(&w.id).cloned(),
                 }
             })
             .collect()
+    }
+
+    /// A probe found what `id` can build.
+    pub fn learn(&mut self, id: &str, caps: Capabilities, now_ms: u64) {
+        self.caps.insert(id.to_string(), caps);
+        self.selector.set_capabilities(id, self.caps.get(id).cloned());
+        self.serve_waiters(now_ms);
+    }
+
+    /// Workers whose capabilities the prober should learn now (without
+    /// touching their breakers); each is handed out once.
+    pub fn due_learning(&mut self) -> Vec<Target> {
+        let ids = std::mem::take(&mut self.to_learn);
+        ids.into_iter()
+            .filter(|id| self.is_enabled(id))
+            .filter_map(|id| {
+                Some(Target {
+                    worker: self.config.worker(&id)?.clone(),
+                    ssh: self.config.ssh.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// What `id` is known to be able to build, if it was probed.
+    pub fn capabilities(&self, id: &str) -> Option<&Capabilities> {
+        self.caps.get(id)
     }
 
     /// `Ok` when `id` is a configured worker.
@@ -312,7 +355,7 @@ impl Fleet {
                     active.permit,
                     Outcome::Failure(message.clone()),
                 ),
-                AttemptOutcome::Unknown => {
+                AttemptOutcome::Unknown | AttemptOutcome::MissingTool { .. } => {
                     breaker.abandon(active.permit);
                     None
                 }
@@ -332,6 +375,14 @@ impl Fleet {
             }
             AttemptOutcome::Failure { .. } => self.metrics.attempts_failed += 1,
             AttemptOutcome::Unknown => self.metrics.attempts_unknown += 1,
+            AttemptOutcome::MissingTool { tool } => {
+                self.metrics.attempts_unknown += 1;
+                let caps = self.caps.entry(id.clone()).or_default();
+                caps.note_missing(tool);
+                self.selector.set_capabilities(&id, Some(caps.clone()));
+                self.to_learn.insert(id.clone());
+                self.effects.learn = true;
+            }
         }
         self.metrics
             .observe_lease_secs(now_ms.saturating_sub(active.since_ms) as f64 / 1000.0);
@@ -580,11 +631,23 @@ impl Fleet {
                 return format!("requested worker {w} is not configured");
             }
         }
-        let parts: Vec<String> = whys
+        let shown = whys
             .iter()
-            .filter(|(_, why)| !matches!(why, select::Why::NotRequested | select::Why::Excluded))
+            .filter(|(_, why)| !matches!(why, select::Why::NotRequested | select::Why::Excluded));
+        let unfit: Vec<(String, crate::caps::Unfit)> = shown
+            .clone()
+            .filter_map(|(id, why)| match why {
+                select::Why::Unfit(u) => Some((id.clone(), u.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut parts: Vec<String> = shown
+            .filter(|(_, why)| !matches!(why, select::Why::Unfit(_)))
             .map(|(id, why)| self.describe(id, why, now_ms))
             .collect();
+        if let Some(line) = crate::caps::no_worker_line(&unfit) {
+            parts.insert(0, line);
+        }
         if parts.is_empty() {
             "no other worker available".into()
         } else {
@@ -600,6 +663,7 @@ impl Fleet {
             Why::Excluded => format!("{id} failed"),
             Why::NotRequested => format!("{id} not requested"),
             Why::Busy => format!("{id} busy"),
+            Why::Unfit(unfit) => unfit.describe(id),
             Why::Refused => match self.breakers.get(id) {
                 Some(b) if b.state == State::HalfOpen => {
                     format!("{id} half-open (probe in flight)")
@@ -689,6 +753,7 @@ impl Fleet {
                     circuit: circuit_report(self.breakers.get(&w.id), &self.config, now_ms),
                     last_build: self.last_build_ms.get(&w.id).map(|t| rfc3339(*t)),
                     latency_ms: self.latency(&w.id),
+                    capabilities: self.caps.get(&w.id).cloned(),
                 }
             })
             .collect();
@@ -744,6 +809,7 @@ fn selection_request(r: &LeaseRequest) -> select::LeaseRequest {
         project: r.project.clone(),
         worker: r.worker.clone(),
         exclude: r.exclude.clone(),
+        needs: r.needs.clone(),
     }
 }
 

@@ -86,6 +86,9 @@ impl Shared {
         flags: Vec<(String, store::WorkerFlags)>,
         now: u64,
     ) {
+        if effects.learn {
+            self.prober_wake.notify_one();
+        }
         if effects.events.is_empty() && breakers.is_empty() && flags.is_empty() {
             return;
         }

@@ -75,6 +75,7 @@ fn worker_report(w: &WorkerConfig, saved: Saved, config: &Config, now_ms: u64) -
         circuit: circuit_report(saved.breaker, config, now_ms),
         last_build: saved.last_build_ms.map(rfc3339),
         latency_ms: None,
+        capabilities: None,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct WorkerReport {
     pub last_build: Option<String>,
     /// Round trip of the last successful probe.
     pub latency_ms: Option<u64>,
+    /// Tools and toolchains the last probe found; absent until probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::caps::Capabilities>,
 }
 
 /// One worker's breaker, as `rch status --circuits --json` prints it.
@@ -109,6 +112,9 @@ pub struct ProbeResult {
     pub error: Option<String>,
     /// Breaker state after the probe.
     pub state: String,
+    /// What the probe found the worker can build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::caps::Capabilities>,
 }
 
 /// Jobs and breaker transitions of one worker.

@@ -346,6 +346,7 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
                         ok: false,
                         latency_ms: None,
                         error: Some(format!("not probed: {reason}")),
+                        capabilities: None,
                     },
                 }
             })
@@ -378,44 +379,65 @@ async fn await_running_probe(shared: &Shared, id: String) -> ProbeResult {
         )
     });
     let ok = !matches!(state, Some(crate::breaker::State::Open));
+    let capabilities = shared.with_fleet(|f, _| f.capabilities(&id).cloned());
     ProbeResult {
         worker: id,
         ok,
         latency_ms: if ok { latency_ms } else { None },
         error: if ok { None } else { last_error },
         state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        capabilities,
     }
 }
 
-/// Run one probe against the worker and feed its result to the breaker.
+/// Run one probe against the worker, feed its result to the breaker and
+/// keep what it learned of the worker's tools. A configured tool the worker
+/// lacks fails the probe's report but not the breaker: the machine is healthy.
 pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
     let limit = Duration::from_secs(job.target.ssh.connect_timeout_secs * 2 + 10);
-    let result = match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
-        Ok(Ok(rtt)) => Ok(rtt.as_millis() as u64),
-        Ok(Err(failure)) => {
-            // Only a lost connection means the shared master is broken;
-            // builds may be using it otherwise.
-            if failure.kind == crate::remote::FailureKind::ConnectionLost {
-                crate::remote::ssh::disconnect(&job.target).await;
+    let (result, caps) =
+        match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
+            Ok(Ok((rtt, caps))) => (Ok(rtt.as_millis() as u64), Some(caps)),
+            Ok(Err(failure)) => {
+                // Only a lost connection means the shared master is broken;
+                // builds may be using it otherwise.
+                if failure.kind == crate::remote::FailureKind::ConnectionLost {
+                    crate::remote::ssh::disconnect(&job.target).await;
+                }
+                (Err(failure.message), None)
             }
-            Err(failure.message)
-        }
-        Err(_) => Err(format!(
-            "{}: probe timed out after {}s",
-            job.worker,
-            limit.as_secs()
-        )),
-    };
+            Err(_) => (
+                Err(format!(
+                    "{}: probe timed out after {}s",
+                    job.worker,
+                    limit.as_secs()
+                )),
+                None,
+            ),
+        };
+    let unmet = caps.as_ref().and_then(|c| {
+        let missing = c.unmet(shared.with_fleet(|f, _| {
+            f.config()
+                .worker(&job.worker)
+                .map(|w| f.config().required_tools(w).to_vec())
+                .unwrap_or_default()
+        }).as_slice()).join(", ");
+        (!missing.is_empty()).then(|| format!("{}: missing tool: {missing}", job.worker))
+    });
     let state = shared.with_fleet(|f, now| {
         f.finish_probe(&job, result.clone(), now);
+        if let Some(caps) = &caps {
+            f.learn(&job.worker, caps.clone(), now);
+        }
         f.state_of(&job.worker)
     });
     ProbeResult {
         worker: job.worker.clone(),
-        ok: result.is_ok(),
+        ok: result.is_ok() && unmet.is_none(),
         latency_ms: result.as_ref().ok().copied(),
-        error: result.err(),
+        error: result.err().or(unmet),
         state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        capabilities: caps,
     }
 }
 

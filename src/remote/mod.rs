@@ -36,6 +36,8 @@ pub enum FailureKind {
     ConnectionLost,
     Killed,
     Timeout,
+    /// The command is not installed there: a routing fact, not a fault.
+    MissingTool,
     Other,
 }
 

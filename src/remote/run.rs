@@ -89,7 +89,8 @@ const SETUP_MARKER: &[u8] = b"\x1erch-setup\x1e";
 /// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
 /// wrappers on the worker run the real tool instead of calling rch again.
 /// When it cannot start the command it writes [`SETUP_MARKER`] and a reason to
-/// stderr and exits 125.
+/// stderr and exits 125; a command the worker does not have is such a case
+/// (`tool:<name>`), told apart from a command that itself exits 127.
 ///
 /// fd 3 keeps the channel's stdin for the watcher, because a background job of
 /// a non-interactive shell otherwise gets /dev/null. The watcher ignores TERM
@@ -112,6 +113,7 @@ if ! cd -- "$dir" 2>/dev/null; then
   else setup_failed dir 'Permission denied'; fi
 fi
 command -v setsid >/dev/null 2>&1 || setup_failed other 'setsid not found on worker'
+command -v "$1" >/dev/null 2>&1 || setup_failed tool "$1"
 exec 3<&0
 setsid "$@" </dev/null 3<&- &
 child=$!
@@ -263,6 +265,11 @@ fn setup_failure_report(worker: &str, dir: &str, line: &str) -> RemoteFailure {
             FailureKind::RemoteDir,
             worker,
             format!("remote dir {dir} not usable: {reason}"),
+        ),
+        Some(("tool", program)) => RemoteFailure::new(
+            FailureKind::MissingTool,
+            worker,
+            format!("{program}: command not found on the worker"),
         ),
         Some((_, reason)) => RemoteFailure::new(FailureKind::Other, worker, reason),
         None => RemoteFailure::new(FailureKind::Other, worker, line),

@@ -10,6 +10,7 @@
 //! minutes (ControlPersist).
 
 use super::{run, FailureKind, RemoteFailure, Target};
+use crate::caps::{self, Capabilities};
 use crate::config::HostKeyPolicy;
 use crate::paths;
 use fs2::FileExt;
@@ -91,12 +92,14 @@ pub async fn disconnect(target: &Target) {
 }
 
 /// Connect and check that the worker can host builds: a login shell runs and
-/// the remote base directory is creatable and writable. Returns the round trip
-/// of that check over the master connection.
-pub async fn probe(target: &Target) -> Result<Duration, RemoteFailure> {
+/// the remote base directory is creatable and writable. In the same remote
+/// command it learns the worker's build tools and toolchains. Returns the
+/// round trip of the check over the master connection, and what it learned.
+pub async fn probe(target: &Target) -> Result<(Duration, Capabilities), RemoteFailure> {
     let conn = connect(target).await?;
     let base = super::sync::remote_path(&target.worker.remote_base);
-    let command = run::login_shell_command(PROBE_SCRIPT, &[base.as_str()]);
+    let script = format!("{PROBE_SCRIPT}\n{}", caps::PROBE_SCRIPT);
+    let command = run::login_shell_command(&script, &[base.as_str()]);
     let started = Instant::now();
     let output = conn
         .session()
@@ -106,7 +109,10 @@ pub async fn probe(target: &Target) -> Result<Duration, RemoteFailure> {
         .map_err(|e| session_error(&conn, target, e))?;
     let round_trip = started.elapsed();
     match output.status.code() {
-        Some(0) => Ok(round_trip),
+        Some(0) => Ok((
+            round_trip,
+            caps::parse_probe(&String::from_utf8_lossy(&output.stdout)),
+        )),
         Some(PROBE_DIR_FAILED) => Err(remote_dir_failure(
             &target.worker.id,
             &target.worker.remote_base,
@@ -477,6 +483,9 @@ mod tests {
                 priority: 100,
                 remote_base: "~/.cache/rch/builds".into(),
                 enabled: true,
+                tools: Vec::new(),
+                toolchain: None,
+                cc_toolchain: None,
             },
             ssh: SshConfig::default(),
         }

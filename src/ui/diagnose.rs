@@ -31,6 +31,9 @@ pub fn diagnosis_text(d: &Diagnosis) -> String {
         }
         None => {}
     }
+    if let Some(needs) = d.needs.as_ref().filter(|n| n != &&Default::default()) {
+        lines.push(format!("needs:     {}", needs.summary()));
+    }
     for w in &d.workers {
         lines.push(format!("  {:<10} {}", w.worker, w.why));
     }
@@ -60,6 +63,7 @@ mod tests {
             fallback: setting("local"),
             requested_worker: None,
             daemon_running: Some(false),
+            needs: None,
             workers: vec![WorkerVerdict {
                 worker: "w1".into(),
                 admits: false,

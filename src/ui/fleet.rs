@@ -187,6 +187,7 @@ pub fn workers_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTime
             "mode",
             "last build",
             "latency",
+            "tools",
         ],
     );
     for w in workers {
@@ -199,9 +200,22 @@ pub fn workers_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTime
             comfy_table::Cell::new(mode(w)),
             comfy_table::Cell::new(or_dash(w.last_build.as_deref().map(|s| t::ago(s, now)))),
             comfy_table::Cell::new(or_dash(w.latency_ms.map(|ms| format!("{ms}ms")))),
+            comfy_table::Cell::new(tools(w)),
         ]);
     }
     table::render(&tbl)
+}
+
+/// What the worker's last probe found, or "not probed yet".
+fn tools(w: &WorkerReport) -> String {
+    match &w.capabilities {
+        Some(caps) if caps.probed => caps.summary(),
+        Some(caps) => format!(
+            "not probed yet; lacks {}",
+            caps.missing.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        None => "not probed yet".to_string(),
+    }
 }
 
 /// The circuit table of `rch status --circuits`.
@@ -431,6 +445,7 @@ mod tests {
             circuit: c,
             last_build: Some("2024-05-01T12:04:00Z".into()),
             latency_ms: Some(12),
+            capabilities: None,
         }
     }
 

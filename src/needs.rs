@@ -1,0 +1,141 @@
+//! What a build needs of a worker, found on this machine: the command's
+//! program; for cargo, the rustc that would build this project here (pins
+//! and `+toolchain` included) and its `--target`; for C and C++ builds, the
+//! local C compiler. Selection compares these with each worker's probed
+//! capabilities ([`crate::caps::fit`]).
+
+use crate::caps::{Cc, Needs, Rustc};
+use crate::classify::Tool;
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Files by which a project pins its Rust toolchain (rustup reads them).
+const PIN_FILES: &[&str] = &["rust-toolchain.toml", "rust-toolchain"];
+
+/// The needs of running `argv` (classified as `tool`) in `cwd`.
+pub fn needs(argv: &[OsString], cwd: &Path, tool: Tool) -> Needs {
+    let mut needs = Needs {
+        tool: argv.first().and_then(|p| program_name(p)),
+        ..Needs::default()
+    };
+    match tool {
+        Tool::Cargo => {
+            let plus = toolchain_override(argv);
+            needs.rustc = local_rustc(cwd, plus.as_deref());
+            needs.pinned = plus.is_some()
+                || std::env::var_os("RUSTUP_TOOLCHAIN").is_some()
+                || pinned(cwd);
+            needs.target = cargo_target(argv)
+                .or_else(|| std::env::var("CARGO_BUILD_TARGET").ok())
+                .filter(|t| !t.is_empty());
+        }
+        Tool::Make | Tool::Cmake | Tool::Ninja | Tool::Cc => needs.cc = local_cc(cwd),
+    }
+    needs
+}
+
+/// The program's file name (`/usr/bin/make` → `make`).
+fn program_name(program: &OsStr) -> Option<String> {
+    let name = Path::new(program).file_name()?.to_str()?;
+    Some(name.to_string())
+}
+
+/// `cargo +nightly build` → `nightly`.
+fn toolchain_override(argv: &[OsString]) -> Option<String> {
+    let first = argv.get(1)?.to_str()?;
+    first.strip_prefix('+').map(str::to_string)
+}
+
+/// `--target X` or `--target=X`.
+fn cargo_target(argv: &[OsString]) -> Option<String> {
+    let mut words = argv.iter().filter_map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        if word == "--" {
+            break;
+        }
+        if word == "--target" {
+            return words.next().map(str::to_string);
+        }
+        if let Some(t) = word.strip_prefix("--target=") {
+            return Some(t.to_string());
+        }
+    }
+    None
+}
+
+/// Whether `cwd` or a parent has a toolchain pin file.
+fn pinned(cwd: &Path) -> bool {
+    cwd.ancestors()
+        .any(|d| PIN_FILES.iter().any(|f| d.join(f).is_file()))
+}
+
+/// `rustc -vV` as cargo would run it here (`RUSTC` honoured).
+fn local_rustc(cwd: &Path, plus: Option<&str>) -> Option<Rustc> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let mut cmd = Command::new(rustc);
+    if let Some(tc) = plus {
+        cmd.arg(format!("+{tc}"));
+    }
+    cmd.arg("-vV");
+    Rustc::parse_verbose_version(&output(cmd, cwd)?)
+}
+
+/// The local `cc`: its version and target machine.
+fn local_cc(cwd: &Path) -> Option<Cc> {
+    let ask = |flag: &str| {
+        let mut cmd = Command::new("cc");
+        cmd.arg(flag);
+        output(cmd, cwd).map(|s| s.trim().to_string())
+    };
+    let machine = ask("-dumpmachine")?;
+    let version = ask("-dumpfullversion")
+        .or_else(|| ask("-dumpversion"))
+        .unwrap_or_default();
+    Some(Cc { version, machine })
+}
+
+/// Stdout of a successful run, else `None` (not installed, failed).
+fn output(mut cmd: Command, cwd: &Path) -> Option<String> {
+    let out = cmd
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn targets_and_overrides_are_read_from_the_command() {
+        let a = argv(&["cargo", "+nightly", "build", "--target", "wasm32-unknown-unknown"]);
+        assert_eq!(toolchain_override(&a).as_deref(), Some("nightly"));
+        assert_eq!(cargo_target(&a).as_deref(), Some("wasm32-unknown-unknown"));
+        let b = argv(&["cargo", "build", "--target=x86_64-unknown-linux-musl"]);
+        assert_eq!(toolchain_override(&b), None);
+        assert_eq!(cargo_target(&b).as_deref(), Some("x86_64-unknown-linux-musl"));
+        let c = argv(&["cargo", "run", "--", "--target", "x"]);
+        assert_eq!(cargo_target(&c), None);
+        assert_eq!(program_name(OsStr::new("/usr/bin/make")).as_deref(), Some("make"));
+    }
+
+    #[test]
+    fn pin_files_are_found_upwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert!(!pinned(&sub));
+        std::fs::write(dir.path().join("a/rust-toolchain.toml"), "[toolchain]\n").unwrap();
+        assert!(pinned(&sub));
+    }
+}
