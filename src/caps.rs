@@ -103,21 +103,21 @@ pub struct Capabilities {
     /// The tools of [`TOOLS`] found, with the first line of their version.
     pub tools: BTreeMap<String, String>,
     /// The default rustc (`rustc -vV` in the home directory).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rustc: Option<Rustc>,
     /// Installed rustup toolchains by name, for projects that pin one.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub toolchains: BTreeMap<String, Rustc>,
     /// Targets the default toolchain has a standard library for.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rust_targets: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cc: Option<Cc>,
     /// `tools` is the probe's full answer. False when all that is known is
     /// what builds found missing since.
     pub probed: bool,
     /// Commands a build found missing since the last probe.
-    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub missing: BTreeSet<String>,
 }
 
@@ -290,7 +290,7 @@ pub enum Unfit {
     /// The command's program is not found there.
     Tool { tool: String },
     /// Its rustc is not the client's; `have` is its default rustc.
-    Rustc { want: Rustc, have: Rustc },
+    Rustc { want: Box<Rustc>, have: Box<Rustc> },
     /// Its toolchain has no standard library for this `--target`.
     Target { target: String },
     /// Its C compiler builds for another machine.
@@ -380,8 +380,8 @@ fn fit_rustc(
     let matched = same(have) || (needs.pinned && caps.toolchains.values().any(same));
     if !matched {
         return Err(Unfit::Rustc {
-            want: want.clone(),
-            have: have.clone(),
+            want: Box::new(want.clone()),
+            have: Box::new(have.clone()),
         });
     }
     // A pinned toolchain's targets are not probed; only the default's are.
@@ -494,7 +494,10 @@ mod tests {
         assert_eq!(caps.tools.len(), 4);
         assert!(caps.lacks("cmake"));
         assert!(!caps.lacks("make"));
-        assert!(!caps.lacks("./configure"), "unknown programs are not judged");
+        assert!(
+            !caps.lacks("./configure"),
+            "unknown programs are not judged"
+        );
         assert_eq!(caps.rust_targets.len(), 2);
         assert_eq!(caps.toolchains["nightly"].release, "1.97.0-nightly");
         assert_eq!(caps.cc.as_ref().unwrap().machine, "x86_64-linux-gnu");
@@ -563,7 +566,10 @@ mod tests {
         assert_eq!(fit(&needs, Some(&caps), &Policy::default()), Ok(()));
         needs.target = Some("aarch64-unknown-linux-gnu".into());
         let err = fit(&needs, Some(&caps), &Policy::default()).unwrap_err();
-        assert_eq!(err.describe("w1"), "w1 has no aarch64-unknown-linux-gnu target");
+        assert_eq!(
+            err.describe("w1"),
+            "w1 has no aarch64-unknown-linux-gnu target"
+        );
     }
 
     #[test]
@@ -577,8 +583,16 @@ mod tests {
         assert_eq!(err.describe("w1"), "w1 has no cargo");
         let empty = parse_probe("");
         let err = fit(&needs, Some(&empty), &Policy::default()).unwrap_err();
-        assert_eq!(err, Unfit::Tool { tool: "cargo".into() });
-        assert_eq!(empty.unmet(&["cargo".into(), "make".into()]), ["cargo", "make"]);
+        assert_eq!(
+            err,
+            Unfit::Tool {
+                tool: "cargo".into()
+            }
+        );
+        assert_eq!(
+            empty.unmet(&["cargo".into(), "make".into()]),
+            ["cargo", "make"]
+        );
     }
 
     #[test]
@@ -610,8 +624,8 @@ mod tests {
             (
                 "w1".into(),
                 Unfit::Rustc {
-                    want: want.clone(),
-                    have: old(),
+                    want: Box::new(want.clone()),
+                    have: Box::new(old()),
                 },
             ),
             (

@@ -267,7 +267,10 @@ fn worker_verdict(
             ),
             Pick::Wait => (false, format!("busy ({}/{} slots used)", w.used, w.slots)),
             Pick::Unavailable(whys) => {
-                let mine = whys.iter().find(|(id, _)| *id == w.id).map(|(_, why)| why.clone());
+                let mine = whys
+                    .iter()
+                    .find(|(id, _)| *id == w.id)
+                    .map(|(_, why)| why.clone());
                 (false, refusal(w, mine))
             }
         }

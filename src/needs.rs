@@ -23,9 +23,9 @@ pub fn needs(argv: &[OsString], cwd: &Path, tool: Tool) -> Needs {
         Tool::Cargo => {
             let plus = toolchain_override(argv);
             needs.rustc = local_rustc(cwd, plus.as_deref());
-            needs.pinned = plus.is_some()
-                || std::env::var_os("RUSTUP_TOOLCHAIN").is_some()
-                || pinned(cwd);
+            // `RUSTUP_TOOLCHAIN` is this shell's choice, not the project's:
+            // the worker does not get it, so it pins nothing there.
+            needs.pinned = plus.is_some() || pinned(cwd);
             needs.target = cargo_target(argv)
                 .or_else(|| std::env::var("CARGO_BUILD_TARGET").ok())
                 .filter(|t| !t.is_empty());
@@ -118,15 +118,27 @@ mod tests {
 
     #[test]
     fn targets_and_overrides_are_read_from_the_command() {
-        let a = argv(&["cargo", "+nightly", "build", "--target", "wasm32-unknown-unknown"]);
+        let a = argv(&[
+            "cargo",
+            "+nightly",
+            "build",
+            "--target",
+            "wasm32-unknown-unknown",
+        ]);
         assert_eq!(toolchain_override(&a).as_deref(), Some("nightly"));
         assert_eq!(cargo_target(&a).as_deref(), Some("wasm32-unknown-unknown"));
         let b = argv(&["cargo", "build", "--target=x86_64-unknown-linux-musl"]);
         assert_eq!(toolchain_override(&b), None);
-        assert_eq!(cargo_target(&b).as_deref(), Some("x86_64-unknown-linux-musl"));
+        assert_eq!(
+            cargo_target(&b).as_deref(),
+            Some("x86_64-unknown-linux-musl")
+        );
         let c = argv(&["cargo", "run", "--", "--target", "x"]);
         assert_eq!(cargo_target(&c), None);
-        assert_eq!(program_name(OsStr::new("/usr/bin/make")).as_deref(), Some("make"));
+        assert_eq!(
+            program_name(OsStr::new("/usr/bin/make")).as_deref(),
+            Some("make")
+        );
     }
 
     #[test]

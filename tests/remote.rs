@@ -34,15 +34,8 @@ impl Fixture {
         let w = &self.lab().workers()[0];
         Target {
             worker: WorkerConfig {
-                id: w.id.clone(),
-                host: w.alias.clone(),
-                port: None,
-                user: None,
-                identity_file: None,
-                slots: 4,
-                priority: 100,
                 remote_base: w.remote_base.to_string_lossy().into_owned(),
-                enabled: true,
+                ..WorkerConfig::new(w.id.clone(), w.alias.clone())
             },
             ssh: SshConfig {
                 connect_timeout_secs: 2,
@@ -232,6 +225,21 @@ async fn exit_codes_pass_through() {
         assert!(report.started);
         assert_eq!(exit_code(&report), code, "{script}");
     }
+}
+
+/// A command the worker does not have is the wrapper's own status, not the
+/// 127 a command may exit with itself (checked just above).
+#[tokio::test]
+async fn a_command_not_found_is_a_missing_tool_not_an_exit_code() {
+    let fx = Fixture::new();
+    let conn = fx.connect().await;
+    let dir = fx.remote_dir("missing");
+    let (report, out, err) = capture(&conn, &spec(&dir, &["rch-no-such-tool", "x"])).await;
+    assert!(!report.started);
+    assert_eq!(failure_kind(&report), FailureKind::MissingTool);
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    let message = report.result.unwrap_err().message;
+    assert!(message.contains("rch-no-such-tool"), "{message}");
 }
 
 #[tokio::test]
@@ -570,8 +578,10 @@ async fn unwritable_remote_base_is_a_remote_dir_failure() {
 #[tokio::test]
 async fn probe_reports_a_round_trip() {
     let fx = Fixture::new();
-    let rtt = remote::probe(&fx.target()).await.expect("probe");
+    let (rtt, caps) = remote::probe(&fx.target()).await.expect("probe");
     assert!(rtt < Duration::from_secs(5));
+    assert!(caps.probed && caps.tools.contains_key("cargo"), "{caps:?}");
+    assert!(caps.rustc.is_some(), "{caps:?}");
 }
 
 #[tokio::test]

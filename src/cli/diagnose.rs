@@ -11,7 +11,18 @@ use clap::Args;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+/// What the diagnosis covers, for `rch diagnose --help`.
+const DIAGNOSE_HELP: &str = "\
+It prints whether the command is offloaded and why, the settings that decide
+it with where each came from, what the build needs of a worker (the program,
+for cargo the client's rustc release and host triple, a pinned toolchain or
+--target, for C builds the client's cc machine), and one line per worker: it
+admits the build, or why not (disabled, draining, busy, circuit open, or the
+capability that excluded it: \"has no cargo\", \"has rustc 1.80.0\",
+\"has cc for aarch64-linux-gnu\"). The verdict says where it would run now.";
+
 #[derive(Debug, Args)]
+#[command(after_help = DIAGNOSE_HELP)]
 pub struct DiagnoseArgs {
     /// Pretend `--worker ID` was given (as `rch exec --worker`).
     #[arg(long, value_name = "ID")]
@@ -48,7 +59,11 @@ pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
     let d = diagnose(&command, &decision, &loaded, |offload| {
         let report = super::block_on(current_report(&out))?;
         let needs = crate::needs::needs(&argv, &dir, offload.tool);
-        Ok((report, crate::build::project_root(&loaded, &dir, offload), needs))
+        Ok((
+            report,
+            crate::build::project_root(&loaded, &dir, offload),
+            needs,
+        ))
     })?;
     if out.json {
         ui::print_json(&d)?;

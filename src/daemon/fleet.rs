@@ -196,7 +196,8 @@ impl Fleet {
     /// A probe found what `id` can build.
     pub fn learn(&mut self, id: &str, caps: Capabilities, now_ms: u64) {
         self.caps.insert(id.to_string(), caps);
-        self.selector.set_capabilities(id, self.caps.get(id).cloned());
+        self.selector
+            .set_capabilities(id, self.caps.get(id).cloned());
         self.serve_waiters(now_ms);
     }
 

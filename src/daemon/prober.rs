@@ -47,7 +47,9 @@ async fn learn(shared: Arc<Shared>, target: Target) {
             tracing::info!(worker = %id, tools = %caps.summary(), "capabilities learned");
             shared.with_fleet(|f, now| f.learn(&id, caps, now));
         }
-        Ok(Err(failure)) => tracing::debug!(worker = %id, error = %failure, "capabilities not learned"),
+        Ok(Err(failure)) => {
+            tracing::debug!(worker = %id, error = %failure, "capabilities not learned")
+        }
         Err(_) => tracing::debug!(worker = %id, "capabilities not learned: timed out"),
     }
 }

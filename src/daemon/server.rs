@@ -416,12 +416,18 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
             ),
         };
     let unmet = caps.as_ref().and_then(|c| {
-        let missing = c.unmet(shared.with_fleet(|f, _| {
-            f.config()
-                .worker(&job.worker)
-                .map(|w| f.config().required_tools(w).to_vec())
-                .unwrap_or_default()
-        }).as_slice()).join(", ");
+        let missing = c
+            .unmet(
+                shared
+                    .with_fleet(|f, _| {
+                        f.config()
+                            .worker(&job.worker)
+                            .map(|w| f.config().required_tools(w).to_vec())
+                            .unwrap_or_default()
+                    })
+                    .as_slice(),
+            )
+            .join(", ");
         (!missing.is_empty()).then(|| format!("{}: missing tool: {missing}", job.worker))
     });
     let state = shared.with_fleet(|f, now| {

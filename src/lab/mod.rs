@@ -13,9 +13,11 @@ mod isolate;
 mod procs;
 mod sshd;
 mod tarpit;
+mod toolchain;
 
 pub use isolate::{Confinement, Isolation};
 pub use tarpit::Tarpit;
+pub use toolchain::LabToolchain;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
@@ -71,6 +73,9 @@ pub struct LabWorker {
     pub remote_base: PathBuf,
     /// The worker's own directory (keys, sshd config, pid file, log).
     pub dir: PathBuf,
+    /// The Rust toolchain it offers (the client's unless changed).
+    #[serde(default)]
+    pub toolchain: LabToolchain,
 }
 
 impl LabWorker {
@@ -83,6 +88,7 @@ impl LabWorker {
             dir,
             port,
             id,
+            toolchain: LabToolchain::default(),
         }
     }
 
@@ -563,8 +569,23 @@ impl Lab {
         sshd::write_home(files.home)?;
         sshd::write_config(&self.state.sshd, worker.port, &files)?;
         let isolation = self.state.isolation.with_visible(&worker.dir);
+        let isolation = toolchain::apply(&worker.toolchain, files.home, isolation)?;
         sshd::start(&self.state.sshd, worker.port, &files, &isolation)
             .with_context(|| format!("starting worker {}", worker.id))
+    }
+
+    /// Give worker `id` another Rust toolchain (none, or a rustc reporting
+    /// another release) and restart it: its sessions end (shared master
+    /// connections too, which would keep the old view), new ones get it.
+    pub fn set_toolchain(&mut self, id: &str, toolchain: LabToolchain) -> anyhow::Result<()> {
+        let mut worker = self.worker(id)?.clone();
+        worker.toolchain = toolchain;
+        if let Some(w) = self.state.workers.iter_mut().find(|w| w.id == id) {
+            *w = worker.clone();
+        }
+        self.save_state()?;
+        self.stop_everything(&worker);
+        self.start_sshd(&worker).map(|_| ())
     }
 
     /// Stop only the listener and start it again (sessions carry on).
