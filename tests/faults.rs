@@ -237,6 +237,16 @@ fn wrong_key_is_one_attempt_per_build_with_a_clear_reason() {
     let mark = marker("wrongkey");
     let project = make_project(&env, "wrongkey", &mark);
     env.lab.revoke_key("w1").unwrap();
+    // The daemon tries once at start to learn the worker's tools (no breaker
+    // effect); count the builds' attempts after that one.
+    let start = env.rch_in(&project).args(["daemon", "start"]).output();
+    assert!(start.expect("rch daemon start").status.success());
+    assert_eq!(
+        wait_attempts(&env, 1),
+        1,
+        "one attempt to learn capabilities"
+    );
+    assert_state(&env.circuit("w1"), "closed", 0);
 
     let out = exec(&env, &project, &["make"]);
     assert_true_result(&out, &mark);
@@ -247,13 +257,13 @@ fn wrong_key_is_one_attempt_per_build_with_a_clear_reason() {
         lower.contains("auth") || lower.contains("permission denied"),
         "{line}"
     );
-    let after_one = wait_attempts(&env, 1);
-    assert_eq!(after_one, 1, "one login attempt for one build");
+    let after_one = wait_attempts(&env, 2);
+    assert_eq!(after_one, 2, "one login attempt for one build");
     assert_state(&env.circuit("w1"), "closed", 1);
 
     let out = exec(&env, &project, &["make"]);
     assert_true_result(&out, &mark);
-    assert_eq!(wait_attempts(&env, 2), 2, "one login attempt per build");
+    assert_eq!(wait_attempts(&env, 3), 3, "one login attempt per build");
     assert_state(&env.circuit("w1"), "open", 2);
 
     // Open: the next build does not even try.
@@ -261,7 +271,7 @@ fn wrong_key_is_one_attempt_per_build_with_a_clear_reason() {
     assert_true_result(&out, &mark);
     assert!(placement_line(&out).contains("circuit open on w1"));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(auth_failures(&env, "w1"), 2, "no attempt while open");
+    assert_eq!(auth_failures(&env, "w1"), 3, "no attempt while open");
     assert_nothing_left(&env, "w1", &mark);
 }
 
