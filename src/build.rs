@@ -315,7 +315,12 @@ impl<'a> Build<'a> {
             Ok(c) => c,
             Err(f) => return failed(f, false),
         };
-        let remote_dir = remote::sync::remote_project_dir(&target.worker.remote_base, &self.root);
+        let home = remote::remote_project_dir(&target.worker.remote_base, &self.root);
+        // Held until the attempt ends: overlapping builds of this project on
+        // this worker each get their own tree there.
+        let slot = claim_slot(&target.worker.id, &home);
+        let index = slot.as_ref().map_or(0, |s| s.index);
+        let remote_dir = remote::build_dir(&target.worker.remote_base, &self.root, index);
         let excludes = &self.loaded.config.transfer.exclude;
         let t = Instant::now();
         let push = remote::sync::push(&conn, &self.root, &remote_dir, excludes);
@@ -427,6 +432,19 @@ async fn interrupted() {
         _ = int.recv() => {}
         _ = term.recv() => {}
         _ = hup.recv() => {}
+    }
+}
+
+/// Claim a build slot; without one (an unusable local runtime dir) the build
+/// still runs, in slot 0, unprotected from overlapping builds.
+fn claim_slot(worker: &str, project_home: &str) -> Option<remote::slot::Slot> {
+    let dir = remote::slot::default_lock_dir();
+    match remote::slot::claim(&dir, worker, project_home) {
+        Ok(slot) => Some(slot),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot claim a build slot");
+            None
+        }
     }
 }
 

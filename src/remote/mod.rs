@@ -1,20 +1,24 @@
-//! The remote side of a build: SSH master connections ([`ssh`]), rsync
-//! transfer over them ([`sync`]) and remote execution ([`run`]).
+//! The remote side of a build: SSH master connections ([`ssh`]), where a
+//! build lives on a worker ([`layout`], [`slot`]), rsync transfer over the
+//! masters ([`sync`]) and remote execution ([`run`]).
 //!
 //! Every failure is reported as a [`RemoteFailure`]: a [`FailureKind`] the
 //! breaker and the fallback logic can act on, plus one line for humans that
 //! names the worker.
 
+pub mod layout;
 pub mod run;
+pub mod slot;
 pub mod ssh;
 pub mod sync;
 
 use crate::config::{SshConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
+pub use layout::{build_dir, remote_project_dir};
 pub use run::{forwarded_env, run, run_to, RunReport, RunSpec};
 pub use ssh::{connect, disconnect, probe, Connection};
-pub use sync::{pull, push, remote_project_dir, Pull, DEFAULT_EXCLUDES};
+pub use sync::{pull, push, Pull, DEFAULT_EXCLUDES};
 
 /// Everything needed to reach one worker.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -97,7 +97,7 @@ pub async fn disconnect(target: &Target) {
 /// round trip of the check over the master connection, and what it learned.
 pub async fn probe(target: &Target) -> Result<(Duration, Capabilities), RemoteFailure> {
     let conn = connect(target).await?;
-    let base = super::sync::remote_path(&target.worker.remote_base);
+    let base = super::layout::remote_path(&target.worker.remote_base);
     let script = format!("{PROBE_SCRIPT}\n{}", caps::PROBE_SCRIPT);
     let command = run::login_shell_command(&script, &[base.as_str()]);
     let started = Instant::now();

@@ -7,7 +7,6 @@
 
 use super::ssh::{remote_dir_failure, Connection};
 use super::{FailureKind, RemoteFailure};
-use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -44,50 +43,6 @@ pub enum Pull {
     Dir(String),
     /// The whole project (newer files only), for generic build tools.
     Tree,
-}
-
-/// `<base>/<name>-<12 hex of sha256(absolute path)>`, the project's home on a worker.
-///
-/// The name is reduced to `[A-Za-z0-9._-]` so remote paths stay plain; a base
-/// starting with `~/` becomes a path relative to the remote home directory.
-pub fn remote_project_dir(remote_base: &str, project_root: &Path) -> String {
-    let absolute = std::path::absolute(project_root).unwrap_or_else(|_| project_root.to_path_buf());
-    let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
-    let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    let name = sanitized_name(&absolute);
-    let base = remote_path(remote_base);
-    let base = base.trim_end_matches('/');
-    if base.is_empty() || base == "." {
-        format!("{name}-{hash}")
-    } else {
-        format!("{base}/{name}-{hash}")
-    }
-}
-
-/// A remote path as the worker's shell should see it: `~/x` and `~` become
-/// relative to the home directory (where ssh commands start).
-pub(crate) fn remote_path(path: &str) -> String {
-    match path.strip_prefix("~/") {
-        Some(rest) => rest.to_string(),
-        None if path == "~" => ".".to_string(),
-        None => path.to_string(),
-    }
-}
-
-fn sanitized_name(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "root".to_string());
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Mirror the project to `remote_dir` (created if missing), deleting remote
@@ -154,6 +109,9 @@ pub async fn pull(
     }
 }
 
+/// rsync's exit code for "some files vanished before they could be transferred".
+const RSYNC_VANISHED: i32 = 24;
+
 /// What rsync reports when the source directory does not exist.
 const MISSING_SOURCE: &str = "No such file or directory";
 
@@ -217,6 +175,13 @@ async fn run_rsync(
     if output.status.success() {
         return Ok(());
     }
+    // Files that vanished on the worker while being listed (a process the
+    // build left behind, cleaning up) are the build's doing, never a fault of
+    // the worker; everything else arrived.
+    if output.status.code() == Some(RSYNC_VANISHED) {
+        tracing::debug!(stderr = %String::from_utf8_lossy(&output.stderr), "files vanished during a transfer");
+        return Ok(());
+    }
     let stderr = String::from_utf8_lossy(&output.stderr);
     Err(classify_rsync_failure(
         conn.worker_id(),
@@ -276,35 +241,6 @@ fn first_error_line(stderr: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn project_dir_is_name_and_hash_under_home_relative_base() {
-        let dir = remote_project_dir("~/.cache/rch/builds", Path::new("/home/me/my app"));
-        let (base, leaf) = dir.rsplit_once('/').unwrap();
-        assert_eq!(base, ".cache/rch/builds");
-        let (name, hash) = leaf.rsplit_once('-').unwrap();
-        assert_eq!(name, "my_app");
-        assert_eq!(hash.len(), 12);
-        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn project_dir_differs_by_absolute_path() {
-        let a = remote_project_dir("/srv/b/", Path::new("/a/app"));
-        let b = remote_project_dir("/srv/b", Path::new("/b/app"));
-        assert!(a.starts_with("/srv/b/app-"));
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn unusual_names_are_sanitized() {
-        let dir = remote_project_dir("/b", Path::new("/x/ü$(x) y"));
-        assert!(dir.starts_with("/b/_"));
-        let leaf = dir.rsplit('/').next().unwrap();
-        assert!(leaf
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
-    }
 
     #[test]
     fn rsync_failures_are_classified() {
