@@ -16,6 +16,7 @@ pub mod lab;
 pub mod metrics;
 pub mod shell_init;
 pub mod status;
+pub mod top;
 pub mod workers;
 pub mod wrap;
 
@@ -55,6 +56,8 @@ pub enum Command {
     Lab(lab::LabCommand),
     /// The fleet at a glance: daemon, circuits, workers, jobs.
     Status(status::StatusArgs),
+    /// Live view of circuits, workers, builds and events (q quits, r resets, p probes).
+    Top(top::TopArgs),
     /// List, probe, reset, drain, enable, disable workers; their history.
     #[command(subcommand)]
     Workers(workers::WorkersCommand),
@@ -93,6 +96,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Daemon(cmd) => daemon::run(cmd, &global),
         Command::Lab(cmd) => lab::run(cmd, &global),
         Command::Status(args) => status::run(args, &global),
+        Command::Top(args) => top::run(args, &global),
         Command::Workers(cmd) => workers::run(cmd, &global),
         Command::Events(args) => events::run(args, &global),
         Command::Metrics(args) => metrics::run(args, &global),

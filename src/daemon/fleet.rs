@@ -771,6 +771,7 @@ impl Fleet {
                     project: l.project.clone(),
                     command: l.command.clone(),
                     since: rfc3339(l.since_ms),
+                    phase: None,
                 })
                 .collect(),
             queue: queue

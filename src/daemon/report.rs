@@ -72,6 +72,9 @@ pub struct LeaseReport {
     pub project: String,
     pub command: String,
     pub since: String,
+    /// The build's current phase (`push`, `run`, ...), as its client last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

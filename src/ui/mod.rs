@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod progress;
 pub mod table;
 pub mod time;
+pub mod top;
 
 use std::io::IsTerminal;
 
