@@ -8,6 +8,7 @@
 use crate::classify::{self, Artifacts, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
+use crate::interrupt::{self, Interrupts};
 use crate::phases::Phase;
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
 use crate::remote::{self, sync::Pull, FailureKind, RemoteFailure, Target};
@@ -19,9 +20,6 @@ use std::time::{Duration, Instant};
 /// script sets it on the worker), so wrappers inside run the real tool
 /// instead of calling rch again.
 pub const INSIDE_VAR: &str = "RCH_INSIDE";
-
-/// Exit code of a build interrupted by the user (SIGINT).
-const EXIT_INTERRUPTED: i32 = 130;
 
 /// What the caller decided before the build (from config, env and flags).
 #[derive(Debug, Clone)]
@@ -40,6 +38,8 @@ pub enum Placement {
     Local(String),
     /// Fail-closed: it ran nowhere (exit 75).
     Nowhere(String),
+    /// The user interrupted it with this signal (and it was on this worker).
+    Interrupted(i32, Option<String>),
 }
 
 impl std::fmt::Display for Placement {
@@ -48,6 +48,16 @@ impl std::fmt::Display for Placement {
             Placement::Remote(worker) => write!(f, "rch: ran on {worker}"),
             Placement::Local(reason) => write!(f, "rch: ran locally: {reason}"),
             Placement::Nowhere(reason) => write!(f, "rch: could not run remotely: {reason}"),
+            Placement::Interrupted(signal, Some(worker)) => {
+                write!(
+                    f,
+                    "rch: interrupted by {} on {worker}",
+                    interrupt::name(*signal)
+                )
+            }
+            Placement::Interrupted(signal, None) => {
+                write!(f, "rch: interrupted by {}", interrupt::name(*signal))
+            }
         }
     }
 }
@@ -61,9 +71,26 @@ pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i3
         };
         return local_now(req, &why);
     }
+    // Caught before anything else happens, so that an interrupt in any phase
+    // ends the build as interrupted and is never taken for a worker's fault.
+    let mut interrupts = Interrupts::catch();
     let mut build = Build::new(loaded, req, offload);
     let span = tracing::info_span!("build", command = %build.job.command);
-    let (code, placement) = tracing::Instrument::instrument(build.run(), span).await;
+    let ended = tokio::select! {
+        biased;
+        signal = interrupts.next() => Err(signal),
+        done = tracing::Instrument::instrument(build.run(), span) => Ok(done),
+    };
+    // An interrupted run future is dropped here: that kills its ssh and rsync
+    // processes (the remote watcher then ends the command's process group) and
+    // closes the daemon connection, which releases the lease with no verdict.
+    let (code, placement) = match ended {
+        Ok(done) => done,
+        Err(signal) => build.interrupted(signal).await,
+    };
+    if build.stderr_mid_line && !req.quiet {
+        eprintln!();
+    }
     announce(&placement, req.quiet);
     if req.verbose && !build.job.phases.is_empty() {
         eprintln!("rch: {}", build.job.phases);
@@ -136,12 +163,11 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 enum Attempt {
     /// The command ran there; its exit code.
     Ran(i32),
-    /// The worker failed as infrastructure; `started` = the command had begun.
+    /// It failed around the build; `started` = the command had begun.
     Failed {
         failure: RemoteFailure,
         started: bool,
     },
-    Interrupted,
 }
 
 struct Build<'a> {
@@ -153,6 +179,10 @@ struct Build<'a> {
     exclude: Vec<String>,
     /// What a worker must have for this build.
     needs: crate::caps::Needs,
+    /// The worker of the attempt under way.
+    current: Option<String>,
+    /// The remote build's stderr ended without a newline.
+    stderr_mid_line: bool,
 }
 
 impl<'a> Build<'a> {
@@ -172,7 +202,27 @@ impl<'a> Build<'a> {
             job,
             exclude: Vec::new(),
             needs,
+            current: None,
+            stderr_mid_line: false,
         }
+    }
+
+    /// The user interrupted the build: record it (best effort, on a fresh
+    /// connection; the build's own is gone) and say so.
+    async fn interrupted(&mut self, signal: i32) -> (i32, Placement) {
+        let code = interrupt::exit_code(signal);
+        self.job.worker = self.current.clone();
+        self.job.outcome = "interrupted".into();
+        self.job.exit_code = Some(code);
+        self.job.reason = format!("interrupted by {}", interrupt::name(signal));
+        let socket = crate::paths::socket_path();
+        let report = async {
+            if let Ok(mut client) = Client::connect(&socket).await {
+                let _ = client.call(Request::Job(self.job.clone())).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), report).await;
+        (code, Placement::Interrupted(signal, self.current.clone()))
     }
 
     async fn run(&mut self) -> (i32, Placement) {
@@ -202,16 +252,23 @@ impl<'a> Build<'a> {
                 Lease::Local(reason) => return self.no_worker(Some(&mut client), reason).await,
             };
             let id = worker.id.clone();
-            match self.attempt(worker.clone()).await {
+            self.current = Some(id.clone());
+            let attempt = self.attempt(worker.clone()).await;
+            self.current = None;
+            match attempt {
                 Attempt::Ran(code) => {
                     let outcome = AttemptOutcome::Success { exit_code: code };
                     return self.settle(&mut client, id, outcome, "success", code).await;
                 }
-                Attempt::Interrupted => {
-                    let outcome = AttemptOutcome::Unknown;
-                    return self
-                        .settle(&mut client, id, outcome, "interrupted", EXIT_INTERRUPTED)
+                // A problem on this machine: no worker is to blame, and no
+                // other worker would fare better.
+                Attempt::Failed { failure, .. } if failure.kind == FailureKind::Local => {
+                    let _ = client
+                        .call(Request::Release {
+                            outcome: AttemptOutcome::Unknown,
+                        })
                         .await;
+                    return self.no_worker(Some(&mut client), failure.message).await;
                 }
                 Attempt::Failed { failure, .. } if failure.kind == FailureKind::MissingTool => {
                     self.missing_tool(&mut client, id).await;
@@ -230,6 +287,7 @@ impl<'a> Build<'a> {
                         remote::ssh::disconnect(&Target {
                             worker,
                             ssh: self.loaded.config.ssh.clone(),
+                            agent: None,
                         })
                         .await;
                     }
@@ -285,6 +343,7 @@ impl<'a> Build<'a> {
             worker: self.loaded.requested_worker.clone(),
             exclude: self.exclude.clone(),
             needs: self.needs.clone(),
+            ssh_auth_sock: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
         });
         let mut reply = client.call(request).await.map_err(|e| e.to_string())?;
         loop {
@@ -308,6 +367,7 @@ impl<'a> Build<'a> {
         let target = Target {
             worker,
             ssh: self.loaded.config.ssh.clone(),
+            agent: None,
         };
         let failed = |failure, started| Attempt::Failed { failure, started };
         let connect = remote::ssh::connect(&target);
@@ -330,10 +390,12 @@ impl<'a> Build<'a> {
         self.job.sync_ms += t.elapsed().as_millis() as u64;
         let spec = self.run_spec(&remote_dir);
         let t = Instant::now();
-        let report = tokio::select! {
-            r = self.job.phases.time(Phase::Run, remote::run::run(&conn, &spec)) => r,
-            _ = interrupted() => return Attempt::Interrupted,
-        };
+        let report = self
+            .job
+            .phases
+            .time(Phase::Run, remote::run::run(&conn, &spec))
+            .await;
+        self.stderr_mid_line = report.stderr_mid_line;
         self.job.run_ms += t.elapsed().as_millis() as u64;
         let code = match report.result {
             Ok(code) => code,
@@ -414,24 +476,6 @@ impl<'a> Build<'a> {
             };
         }
         let _ = client.call(Request::Job(self.job.clone())).await;
-    }
-}
-
-/// Resolves when the user interrupts rch (SIGINT, SIGTERM or SIGHUP).
-/// Dropping the run future then ends the remote command.
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`needs`]: what a build needs of a worker, found on this machine (local rustc, cc, target).
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
+//! - [`interrupt`]: SIGINT/SIGTERM/SIGHUP during a build, and the exit code a shell reports.
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
@@ -36,6 +37,7 @@ pub mod daemon;
 pub mod diagnose;
 pub mod fleet_report;
 pub mod hook;
+pub mod interrupt;
 pub mod lab;
 pub mod needs;
 pub mod paths;

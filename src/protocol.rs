@@ -77,6 +77,10 @@ pub struct LeaseRequest {
     /// The tools and toolchain the build needs of a worker.
     #[serde(default)]
     pub needs: crate::caps::Needs,
+    /// The client's ssh agent: the daemon's probes authenticate as builds do,
+    /// even when the daemon itself was started without one (systemd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_auth_sock: Option<std::path::PathBuf>,
 }
 
 /// How a leased attempt ended, as the breaker counts it.

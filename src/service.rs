@@ -101,6 +101,10 @@ pub fn install_service() -> anyhow::Result<i32> {
         println!("  systemctl --user enable --now {UNIT_NAME}");
         return Ok(0);
     }
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        // The unit passes it on to the daemon, for ssh to find the agent.
+        systemctl(&["import-environment", "SSH_AUTH_SOCK"])?;
+    }
     systemctl(&["daemon-reload"])?;
     if daemon_running() {
         systemctl(&["enable", UNIT_NAME])?;

@@ -220,7 +220,7 @@ impl Sim {
             command: "cargo build".into(),
             worker: Some(worker.into()),
             exclude: Vec::new(),
-            needs: Default::default(),
+            ..Default::default()
         });
         let answer = self.call_on(&mut client, request);
         (client, answer)

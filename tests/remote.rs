@@ -42,6 +42,7 @@ impl Fixture {
                 strict_host_key_checking: HostKeyPolicy::Yes,
                 config_file: Some(self.lab().ssh_config()),
             },
+            agent: None,
         }
     }
 

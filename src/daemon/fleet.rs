@@ -107,6 +107,8 @@ pub struct Fleet {
     /// Breakers changed only by routine successes, persisted lazily.
     lazy_breakers: BTreeSet<String>,
     last_lazy_flush_ms: u64,
+    /// The ssh agent of the latest client that had one; probes use it.
+    agent: Option<std::path::PathBuf>,
     pub metrics: Metrics,
 }
 
@@ -137,6 +139,7 @@ impl Fleet {
             effects: Effects::default(),
             lazy_breakers: BTreeSet::new(),
             last_lazy_flush_ms: now_ms,
+            agent: None,
             metrics: Metrics::default(),
         };
         fleet.reconfigure(config, now_ms);
@@ -211,6 +214,7 @@ impl Fleet {
                 Some(Target {
                     worker: self.config.worker(&id)?.clone(),
                     ssh: self.config.ssh.clone(),
+                    agent: self.agent.clone(),
                 })
             })
             .collect()
@@ -235,6 +239,9 @@ impl Fleet {
 
     /// Ask for a slot: granted now, queued, or local with a reason.
     pub fn lease(&mut self, request: LeaseRequest, now_ms: u64) -> LeaseStart {
+        if request.ssh_auth_sock.is_some() {
+            self.agent.clone_from(&request.ssh_auth_sock);
+        }
         let sel_req = selection_request(&request);
         let pick = {
             let (breakers, cfg) = (&self.breakers, &self.config.circuit);
@@ -350,13 +357,17 @@ impl Fleet {
                 AttemptOutcome::Success { .. } => {
                     breaker.record(cfg, now_ms, active.permit, Outcome::Success)
                 }
-                AttemptOutcome::Failure { message, .. } => breaker.record(
-                    cfg,
-                    now_ms,
-                    active.permit,
-                    Outcome::Failure(message.clone()),
-                ),
-                AttemptOutcome::Unknown | AttemptOutcome::MissingTool { .. } => {
+                AttemptOutcome::Failure { kind, message } if kind.is_worker_fault() => breaker
+                    .record(
+                        cfg,
+                        now_ms,
+                        active.permit,
+                        Outcome::Failure(message.clone()),
+                    ),
+                // Only worker faults touch a breaker.
+                AttemptOutcome::Failure { .. }
+                | AttemptOutcome::Unknown
+                | AttemptOutcome::MissingTool { .. } => {
                     breaker.abandon(active.permit);
                     None
                 }
@@ -500,6 +511,7 @@ impl Fleet {
         let target = Target {
             worker: self.config.worker(id).ok_or("unknown worker")?.clone(),
             ssh: self.config.ssh.clone(),
+            agent: self.agent.clone(),
         };
         let b = self.breakers.get_mut(id).ok_or("no breaker")?;
         let (admission, t) = if now {
@@ -518,6 +530,17 @@ impl Fleet {
     }
 
     /// Feed a probe's result to the breaker.
+    /// A probe that failed on this machine (not the worker's fault): it ends
+    /// without touching the breaker.
+    pub fn abandon_probe(&mut self, job: &ProbeJob, now_ms: u64) {
+        self.probing.remove(&job.worker);
+        if let Some(b) = self.breakers.get_mut(&job.worker) {
+            b.abandon(job.permit);
+        }
+        self.metrics.probes += 1;
+        self.serve_waiters(now_ms);
+    }
+
     pub fn finish_probe(&mut self, job: &ProbeJob, result: Result<u64, String>, now_ms: u64) {
         self.probing.remove(&job.worker);
         let outcome = match &result {

@@ -398,6 +398,18 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
     let (result, caps) =
         match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
             Ok(Ok((rtt, caps))) => (Ok(rtt.as_millis() as u64), Some(caps)),
+            // A problem on this machine says nothing about the worker.
+            Ok(Err(failure)) if !failure.kind.is_worker_fault() => {
+                shared.with_fleet(|f, now| f.abandon_probe(&job, now));
+                return ProbeResult {
+                    worker: job.worker.clone(),
+                    ok: false,
+                    latency_ms: None,
+                    error: Some(failure.message),
+                    state: String::new(),
+                    capabilities: None,
+                };
+            }
             Ok(Err(failure)) => {
                 // Only a lost connection means the shared master is broken;
                 // builds may be using it otherwise.

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod run;
 pub mod slot;
 pub mod ssh;
+pub mod status;
 pub mod sync;
 
 use crate::config::{SshConfig, WorkerConfig};
@@ -25,12 +26,22 @@ pub use sync::{pull, push, Pull, DEFAULT_EXCLUDES};
 pub struct Target {
     pub worker: WorkerConfig,
     pub ssh: SshConfig,
+    /// The ssh agent socket to authenticate with, when it is not this
+    /// process's own `SSH_AUTH_SOCK` (the daemon probes with its clients' agent).
+    #[serde(default)]
+    pub agent: Option<std::path::PathBuf>,
 }
 
-/// Why the remote side failed, as infrastructure (never the build's own exit code).
+/// Why an attempt failed around the build (never the build's own exit code).
+///
+/// Every kind but `Local` and `MissingTool` is a fault of the worker or the
+/// way to it; `Local` is a problem on this machine (rsync or ssh missing here,
+/// an unusable local path), which no worker is charged for and no other worker
+/// would fix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
+    Local,
     ConnectRefused,
     ConnectTimeout,
     Auth,
@@ -43,6 +54,14 @@ pub enum FailureKind {
     /// The command is not installed there: a routing fact, not a fault.
     MissingTool,
     Other,
+}
+
+impl FailureKind {
+    /// Whether the worker is to blame: only such failures touch its breaker.
+    /// A tool the worker lacks is a routing fact, not a fault.
+    pub fn is_worker_fault(self) -> bool {
+        !matches!(self, FailureKind::Local | FailureKind::MissingTool)
+    }
 }
 
 /// An infrastructure failure; `message` is one line naming the worker.

@@ -9,6 +9,7 @@
 //! client or a lost connection all leave nothing running on the worker.
 
 use super::ssh::Connection;
+use super::status::{self, Record, SetupFault, StatusFilter};
 use super::{FailureKind, RemoteFailure};
 use std::borrow::Cow;
 use std::ffi::OsString;
@@ -34,6 +35,19 @@ pub struct RunSpec {
 pub struct RunReport {
     pub started: bool,
     pub result: Result<i32, RemoteFailure>,
+    /// The build's stderr ended without a newline (rch's own line must start
+    /// on a fresh one).
+    pub stderr_mid_line: bool,
+}
+
+impl RunReport {
+    fn failed(started: bool, failure: RemoteFailure) -> RunReport {
+        RunReport {
+            started,
+            result: Err(failure),
+            stderr_mid_line: false,
+        }
+    }
 }
 
 /// Variables forwarded by name.
@@ -81,16 +95,13 @@ fn is_exportable(name: &str) -> bool {
     first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with("RCH_")
 }
 
-/// Marks a line the script writes to stderr when it could not start the
-/// command; it begins with a control character no build output starts with.
-const SETUP_MARKER: &[u8] = b"\x1erch-setup\x1e";
-
 /// The fixed script: `$1` is the directory, then `K=V` pairs, `--`, the command.
+/// The first line of its stdin is the run's nonce; it reports on stderr in
+/// records only rch can tell apart from the build's output ([`status`]).
 /// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
 /// wrappers on the worker run the real tool instead of calling rch again.
-/// When it cannot start the command it writes [`SETUP_MARKER`] and a reason to
-/// stderr and exits 125; a command the worker does not have is such a case
-/// (`tool:<name>`), told apart from a command that itself exits 127.
+/// A command the worker does not have is reported as `setup:tool:<name>`,
+/// told apart from a command that itself exits 127.
 ///
 /// fd 3 keeps the channel's stdin for the watcher, because a background job of
 /// a non-interactive shell otherwise gets /dev/null. The watcher ignores TERM
@@ -98,14 +109,21 @@ const SETUP_MARKER: &[u8] = b"\x1erch-setup\x1e";
 /// KILL short; before that, TERM ends it at once (it sits in the `read` builtin).
 /// When it fires right at the start, it first waits for the command to have
 /// made its own process group, which setsid does just after the fork.
-const RUN_SCRIPT: &str = r#"dir=$1; shift
+fn run_script() -> String {
+    format!(
+        "IFS= read -r nonce || exit 125\n{}\n{RUN_BODY}",
+        status::SCRIPT_FUNCTIONS
+    )
+}
+
+/// The part of the run script after the nonce and the report functions.
+const RUN_BODY: &str = r#"dir=$1; shift
 while [ "$#" -gt 0 ]; do
   if [ "$1" = -- ]; then shift; break; fi
   export "$1"; shift
 done
 RCH_INSIDE=1; export RCH_INSIDE
 if [ -d "$HOME/.cargo/bin" ]; then PATH=$HOME/.cargo/bin:$PATH; export PATH; fi
-setup_failed() { printf '\036rch-setup\036%s:%s\n' "$1" "$2" >&2; exit 125; }
 case $dir in /*) ;; *) dir=$HOME/$dir ;; esac
 if ! cd -- "$dir" 2>/dev/null; then
   if [ ! -e "$dir" ]; then setup_failed dir 'No such file or directory'
@@ -132,6 +150,7 @@ exec 3<&-
 wait "$child"
 status=$?
 kill "$watcher" 2>/dev/null
+report_exit "$status"
 exit "$status""#;
 
 /// `sh -lc '<script>' rch <args>...`, every piece shell-quoted, as the remote
@@ -162,14 +181,10 @@ pub async fn run_to(
     let command = match remote_command(spec) {
         Ok(c) => c,
         Err(detail) => {
-            return RunReport {
-                started: false,
-                result: Err(RemoteFailure::new(
-                    FailureKind::Other,
-                    conn.worker_id(),
-                    detail,
-                )),
-            }
+            return RunReport::failed(
+                false,
+                RemoteFailure::new(FailureKind::Local, conn.worker_id(), detail),
+            )
         }
     };
     let execution = execute(conn, command, &spec.dir, stdout, stderr);
@@ -177,14 +192,14 @@ pub async fn run_to(
         Ok(report) => report,
         // The timed-out future held the ssh child; dropping it killed the
         // client, which closes the channel and sets off the remote watcher.
-        Err(_) => RunReport {
-            started: true,
-            result: Err(RemoteFailure::new(
+        Err(_) => RunReport::failed(
+            true,
+            RemoteFailure::new(
                 FailureKind::Timeout,
                 conn.worker_id(),
                 format!("timed out after {}s", spec.timeout.as_secs()),
-            )),
-        },
+            ),
+        ),
     }
 }
 
@@ -208,7 +223,7 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
         args.push(arg.to_string());
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Ok(login_shell_command(RUN_SCRIPT, &refs))
+    Ok(login_shell_command(&run_script(), &refs))
 }
 
 async fn execute(
@@ -218,105 +233,92 @@ async fn execute(
     out: impl AsyncWrite + Unpin,
     err: impl AsyncWrite + Unpin,
 ) -> RunReport {
-    let spawned = conn
-        .session()
-        .raw_command(command)
-        .stdin(openssh::Stdio::piped())
-        .stdout(openssh::Stdio::piped())
-        .stderr(openssh::Stdio::piped())
-        .spawn()
-        .await;
-    let mut child = match spawned {
+    let worker = conn.worker_id();
+    let mut child = match conn.command(&command).spawn() {
         Ok(child) => child,
         Err(e) => {
-            return RunReport {
-                started: false,
-                result: Err(RemoteFailure::new(
-                    FailureKind::Other,
-                    conn.worker_id(),
-                    format!("cannot start ssh: {e}"),
-                )),
-            }
+            return RunReport::failed(
+                false,
+                RemoteFailure::new(
+                    FailureKind::Local,
+                    worker,
+                    format!("cannot run ssh here: {e}"),
+                ),
+            )
         }
     };
+    let nonce = status::nonce();
     // Held open until the end: its EOF is the remote watcher's kill signal.
-    let stdin = child.stdin().take();
-    let stdout = child.stdout().take();
-    let stderr = child.stderr().take();
-    let (_, setup_failure, status) =
-        tokio::join!(pump(stdout, out), pump_stderr(stderr, err), child.wait(),);
-    drop(stdin);
-    if let Some(line) = setup_failure {
-        return RunReport {
-            started: false,
-            result: Err(setup_failure_report(conn.worker_id(), dir, &line)),
-        };
+    let mut stdin = child.stdin.take();
+    if let Some(stdin) = stdin.as_mut() {
+        // A failed write shows up as a run without records below.
+        let _ = stdin.write_all(format!("{nonce}\n").as_bytes()).await;
+        let _ = stdin.flush().await;
     }
+    let mut filter = StatusFilter::new(&nonce);
+    let (_, stderr_mid_line) = tokio::join!(
+        pump(child.stdout.take(), out),
+        pump_stderr(child.stderr.take(), err, &mut filter),
+    );
+    let status = child.wait().await;
+    drop(stdin);
+    let (started, result) = match filter.records().first().cloned() {
+        Some(Record::Exit(code)) => (true, Ok(code)),
+        Some(Record::Setup(fault)) => (false, Err(setup_failure(worker, dir, fault))),
+        None => (true, Err(unreported_end(conn, status).await)),
+    };
     RunReport {
-        started: true,
-        result: exit_result(conn, status).await,
+        started,
+        result,
+        stderr_mid_line,
     }
 }
 
-/// Turns the script's setup line (`dir:<reason>` or `other:<reason>`) into a failure.
-fn setup_failure_report(worker: &str, dir: &str, line: &str) -> RemoteFailure {
-    match line.split_once(':') {
-        Some(("dir", reason)) => RemoteFailure::new(
+/// The failure for a script that did not start the command.
+fn setup_failure(worker: &str, dir: &str, fault: SetupFault) -> RemoteFailure {
+    match fault {
+        SetupFault::Dir(reason) => RemoteFailure::new(
             FailureKind::RemoteDir,
             worker,
             format!("remote dir {dir} not usable: {reason}"),
         ),
-        Some(("tool", program)) => RemoteFailure::new(
+        SetupFault::Tool(program) => RemoteFailure::new(
             FailureKind::MissingTool,
             worker,
             format!("{program}: command not found on the worker"),
         ),
-        Some((_, reason)) => RemoteFailure::new(FailureKind::Other, worker, reason),
-        None => RemoteFailure::new(FailureKind::Other, worker, line),
+        SetupFault::Other(reason) => RemoteFailure::new(FailureKind::Other, worker, reason),
     }
 }
 
-/// Maps how the ssh client ended to the command's exit code or a failure.
-async fn exit_result(
-    conn: &Connection,
-    status: Result<ExitStatus, openssh::Error>,
-) -> Result<i32, RemoteFailure> {
+/// The script never reported how the run ended: the connection (or the
+/// channel) went away, or the worker's shell could not run the script.
+async fn unreported_end(conn: &Connection, status: std::io::Result<ExitStatus>) -> RemoteFailure {
     let worker = conn.worker_id();
-    match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => Ok(code),
-            (None, Some(signal)) => Err(RemoteFailure::new(
-                FailureKind::Killed,
-                worker,
-                format!("ssh client killed by signal {signal}"),
-            )),
-            (None, None) => Err(RemoteFailure::new(
-                FailureKind::Other,
-                worker,
-                "unknown exit status",
-            )),
-        },
-        // openssh reports the command's own 127 ("command not found") as an error.
-        Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(127),
-        // 255 is either the command's own code or ssh losing the channel; a
-        // master that still answers means the command itself said 255.
-        Err(openssh::Error::RemoteProcessTerminated) => {
-            if conn.session().check().await.is_ok() {
-                Ok(255)
-            } else {
-                Err(RemoteFailure::new(
-                    FailureKind::ConnectionLost,
-                    worker,
-                    "connection lost during the build",
-                ))
-            }
-        }
-        Err(e) => Err(RemoteFailure::new(
-            FailureKind::Other,
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return RemoteFailure::new(FailureKind::Local, worker, format!("ssh: {e}")),
+    };
+    if let Some(signal) = status.signal() {
+        return RemoteFailure::new(
+            FailureKind::Killed,
             worker,
-            e.to_string(),
-        )),
+            format!("ssh client killed by signal {signal}"),
+        );
     }
+    if conn.session().check().await.is_err() {
+        return RemoteFailure::new(
+            FailureKind::ConnectionLost,
+            worker,
+            "connection lost during the build",
+        );
+    }
+    let code = status.code().unwrap_or(-1);
+    RemoteFailure::new(
+        FailureKind::Other,
+        worker,
+        format!("the worker's shell ended without running the build (status {code})"),
+    )
 }
 
 /// Copies a remote stream to a local one chunk by chunk, flushing each chunk
@@ -336,63 +338,37 @@ async fn pump(from: Option<impl AsyncRead + Unpin>, mut to: impl AsyncWrite + Un
     }
 }
 
-/// Like [`pump`], but recognises the script's setup-failure line at the very
-/// start of stderr. Only bytes that could still be that marker are held back,
-/// so ordinary output is never delayed. Returns the setup line, if any.
+/// Like [`pump`], but passes the stream through the script's [`StatusFilter`]:
+/// the build's bytes go on at once, the script's records stay in the filter.
+/// Returns whether the output written ends in the middle of a line.
 async fn pump_stderr(
     from: Option<impl AsyncRead + Unpin>,
     mut to: impl AsyncWrite + Unpin,
-) -> Option<String> {
-    let mut from = from?;
-    let mut head: Vec<u8> = Vec::new();
+    filter: &mut StatusFilter,
+) -> bool {
+    let Some(mut from) = from else { return false };
     let mut buf = vec![0u8; 16 * 1024];
+    let mut writable = true;
+    let mut last = None;
     loop {
-        let n = from.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        match classify_head(&head) {
-            Head::Undecided => continue,
-            Head::Setup => continue,
-            Head::Output => {
-                if to.write_all(&head).await.is_ok() && to.flush().await.is_ok() {
-                    pump(Some(from), to).await;
-                }
-                return None;
-            }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let output = filter.feed(&buf[..n]);
+        // Keep reading after the local side closed: the records still matter.
+        if writable && !output.is_empty() {
+            writable = to.write_all(&output).await.is_ok() && to.flush().await.is_ok();
+            last = output.last().copied();
         }
     }
-    match classify_head(&head) {
-        Head::Setup => {
-            let line = String::from_utf8_lossy(&head[SETUP_MARKER.len()..]);
-            Some(line.trim().to_string())
-        }
-        _ => {
-            let _ = to.write_all(&head).await;
-            let _ = to.flush().await;
-            None
-        }
+    let rest = filter.finish();
+    if writable && !rest.is_empty() {
+        let _ = to.write_all(&rest).await;
+        let _ = to.flush().await;
+        last = rest.last().copied();
     }
-}
-
-enum Head {
-    /// Too short to tell.
-    Undecided,
-    /// The script's setup-failure marker.
-    Setup,
-    /// Anything else: the command's own output.
-    Output,
-}
-
-fn classify_head(head: &[u8]) -> Head {
-    if head.starts_with(SETUP_MARKER) {
-        Head::Setup
-    } else if SETUP_MARKER.starts_with(head) {
-        Head::Undecided
-    } else {
-        Head::Output
-    }
+    last.is_some_and(|b| b != b'\n')
 }
 
 #[cfg(test)]
@@ -441,7 +417,7 @@ mod tests {
         let cmd = remote_command(&spec).unwrap();
         let words = shlex::split(&cmd).unwrap();
         assert_eq!(&words[..2], ["sh", "-lc"]);
-        assert_eq!(words[2], RUN_SCRIPT);
+        assert_eq!(words[2], run_script());
         assert_eq!(
             &words[3..],
             [
@@ -457,30 +433,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn marker_detection_holds_back_only_possible_prefixes() {
-        assert!(matches!(classify_head(b"\x1erch"), Head::Undecided));
-        assert!(matches!(
-            classify_head(b"\x1erch-setup\x1edir:x"),
-            Head::Setup
-        ));
-        assert!(matches!(classify_head(b"error: x"), Head::Output));
-    }
-
     #[tokio::test]
-    async fn stderr_pump_passes_output_and_catches_marker() {
+    async fn stderr_pump_passes_output_and_keeps_records() {
+        let mut filter = StatusFilter::new("n1");
         let mut out = Vec::new();
-        let setup = pump_stderr(Some(&b"warning: x\n"[..]), &mut out).await;
-        assert!(setup.is_none());
-        assert_eq!(out, b"warning: x\n");
-
-        let mut out = Vec::new();
-        let setup = pump_stderr(
-            Some(&b"\x1erch-setup\x1edir:Permission denied\n"[..]),
-            &mut out,
-        )
-        .await;
-        assert_eq!(setup.as_deref(), Some("dir:Permission denied"));
-        assert!(out.is_empty());
+        let input = b"warning: x\n\x1erch-setup\x1edir:y\n\x1erch-n1\x1eexit:3\n";
+        let mid_line = pump_stderr(Some(&input[..]), &mut out, &mut filter).await;
+        assert!(!mid_line);
+        assert_eq!(out, b"warning: x\n\x1erch-setup\x1edir:y\n");
+        assert_eq!(filter.records(), [Record::Exit(3)]);
     }
 }

@@ -58,10 +58,37 @@ impl Connection {
     pub fn worker_id(&self) -> &str {
         &self.worker_id
     }
+
+    /// `ssh` running `remote_command` over the master, all three streams piped.
+    ///
+    /// The client gets a process group of its own, so a Ctrl-C meant for rch
+    /// does not kill it under rch's feet: rch decides what an interrupt means
+    /// and ends the client itself (it is killed when the handle is dropped).
+    pub(crate) fn command(&self, remote_command: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.arg("-S")
+            .arg(&self.control_path)
+            .args(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-T"])
+            .arg(MUX_HOST)
+            .arg("--")
+            .arg(remote_command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
+    }
 }
+
+/// Host name given to ssh and rsync over a master; ssh ignores it while the
+/// control socket works, and it cannot resolve if the master is gone, so no
+/// second, unconfigured connection is ever opened.
+pub(crate) const MUX_HOST: &str = "rch-mux";
 
 /// Connect to the target's worker, reusing the shared master when it is alive.
 pub async fn connect(target: &Target) -> Result<Connection, RemoteFailure> {
+    check_local_files(target)?;
     let files = MasterFiles::for_target(target)?;
     let _lock = lock(&files.lock, &target.worker.id).await?;
     if let Some(conn) = resume_live_master(&files, target).await {
@@ -175,7 +202,7 @@ impl MasterFiles {
         let longest = dir.as_os_str().len() + MASTER_DIR_SUFFIX_LEN;
         if longest > MAX_CONTROL_PATH_LEN {
             return Err(RemoteFailure::new(
-                FailureKind::Other,
+                FailureKind::Local,
                 &target.worker.id,
                 format!(
                     "runtime dir {} is too long for ssh control sockets",
@@ -249,12 +276,12 @@ async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
     match locked {
         Ok(Ok(file)) => Ok(file),
         Ok(Err(e)) => Err(RemoteFailure::new(
-            FailureKind::Other,
+            FailureKind::Local,
             worker,
             format!("cannot lock ssh master: {e}"),
         )),
         Err(e) => Err(RemoteFailure::new(
-            FailureKind::Other,
+            FailureKind::Local,
             worker,
             e.to_string(),
         )),
@@ -353,6 +380,9 @@ fn session_builder(target: &Target, control_dir: &Path) -> SessionBuilder {
     if let Some(config) = &target.ssh.config_file {
         b.config_file(paths::expand_tilde(&config.to_string_lossy()));
     }
+    if let Some(agent) = &target.agent {
+        b.ssh_auth_sock(agent);
+    }
     b
 }
 
@@ -364,8 +394,38 @@ fn address(target: &Target) -> String {
     }
 }
 
+/// The files this machine must have to connect (the configured identity
+/// file and ssh config): without them the fault is local, not the worker's.
+fn check_local_files(target: &Target) -> Result<(), RemoteFailure> {
+    let files = [
+        ("identity_file", target.worker.identity_file.as_deref()),
+        ("ssh.config_file", target.ssh.config_file.as_deref()),
+    ];
+    for (key, file) in files {
+        let Some(file) = file else { continue };
+        let path = paths::expand_tilde(&file.to_string_lossy());
+        if let Err(e) = fs::metadata(&path) {
+            return Err(RemoteFailure::new(
+                FailureKind::Local,
+                &target.worker.id,
+                format!("{key} {} is not readable here: {e}", path.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Maps a failed master start to a failure kind by what ssh reported.
 fn connect_failure(target: &Target, err: &openssh::Error) -> RemoteFailure {
+    if let openssh::Error::Connect(e) = err {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return RemoteFailure::new(
+                FailureKind::Local,
+                &target.worker.id,
+                format!("cannot run ssh here: {e}"),
+            );
+        }
+    }
     let text = error_text(err);
     let (kind, detail) = classify_connect_text(&text, target);
     RemoteFailure::new(kind, &target.worker.id, detail)
@@ -460,7 +520,7 @@ fn last_line(text: &str) -> &str {
 
 fn local_failure(target: &Target, what: &str, err: std::io::Error) -> RemoteFailure {
     RemoteFailure::new(
-        FailureKind::Other,
+        FailureKind::Local,
         &target.worker.id,
         format!("{what}: {err}"),
     )
@@ -488,6 +548,7 @@ mod tests {
                 cc_toolchain: None,
             },
             ssh: SshConfig::default(),
+            agent: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! no new connection or authentication. Compression stays off: workers sit on
 //! a LAN or loopback where CPU, not bandwidth, is the limit.
 
-use super::ssh::{remote_dir_failure, Connection};
+use super::ssh::{remote_dir_failure, Connection, MUX_HOST};
 use super::{FailureKind, RemoteFailure};
 use std::borrow::Cow;
 use std::ffi::OsString;
@@ -28,11 +28,6 @@ const ARTIFACT_EXCLUDES: &[&str] = &["incremental/", ".fingerprint/", "build/", 
 
 /// A project-local list of extra exclude patterns (rsync filter syntax).
 const IGNORE_FILE: &str = ".rchignore";
-
-/// Host name given to rsync; ssh ignores it while the control socket works, and
-/// it cannot resolve if the master is gone, so rsync never opens a second,
-/// unconfigured connection.
-const MUX_HOST: &str = "rch-mux";
 
 /// What to bring back from the worker after a build.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +91,7 @@ pub async fn pull(
     };
     std::fs::create_dir_all(&local).map_err(|e| {
         RemoteFailure::new(
-            FailureKind::Transfer,
+            FailureKind::Local,
             conn.worker_id(),
             format!("cannot create {}: {e}", local.display()),
         )
@@ -162,14 +157,17 @@ async fn run_rsync(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        // Its own process group: an interrupt is rch's to handle (see
+        // `Connection::command`); dropping the transfer kills rsync.
+        .process_group(0)
         .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| {
             RemoteFailure::new(
-                FailureKind::Transfer,
+                FailureKind::Local,
                 conn.worker_id(),
-                format!("cannot run rsync: {e}"),
+                format!("cannot run rsync here: {e}"),
             )
         })?;
     if output.status.success() {

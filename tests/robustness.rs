@@ -1,0 +1,238 @@
+//! End-to-end: what the user does and what goes wrong on this machine never
+//! hurts a build or a healthy worker. Real signals to the client's process
+//! group, real build output, a real PATH without rsync, on real sshd workers.
+
+mod support;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use support::{describe, TestEnv};
+
+fn rch_in(env: &TestEnv, dir: &Path, args: &[&str]) -> Output {
+    env.rch_in(dir).args(args).output().expect("running rch")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    assert!(
+        support::wait_for(timeout, f),
+        "timed out waiting for {what}"
+    );
+}
+
+/// A project holding only `makefile`.
+fn make_project(env: &TestEnv, name: &str, makefile: &str) -> std::path::PathBuf {
+    let dir = env.path().join("projects").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Makefile"), makefile).unwrap();
+    dir
+}
+
+/// `rch exec -- make TARGET` in a process group of its own, as a shell's job.
+fn spawn_job(env: &TestEnv, dir: &Path, target: &str) -> Child {
+    env.rch_in(dir)
+        .args(["exec", "--", "make", target])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawning rch")
+}
+
+/// The worker-side process whose argv starts with `argv`, if one runs.
+fn worker_process(env: &TestEnv, id: &str, argv: &[&str]) -> Option<i32> {
+    env.lab.session_processes(id).into_iter().find(|pid| {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let words: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        words.len() >= argv.len() && argv.iter().zip(&words).all(|(a, w)| a.as_bytes() == *w)
+    })
+}
+
+/// Stops the worker's rsync with `argv` as soon as it runs; returns its pid.
+fn stall_worker_rsync(env: &TestEnv, argv: &[&str]) -> i32 {
+    let mut found = None;
+    wait_for("the transfer to start", Duration::from_secs(60), || {
+        found = worker_process(env, "w1", argv);
+        found.is_some()
+    });
+    let pid = found.unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    pid
+}
+
+/// Signals the job's whole process group, as a terminal does, and waits.
+fn interrupt(job: Child, signal: Signal) -> Output {
+    killpg(Pid::from_raw(job.id() as i32), signal).unwrap();
+    wait_output(job, Duration::from_secs(20))
+}
+
+fn wait_output(mut job: Child, limit: Duration) -> Output {
+    let done = support::wait_for(limit, || matches!(job.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = job.kill();
+        let out = job.wait_with_output().unwrap();
+        panic!("rch did not end within {limit:?}: {}", describe(&out));
+    }
+    job.wait_with_output().unwrap()
+}
+
+fn worker_failures(env: &TestEnv, id: &str) -> u32 {
+    env.circuit(id).failures
+}
+
+#[test]
+fn interrupts_in_push_run_and_pull_end_the_build_like_a_shell_and_charge_no_one() {
+    let env = TestEnv::new(1);
+    let marker = format!("rchrun{}", std::process::id());
+    let makefile = format!(
+        "big:\n\ttruncate -s 4G big.bin\n\
+         slow:\n\tsleep 6\n\techo slow-done\n\
+         long:\n\tsleep 300 && echo {marker}\n\
+         quick:\n\ttrue\n"
+    );
+    let project = make_project(&env, "signals", &makefile);
+    // Push: the worker's receiving rsync stalls; Ctrl-C reaches rch's group.
+    // A large sparse file keeps the transfer busy long enough to catch it.
+    let input = std::fs::File::create(project.join("input.bin")).unwrap();
+    input.set_len(4 << 30).unwrap();
+    let job = spawn_job(&env, &project, "quick");
+    let stalled = stall_worker_rsync(&env, &["rsync", "--server"]);
+    let out = interrupt(job, Signal::SIGINT);
+    let _ = kill(Pid::from_raw(stalled), Signal::SIGCONT);
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: interrupted by SIGINT"),
+        "{}",
+        describe(&out)
+    );
+    std::fs::remove_file(project.join("input.bin")).unwrap();
+
+    // Pull, while another project's build runs over the same shared connection.
+    let neighbour = make_project(&env, "neighbour", &makefile);
+    let other = spawn_job(&env, &neighbour, "slow");
+    let job = spawn_job(&env, &project, "big");
+    let stalled = stall_worker_rsync(&env, &["rsync", "--server", "--sender"]);
+    let out = interrupt(job, Signal::SIGINT);
+    let _ = kill(Pid::from_raw(stalled), Signal::SIGCONT);
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert!(!stderr(&out).contains("re-running"), "{}", describe(&out));
+    let other = wait_output(other, Duration::from_secs(60));
+    assert_eq!(other.status.code(), Some(0), "{}", describe(&other));
+    assert!(
+        stderr(&other).contains("rch: ran on w1"),
+        "{}",
+        describe(&other)
+    );
+    assert!(String::from_utf8_lossy(&other.stdout).contains("slow-done"));
+
+    // Run: SIGTERM ends the remote command's whole process group.
+    let job = spawn_job(&env, &project, "long");
+    let running = || {
+        let o = env.ssh("w1", &format!("pgrep -f '[r]{}' || true", &marker[1..]));
+        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+    };
+    wait_for(
+        "the build to run on the worker",
+        Duration::from_secs(30),
+        running,
+    );
+    let out = interrupt(job, Signal::SIGTERM);
+    assert_eq!(out.status.code(), Some(143), "{}", describe(&out));
+    wait_for("the remote build to end", Duration::from_secs(15), || {
+        !running()
+    });
+
+    assert_eq!(worker_failures(&env, "w1"), 0, "an interrupt was charged");
+    assert_eq!(env.circuit("w1").state, "closed");
+}
+
+#[test]
+fn an_interrupt_while_queued_ends_the_wait_with_129() {
+    let env = TestEnv::new(1);
+    env.write_config("[[workers]]\nid = \"w1\"\nslots = 1\n");
+    let project = make_project(&env, "queued", "hold:\n\tsleep 300\nnext:\n\ttrue\n");
+    let holder = spawn_job(&env, &project, "hold");
+    let running = || worker_process(&env, "w1", &["sleep", "300"]).is_some();
+    wait_for("the slot to be taken", Duration::from_secs(30), running);
+    let mut waiting = spawn_job(&env, &project, "next");
+    let mut lines = BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let queued = lines.next().unwrap().unwrap();
+    assert!(queued.contains("waiting in queue"), "{queued}");
+    killpg(Pid::from_raw(waiting.id() as i32), Signal::SIGHUP).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = waiting.wait().unwrap();
+    assert_eq!(status.code(), Some(129), "{rest:?}");
+    let out = interrupt(holder, Signal::SIGINT);
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    assert_eq!(worker_failures(&env, "w1"), 0);
+}
+
+#[test]
+fn build_output_cannot_pose_as_rch_and_rch_speaks_on_a_line_of_its_own() {
+    let env = TestEnv::new(2);
+    // Records in every shape the run script has used, old marker and a
+    // guessed nonce; then stderr ends without a newline.
+    let makefile = "forge:\n\
+        \t@printf '\\036rch-setup\\036dir:x\\n' >&2\n\
+        \t@printf '\\036rch-0123456789abcdef\\036setup:dir:x\\n' >&2\n\
+        \t@printf '\\036rch-0123456789abcdef\\036exit:0\\n' >&2\n\
+        \t@printf 'FORGED-ONCE' >&2\n\
+        \t@exit 3\n";
+    let project = make_project(&env, "forger", makefile);
+    let out = rch_in(&env, &project, &["exec", "--", "make", "forge"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(err.matches("FORGED-ONCE").count(), 1, "{err}");
+    assert!(err.contains("\x1erch-setup\x1edir:x\n"), "{err}");
+    assert!(err.contains("FORGED-ONCE"), "{err}");
+    assert!(err.contains("\nrch: ran on w"), "{err}");
+    for id in ["w1", "w2"] {
+        assert_eq!(worker_failures(&env, id), 0, "{id} was charged: {err}");
+    }
+}
+
+#[test]
+fn a_missing_local_rsync_is_a_local_problem_and_never_opens_a_circuit() {
+    let env = TestEnv::new(1);
+    let project = make_project(&env, "norsync", "all:\n\t@echo built-here; true\n");
+    let out = rch_in(&env, &project, &["daemon", "start"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // A PATH with everything the build and ssh need, but no rsync.
+    let bin = env.path().join("bin-without-rsync");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["ssh", "make", "sh", "echo", "setsid"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        if path.starts_with('/') {
+            std::os::unix::fs::symlink(&path, bin.join(tool)).unwrap();
+        }
+    }
+    for _ in 0..4 {
+        let out = env
+            .rch_in(&project)
+            .args(["exec", "--", "make"])
+            .env("PATH", &bin)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("built-here"));
+        assert!(err.contains("rch: ran locally:"), "{err}");
+        assert!(err.contains("cannot run rsync here"), "{err}");
+    }
+    let c = env.circuit("w1");
+    assert_eq!((c.state.as_str(), c.failures), ("closed", 0));
+}
