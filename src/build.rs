@@ -75,6 +75,9 @@ pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i3
     // ends the build as interrupted and is never taken for a worker's fault.
     let mut interrupts = Interrupts::catch();
     let mut build = Build::new(loaded, req, offload);
+    if req.verbose && !build.env.withheld.is_empty() {
+        eprintln!("rch: env withheld: {}", build.env.withheld_line());
+    }
     let span = tracing::info_span!("build", command = %build.job.command);
     let ended = tokio::select! {
         biased;
@@ -183,6 +186,8 @@ struct Build<'a> {
     current: Option<String>,
     /// The remote build's stderr ended without a newline.
     stderr_mid_line: bool,
+    /// Which of our variables the worker gets.
+    env: crate::envrules::EnvPlan,
 }
 
 impl<'a> Build<'a> {
@@ -194,6 +199,12 @@ impl<'a> Build<'a> {
             ..Default::default()
         };
         let needs = crate::needs::needs(&req.argv, &req.cwd, offload.tool);
+        let env = crate::envrules::plan(std::env::vars_os(), &loaded.config.env);
+        tracing::debug!(
+            forwarded = %env.forwarded_names().join(" "),
+            withheld = %env.withheld_line(),
+            "environment for the worker"
+        );
         Build {
             loaded,
             req,
@@ -204,6 +215,7 @@ impl<'a> Build<'a> {
             needs,
             current: None,
             stderr_mid_line: false,
+            env,
         }
     }
 
@@ -427,7 +439,7 @@ impl<'a> Build<'a> {
         remote::run::RunSpec {
             dir,
             argv: self.req.argv.clone(),
-            env: remote::run::forwarded_env(),
+            env: self.env.forwarded.clone(),
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
         }
     }

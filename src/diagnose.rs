@@ -27,6 +27,24 @@ pub struct WorkerVerdict {
     pub why: String,
 }
 
+/// A variable kept from the worker: its name (never its value) and why.
+#[derive(Debug, Serialize)]
+pub struct EnvWithheld {
+    pub name: String,
+    pub why: crate::envrules::Withheld,
+}
+
+/// What the fleet decides with, gathered by the caller (it takes IO).
+pub struct FleetView {
+    pub report: FleetReport,
+    /// The root of the project the build would belong to.
+    pub project: PathBuf,
+    /// What the build needs of a worker.
+    pub needs: Needs,
+    /// Which variables the worker would get.
+    pub env: crate::envrules::EnvPlan,
+}
+
 /// Everything `rch diagnose` found out.
 #[derive(Debug, Serialize)]
 pub struct Diagnosis {
@@ -40,6 +58,10 @@ pub struct Diagnosis {
     pub daemon_running: Option<bool>,
     /// What a worker must have for this command (tools, toolchains).
     pub needs: Option<Needs>,
+    /// Names of the variables the worker would get (never their values).
+    pub env_forwarded: Vec<String>,
+    /// Names of the variables kept here, each with why.
+    pub env_withheld: Vec<EnvWithheld>,
     pub workers: Vec<WorkerVerdict>,
     /// `remote`, `queue`, `local` or `fail`.
     pub placement: String,
@@ -48,14 +70,12 @@ pub struct Diagnosis {
 }
 
 /// Diagnose `command`. `fleet` is asked only when the fleet decides (the
-/// command is offloadable and rch is enabled): it gives the fleet's current
-/// report, the root of the project the build would belong to and what the
-/// build needs of a worker.
+/// command is offloadable and rch is enabled): see [`FleetView`].
 pub fn diagnose(
     command: &str,
     decision: &Decision,
     loaded: &Loaded,
-    fleet: impl FnOnce(&Offload) -> anyhow::Result<(FleetReport, PathBuf, Needs)>,
+    fleet: impl FnOnce(&Offload) -> anyhow::Result<FleetView>,
 ) -> anyhow::Result<Diagnosis> {
     let mut d = settings(command, decision, loaded);
     match (decision, loaded.config.general.enabled) {
@@ -68,8 +88,18 @@ pub fn diagnose(
             conclude(&mut d, "local", why);
         }
         (Decision::Offload(offload), true) => {
-            let (report, project, needs) = fleet(offload)?;
-            place(&mut d, &report, loaded, &project, needs);
+            let view = fleet(offload)?;
+            d.env_forwarded = view.env.forwarded.iter().map(|(k, _)| k.clone()).collect();
+            d.env_withheld = view
+                .env
+                .withheld
+                .iter()
+                .map(|(name, why)| EnvWithheld {
+                    name: name.clone(),
+                    why: *why,
+                })
+                .collect();
+            place(&mut d, &view.report, loaded, &view.project, view.needs);
         }
     }
     Ok(d)
@@ -102,6 +132,8 @@ fn settings(command: &str, decision: &Decision, loaded: &Loaded) -> Diagnosis {
         }),
         daemon_running: None,
         needs: None,
+        env_forwarded: Vec::new(),
+        env_withheld: Vec::new(),
         workers: Vec::new(),
         placement: String::new(),
         verdict: String::new(),

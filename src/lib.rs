@@ -13,6 +13,7 @@
 //! - [`protocol`]: the messages between the CLI and the daemon, framing and version.
 //! - [`client`]: the CLI side of the daemon socket (connect, auto-start, requests).
 //! - [`needs`]: what a build needs of a worker, found on this machine (local rustc, cc, target).
+//! - [`envrules`]: which environment variables a remote build gets (forward/withhold rules); pure.
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
 //! - [`interrupt`]: SIGINT/SIGTERM/SIGHUP during a build, and the exit code a shell reports.
@@ -35,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod diagnose;
+pub mod envrules;
 pub mod fleet_report;
 pub mod hook;
 pub mod interrupt;

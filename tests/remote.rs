@@ -289,7 +289,7 @@ async fn environment_is_forwarded_but_never_rch_variables() {
     std::env::set_var("RCH_WORKER", "w9");
     std::env::set_var("CARGO_TARGET_DIR", "/nowhere");
     let mut run_spec = spec(&dir, &["env"]);
-    run_spec.env = remote::forwarded_env();
+    run_spec.env = rch::envrules::plan(std::env::vars_os(), &Default::default()).forwarded;
     run_spec.env.push(("RCH_QUIET".into(), "1".into()));
     let (report, out, _) = capture(&conn, &run_spec).await;
     assert_eq!(exit_code(&report), 0);

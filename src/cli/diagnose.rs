@@ -19,7 +19,13 @@ for cargo the client's rustc release and host triple, a pinned toolchain or
 --target, for C builds the client's cc machine), and one line per worker: it
 admits the build, or why not (disabled, draining, busy, circuit open, or the
 capability that excluded it: \"has no cargo\", \"has rustc 1.80.0\",
-\"has cc for aarch64-linux-gnu\"). The verdict says where it would run now.";
+\"has cc for aarch64-linux-gnu\"). The verdict says where it would run now.
+
+For an offloaded command it also lists the environment variables the worker
+would get (\"env sent\") and those kept here with the rule that kept them
+(\"env kept\": machine-local, secret-looking, env.withhold, rch's own): names
+only, never values. `env.forward` and `env.withhold` change the lists; see
+docs/environment.md.";
 
 #[derive(Debug, Args)]
 #[command(after_help = DIAGNOSE_HELP)]
@@ -58,12 +64,12 @@ pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
     }
     let d = diagnose(&command, &decision, &loaded, |offload| {
         let report = super::block_on(current_report(&out))?;
-        let needs = crate::needs::needs(&argv, &dir, offload.tool);
-        Ok((
+        Ok(crate::diagnose::FleetView {
             report,
-            crate::build::project_root(&loaded, &dir, offload),
-            needs,
-        ))
+            project: crate::build::project_root(&loaded, &dir, offload),
+            needs: crate::needs::needs(&argv, &dir, offload.tool),
+            env: crate::envrules::plan(std::env::vars_os(), &loaded.config.env),
+        })
     })?;
     if out.json {
         ui::print_json(&d)?;

@@ -41,7 +41,7 @@ pub enum Scope {
 }
 
 /// Sections a project config may set.
-const PROJECT_SECTIONS: &[&str] = &["general", "transfer"];
+const PROJECT_SECTIONS: &[&str] = &["general", "transfer", "env"];
 
 /// Parse and validate one file's text.
 pub fn read_layer(text: &str, file: &Path, scope: Scope) -> Result<Layer, ConfigError> {

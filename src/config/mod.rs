@@ -31,6 +31,7 @@ pub struct Config {
     pub ssh: SshConfig,
     pub daemon: DaemonConfig,
     pub transfer: TransferConfig,
+    pub env: crate::envrules::EnvConfig,
     pub workers: Vec<WorkerConfig>,
 }
 

@@ -83,6 +83,11 @@ pub const DAEMON: &[Key] = &[
     key("metrics_listen", Kind::Address),
 ];
 
+pub const ENV: &[Key] = &[
+    key("forward", Kind::TextList),
+    key("withhold", Kind::TextList),
+];
+
 pub const TRANSFER: &[Key] = &[key("exclude", Kind::TextList)];
 
 /// The keys of one `[[workers]]` entry.
@@ -117,6 +122,7 @@ pub const SECTIONS: &[(&str, &[Key])] = &[
     ("ssh", SSH),
     ("daemon", DAEMON),
     ("transfer", TRANSFER),
+    ("env", ENV),
 ];
 
 /// Name of the worker list at the top level.

@@ -17,7 +17,7 @@ use crate::config::{SshConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
 pub use layout::{build_dir, remote_project_dir};
-pub use run::{forwarded_env, run, run_to, RunReport, RunSpec};
+pub use run::{run, run_to, RunReport, RunSpec};
 pub use ssh::{connect, disconnect, probe, Connection};
 pub use sync::{pull, push, Pull, DEFAULT_EXCLUDES};
 

@@ -50,42 +50,6 @@ impl RunReport {
     }
 }
 
-/// Variables forwarded by name.
-const FORWARDED_VARS: &[&str] = &[
-    "RUSTFLAGS",
-    "RUSTDOCFLAGS",
-    "RUST_BACKTRACE",
-    "RUST_LOG",
-    "CARGO_TERM_COLOR",
-    "CARGO_INCREMENTAL",
-    "CARGO_BUILD_JOBS",
-    "CFLAGS",
-    "CXXFLAGS",
-    "CPPFLAGS",
-    "LDFLAGS",
-    "MAKEFLAGS",
-    "NO_COLOR",
-    "CLICOLOR_FORCE",
-];
-/// Variables forwarded by prefix (per-profile cargo settings).
-const FORWARDED_PREFIXES: &[&str] = &["CARGO_PROFILE_"];
-
-/// The allow-listed part of our environment that a remote build should see.
-/// Paths (PATH, HOME, CARGO_HOME, CARGO_TARGET_DIR) and rch's own variables
-/// describe this machine and are never sent.
-pub fn forwarded_env() -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| is_forwarded(k))
-        .collect();
-    vars.sort();
-    vars
-}
-
-fn is_forwarded(name: &str) -> bool {
-    FORWARDED_VARS.contains(&name) || FORWARDED_PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
 /// Whether `name` may be exported remotely: a plain shell name, and never rch's own.
 fn is_exportable(name: &str) -> bool {
     let mut chars = name.chars();
@@ -374,22 +338,6 @@ async fn pump_stderr(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn allow_list_keeps_build_settings_only() {
-        assert!(is_forwarded("RUSTFLAGS"));
-        assert!(is_forwarded("CARGO_PROFILE_RELEASE_LTO"));
-        for name in [
-            "PATH",
-            "HOME",
-            "CARGO_HOME",
-            "CARGO_TARGET_DIR",
-            "RCH_WORKER",
-            "SSH_AUTH_SOCK",
-        ] {
-            assert!(!is_forwarded(name), "{name}");
-        }
-    }
 
     #[test]
     fn exportable_names_are_plain_and_not_rch() {

@@ -34,11 +34,31 @@ pub fn diagnosis_text(d: &Diagnosis) -> String {
     if let Some(needs) = d.needs.as_ref().filter(|n| n != &&Default::default()) {
         lines.push(format!("needs:     {}", needs.summary()));
     }
+    if d.offload && !(d.env_forwarded.is_empty() && d.env_withheld.is_empty()) {
+        lines.push(format!(
+            "env sent:  {}",
+            or_none(&d.env_forwarded.join(" "))
+        ));
+        let withheld: Vec<String> = d
+            .env_withheld
+            .iter()
+            .map(|w| format!("{} ({})", w.name, w.why.as_str()))
+            .collect();
+        lines.push(format!("env kept:  {}", or_none(&withheld.join(", "))));
+    }
     for w in &d.workers {
         lines.push(format!("  {:<10} {}", w.worker, w.why));
     }
     lines.push(format!("verdict:   {}", d.verdict));
     lines.join("\n")
+}
+
+fn or_none(text: &str) -> &str {
+    if text.is_empty() {
+        "none"
+    } else {
+        text
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +84,8 @@ mod tests {
             requested_worker: None,
             daemon_running: Some(false),
             needs: None,
+            env_forwarded: Vec::new(),
+            env_withheld: Vec::new(),
             workers: vec![WorkerVerdict {
                 worker: "w1".into(),
                 admits: false,
