@@ -249,7 +249,8 @@ fn sixty_four_clients_never_oversubscribe_and_queue_in_arrival_order() {
 fn a_worker_killed_under_load_loses_no_build() {
     let env = TestEnv::new(WORKERS);
     let load = Load::new(&env);
-    load.open_gate();
+    // The gate stays shut until w1 is killed, so w1's builds are surely in
+    // flight then, however slowly this machine runs.
     let children: Vec<(usize, Child)> = (0..CLIENTS).map(|n| (n, load.spawn(n))).collect();
     let w1_home = worker_home(&env, "w1");
     let on_w1 = |load: &Load| {
@@ -263,6 +264,7 @@ fn a_worker_killed_under_load_loses_no_build() {
         "no build started on w1"
     );
     env.lab.kill("w1").unwrap();
+    load.open_gate();
     let outputs = finish_all(children);
     for (n, out) in &outputs {
         assert_own_result(*n, out);
