@@ -5,7 +5,8 @@
 //! a worker that fails as infrastructure is reported to the daemon and the
 //! build moves on; only a build's own exit code is its answer.
 
-use crate::classify::{self, Artifacts, Offload};
+use crate::cargo_run::{self, RunArgs};
+use crate::classify::{self, Artifacts, Kind, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
 use crate::interrupt::{self, Interrupts};
@@ -35,6 +36,11 @@ pub struct ExecRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     Remote(String),
+    /// `cargo run`: built on the worker, the program (as shown) runs here.
+    BuiltRemote {
+        worker: String,
+        program: String,
+    },
     Local(String),
     /// Fail-closed: it ran nowhere (exit 75).
     Nowhere(String),
@@ -46,6 +52,9 @@ impl std::fmt::Display for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Placement::Remote(worker) => write!(f, "rch: ran on {worker}"),
+            Placement::BuiltRemote { worker, program } => {
+                write!(f, "rch: built on {worker}, running locally: {program}")
+            }
             Placement::Local(reason) => write!(f, "rch: ran locally: {reason}"),
             Placement::Nowhere(reason) => write!(f, "rch: could not run remotely: {reason}"),
             Placement::Interrupted(signal, Some(worker)) => {
@@ -94,10 +103,13 @@ pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i3
     if build.stderr_mid_line && !req.quiet {
         eprintln!();
     }
-    announce(&placement, req.quiet);
-    if req.verbose && !build.job.phases.is_empty() {
-        eprintln!("rch: {}", build.job.phases);
+    if let (Placement::Remote(worker), 0) = (&placement, code) {
+        if let Some(run) = &build.run_args {
+            return build.run_here(worker, run);
+        }
     }
+    announce(&placement, req.quiet);
+    build.print_phases();
     code
 }
 
@@ -188,6 +200,12 @@ struct Build<'a> {
     stderr_mid_line: bool,
     /// Which of our variables the worker gets.
     env: crate::envrules::EnvPlan,
+    /// `cargo run` taken apart: the remote build and the local program.
+    run_args: Option<RunArgs>,
+    /// The project's directory on the worker of the last attempt.
+    remote_dir: String,
+    /// The command's stdout, when rch reads it (cargo's artifact report).
+    report: Vec<u8>,
 }
 
 impl<'a> Build<'a> {
@@ -208,6 +226,9 @@ impl<'a> Build<'a> {
         Build {
             loaded,
             req,
+            run_args: (offload.kind == Kind::Run)
+                .then(|| run_args(&req.argv))
+                .flatten(),
             offload,
             root,
             job,
@@ -216,6 +237,42 @@ impl<'a> Build<'a> {
             current: None,
             stderr_mid_line: false,
             env,
+            remote_dir: String::new(),
+            report: Vec::new(),
+        }
+    }
+
+    /// With `-v`: where the build's time went, on one line.
+    fn print_phases(&self) {
+        if self.req.verbose && !self.job.phases.is_empty() {
+            eprintln!("rch: {}", self.job.phases);
+        }
+    }
+
+    /// `cargo run` built on `worker`: run the program here, from cargo's
+    /// report. Becomes the program; returns only when it cannot start it.
+    fn run_here(&self, worker: &str, run: &RunArgs) -> i32 {
+        let found =
+            cargo_run::find_program(&self.report, &run.wanted, &self.remote_dir, &self.root);
+        match found {
+            Ok(program) => {
+                let shown = program
+                    .path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&program.path);
+                let placement = Placement::BuiltRemote {
+                    worker: worker.to_string(),
+                    program: shown.display().to_string(),
+                };
+                announce(&placement, self.req.quiet);
+                self.print_phases();
+                cargo_run::exec(&program, &run.program_args, &self.req.cwd)
+            }
+            Err(why) => {
+                let reason = format!("built on {worker}, but {why}");
+                announce(&Placement::Local(reason), self.req.quiet);
+                run_local(&self.req.argv, &self.req.cwd)
+            }
         }
     }
 
@@ -402,12 +459,15 @@ impl<'a> Build<'a> {
         self.job.sync_ms += t.elapsed().as_millis() as u64;
         let spec = self.run_spec(&remote_dir);
         let t = Instant::now();
+        self.report.clear();
+        let capture = self.run_args.is_some().then_some(&mut self.report);
         let report = self
             .job
             .phases
-            .time(Phase::Run, remote::run::run(&conn, &spec))
+            .time(Phase::Run, run_command(&conn, &spec, capture))
             .await;
         self.stderr_mid_line = report.stderr_mid_line;
+        self.remote_dir = remote_dir.clone();
         self.job.run_ms += t.elapsed().as_millis() as u64;
         let code = match report.result {
             Ok(code) => code,
@@ -436,10 +496,18 @@ impl<'a> Build<'a> {
         } else {
             format!("{remote_dir}/{}", rel.display())
         };
+        let argv = match &self.run_args {
+            Some(run) => run.build_argv.clone(),
+            None => self.req.argv.clone(),
+        };
+        let terminal = crate::colours::Terminal::detect();
+        let mut env = self.env.forwarded.clone();
+        let is_set = |name: &str| std::env::var_os(name).is_some();
+        env.extend(crate::colours::env(self.offload.tool, terminal, is_set));
         remote::run::RunSpec {
             dir,
-            argv: self.req.argv.clone(),
-            env: self.env.forwarded.clone(),
+            argv: crate::colours::argv(self.offload.tool, terminal, &argv),
+            env,
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
         }
     }
@@ -502,6 +570,25 @@ fn claim_slot(worker: &str, project_home: &str) -> Option<remote::slot::Slot> {
             None
         }
     }
+}
+
+/// Run `spec`, streaming its output, or keeping its stdout in `capture`.
+async fn run_command(
+    conn: &remote::Connection,
+    spec: &remote::RunSpec,
+    capture: Option<&mut Vec<u8>>,
+) -> remote::RunReport {
+    match capture {
+        Some(buffer) => remote::run_to(conn, spec, buffer, tokio::io::stderr()).await,
+        None => remote::run(conn, spec).await,
+    }
+}
+
+/// `cargo run`'s arguments taken apart (the classification accepted them).
+fn run_args(argv: &[OsString]) -> Option<RunArgs> {
+    let words: Vec<&str> = argv.iter().map(|a| a.to_str()).collect::<Option<_>>()?;
+    let sub = classify::cargo_subcommand_at(&words[1..]).ok()??;
+    cargo_run::split(&words, sub + 1).ok()
 }
 
 enum Lease {

@@ -46,6 +46,8 @@ pub enum Kind {
     Bench,
     Doc,
     Compile,
+    /// `cargo run`: built on a worker, run here.
+    Run,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Bench => "bench",
             Kind::Doc => "doc",
             Kind::Compile => "compile",
+            Kind::Run => "run",
         }
     }
 }
@@ -228,21 +231,24 @@ const CARGO_GLOBAL_FLAGS: [&str; 6] = [
 ];
 
 fn classify_cargo(args: &[&str]) -> Decision {
-    let args = match args.first() {
-        Some(toolchain) if toolchain.starts_with('+') => &args[1..],
-        _ => args,
-    };
-    let mut i = 0;
+    match cargo_subcommand_at(args) {
+        Ok(Some(i)) => classify_cargo_subcommand(args[i], &args[i + 1..]),
+        Ok(None) => local("bare cargo is not a build"),
+        Err(reason) => local(reason),
+    }
+}
+
+/// Where the subcommand is in cargo's arguments (after an optional
+/// `+toolchain` and the global options); `None` when there is none.
+pub fn cargo_subcommand_at(args: &[&str]) -> Result<Option<usize>, String> {
+    let mut i = usize::from(args.first().is_some_and(|a| a.starts_with('+')));
     while let Some(&arg) = args.get(i) {
         if !arg.starts_with('-') {
-            return classify_cargo_subcommand(arg, &args[i + 1..]);
+            return Ok(Some(i));
         }
-        match cargo_global_option_len(args, i) {
-            Ok(used) => i += used,
-            Err(reason) => return local(reason),
-        }
+        i += cargo_global_option_len(args, i)?;
     }
-    local("bare cargo is not a build")
+    Ok(None)
 }
 
 /// How many arguments the global option at `args[i]` uses, or why it means "run locally".
@@ -281,6 +287,10 @@ fn classify_cargo_subcommand(subcommand: &str, args: &[&str]) -> Decision {
         "test" | "t" => (Kind::Test, args),
         "bench" => (Kind::Bench, args),
         "doc" | "d" => (Kind::Doc, args),
+        "run" | "r" => match crate::cargo_run::options_len(args) {
+            Ok(options) => (Kind::Run, &args[..options]),
+            Err(reason) => return local(reason),
+        },
         "nextest" => match args.first() {
             Some(&"run") | Some(&"r") => (Kind::Test, &args[1..]),
             Some(other) if !other.starts_with('-') => {
@@ -298,7 +308,7 @@ fn classify_cargo_subcommand(subcommand: &str, args: &[&str]) -> Decision {
         return local(reason);
     }
     let artifacts = match kind {
-        Kind::Build => Artifacts::CargoTarget {
+        Kind::Build | Kind::Run => Artifacts::CargoTarget {
             dir: flags.output_dir(),
         },
         _ => Artifacts::None,
@@ -592,6 +602,20 @@ fn classify_cc(name: &str, args: &[&str]) -> Decision {
         return local(format!("{name} without input files is not a build"));
     }
     offload(Tool::Cc, Kind::Compile, Artifacts::Tree)
+}
+
+/// The input files of a compiler command (its arguments without the program
+/// name): the words that are neither options nor option values.
+pub fn cc_inputs<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut inputs = Vec::new();
+    let mut i = 0;
+    while let Some(&arg) = args.get(i) {
+        if !arg.starts_with('-') && !arg.starts_with('@') {
+            inputs.push(arg);
+        }
+        i += if CC_WITH_VALUE.contains(&arg) { 2 } else { 1 };
+    }
+    inputs
 }
 
 /// Why a compiler argument means "run locally", if it does.

@@ -17,6 +17,9 @@
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
 //! - [`interrupt`]: SIGINT/SIGTERM/SIGHUP during a build, and the exit code a shell reports.
+//! - [`cargo_run`]: `cargo run` built on a worker and run here (arguments split, program found in cargo's report).
+//! - [`colours`]: what a remote build needs to colour its output as on this terminal.
+//! - [`cost`]: the cost rule that keeps tiny compiles (configure probes) local; pure.
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
@@ -30,10 +33,13 @@
 pub mod breaker;
 pub mod build;
 pub mod caps;
+pub mod cargo_run;
 pub mod classify;
 pub mod cli;
 pub mod client;
+pub mod colours;
 pub mod config;
+pub mod cost;
 pub mod daemon;
 pub mod diagnose;
 pub mod envrules;

@@ -28,7 +28,6 @@ pub const SHIM_MARKER: &str =
 /// where a command runs.
 pub const CARGO_LOCAL_SUBCOMMANDS: &[&str] = &[
     "fmt",
-    "run",
     "install",
     "uninstall",
     "clean",
@@ -449,7 +448,7 @@ mod tests {
     #[test]
     fn cargo_script_has_the_local_shortcut() {
         let text = shim_script("cargo", Path::new("/r"), Path::new("/d")).unwrap();
-        assert!(text.contains("fmt | run | install"));
+        assert!(text.contains("fmt | install"));
         for placeholder in ["@MARKER@", "@TOOL@", "@RCH@", "@SHIMS@", "@SHORTCUT@"] {
             assert!(!text.contains(placeholder), "{placeholder} left in: {text}");
         }

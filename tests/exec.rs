@@ -210,7 +210,8 @@ fn after_cooldown_the_daemon_probes_and_two_successes_close() {
 #[test]
 fn hostile_arguments_arrive_verbatim_and_nothing_runs_on_the_worker() {
     let env = TestEnv::new(1);
-    env.write_config("");
+    // One small C file would stay local by the cost rule; this test is about the trip.
+    env.write_config("[cost]\nlocal_compile_max_bytes = 0\n");
     let project = env.project("hostile  'quoted' ünï");
     std::fs::write(
         project.join("show.c"),

@@ -102,7 +102,7 @@ fn other_commands_and_tools_are_left_alone() {
     let home = tempfile::tempdir().unwrap();
     for command in [
         "cargo fmt",
-        "cargo run",
+        "cargo fmt --check",
         "ls -la",
         "cargo build && rm -rf target",
         "cargo build | tee log",

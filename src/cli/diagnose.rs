@@ -49,9 +49,15 @@ pub struct DiagnoseArgs {
 pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
     let out = Output::detect(args.json, global.quiet, global.verbose);
     let cwd = std::env::current_dir()?;
-    let (command, decision, dir) = classify_input(&args.command, &cwd);
+    let (command, mut decision, dir) = classify_input(&args.command, &cwd);
     let argv = command_words(&args.command);
     let mut loaded = config::load(&dir)?;
+    if let Decision::Offload(offload) = &decision {
+        let sources = crate::cost::source_sizes(offload, &argv, &dir);
+        if let Some(why) = crate::cost::keep_local(offload, &sources, &loaded.config.cost) {
+            decision = Decision::Local(why);
+        }
+    }
     loaded.apply(&Overrides {
         worker: args.worker,
         ..Default::default()
@@ -114,7 +120,7 @@ mod tests {
         let (_, decision, dir) = classify_input(&["cd sub && cargo test".into()], Path::new("/p"));
         assert!(decision.is_offload());
         assert_eq!(dir, Path::new("/p/sub"));
-        let (_, decision, _) = classify_input(&["cargo".into(), "run".into()], Path::new("/p"));
+        let (_, decision, _) = classify_input(&["cargo".into(), "fmt".into()], Path::new("/p"));
         assert!(!decision.is_offload());
     }
 }

@@ -63,6 +63,12 @@ pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
         quiet: global.quiet,
     });
     req.quiet |= loaded.quiet;
+    let sources = crate::cost::source_sizes(&offload, &req.argv, &req.cwd);
+    if let Some(why) = crate::cost::keep_local(&offload, &sources, &loaded.config.cost) {
+        // Probes come by the hundred too: said only on request, as above.
+        req.quiet |= !req.verbose;
+        return Ok(build::local_now(&req, &why));
+    }
     if let Some(id) = &loaded.requested_worker {
         if loaded.config.worker(id).is_none() {
             let known = loaded.config.worker_ids().join(", ");

@@ -32,6 +32,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub transfer: TransferConfig,
     pub env: crate::envrules::EnvConfig,
+    pub cost: crate::cost::CostConfig,
     pub workers: Vec<WorkerConfig>,
 }
 

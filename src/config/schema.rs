@@ -90,6 +90,12 @@ pub const ENV: &[Key] = &[
 
 pub const TRANSFER: &[Key] = &[key("exclude", Kind::TextList)];
 
+/// `[cost]`: when a build is too small to be worth a worker.
+pub const COST: &[Key] = &[
+    key("local_compile_max_bytes", Kind::Int { min: 0, max: U64 }),
+    key("local_compile_patterns", Kind::TextList),
+];
+
 /// The keys of one `[[workers]]` entry.
 pub const WORKER: &[Key] = &[
     key("id", Kind::Id),
@@ -123,6 +129,7 @@ pub const SECTIONS: &[(&str, &[Key])] = &[
     ("daemon", DAEMON),
     ("transfer", TRANSFER),
     ("env", ENV),
+    ("cost", COST),
 ];
 
 /// Name of the worker list at the top level.

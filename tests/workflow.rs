@@ -1,0 +1,292 @@
+//! End-to-end: everyday cargo and C workflows through `rch exec` against real
+//! sshd workers (tests/support): `cargo run`, colours on a terminal, the
+//! transfer progress line, worker disk clean-up and tiny compiles.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use support::{describe, TestEnv};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `rch exec -- ARGS` in `dir`, with `input` on stdin and `vars` set.
+fn exec_with(
+    env: &TestEnv,
+    dir: &Path,
+    args: &[&str],
+    input: &str,
+    vars: &[(&str, &str)],
+) -> Output {
+    let mut cmd = env.rch_in(dir);
+    cmd.arg("exec")
+        .arg("--")
+        .args(args)
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("running rch");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing stdin");
+    child.wait_with_output().expect("rch output")
+}
+
+/// A program that shows what it got: its arguments, a variable only the
+/// client has, its directory, one line of stdin; it exits with status 7.
+const RUNNER_MAIN: &str = r#"use std::io::BufRead;
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!("args={}", args.join(","));
+    println!("only_here={}", std::env::var("ONLY_ON_THE_CLIENT").unwrap_or_default());
+    println!("cwd={}", std::env::current_dir().unwrap().display());
+    println!("pkg={}", std::env::var("CARGO_PKG_NAME").unwrap_or_default());
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).unwrap();
+    println!("stdin={}", line.trim());
+    std::process::exit(7);
+}
+"#;
+
+#[test]
+fn cargo_run_builds_on_the_worker_and_runs_the_program_here() {
+    let env = TestEnv::new(1);
+    let project = env.project("runner");
+    std::fs::write(project.join("src/main.rs"), RUNNER_MAIN).unwrap();
+    std::fs::create_dir_all(project.join("examples")).unwrap();
+    std::fs::write(
+        project.join("examples/demo.rs"),
+        "fn main() { println!(\"demo {}\", std::env::args().nth(1).unwrap_or_default()); }\n",
+    )
+    .unwrap();
+    let sub = project.join("src");
+    let only_here = [("ONLY_ON_THE_CLIENT", "client-value")];
+
+    let out = exec_with(
+        &env,
+        &sub,
+        &["cargo", "run", "--", "a", "--release"],
+        "typed here\n",
+        &only_here,
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(text.contains("args=a,--release"), "{}", describe(&out));
+    assert!(
+        text.contains("only_here=client-value"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        text.contains(&format!("cwd={}", sub.display())),
+        "{}",
+        describe(&out)
+    );
+    assert!(text.contains("pkg=runner"), "{}", describe(&out));
+    assert!(text.contains("stdin=typed here"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: built on w1, running locally: target/debug/runner"),
+        "{}",
+        describe(&out)
+    );
+    // cargo's own report came back as JSON on the remote stdout, never to the user.
+    assert!(!text.contains("compiler-artifact"), "{}", describe(&out));
+
+    // --release --bin, and an example: each built there, run here.
+    let out = exec_with(
+        &env,
+        &project,
+        &["cargo", "run", "--release", "--bin", "runner", "x"],
+        "\n",
+        &only_here,
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    assert!(stdout(&out).contains("args=x"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: built on w1, running locally: target/release/runner"),
+        "{}",
+        describe(&out)
+    );
+    let out = exec_with(
+        &env,
+        &project,
+        &["cargo", "run", "--example", "demo", "--", "y"],
+        "",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(stdout(&out).contains("demo y"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: built on w1, running locally: target/debug/examples/demo"),
+        "{}",
+        describe(&out)
+    );
+
+    // A compile error is the build's answer: nothing runs.
+    std::fs::write(
+        project.join("src/main.rs"),
+        "fn main() { let x: u8 = \"no\"; }\n",
+    )
+    .unwrap();
+    let out = exec_with(&env, &project, &["cargo", "run"], "", &[]);
+    assert_eq!(out.status.code(), Some(101), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("mismatched types"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("rch: ran on w1"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// Run `command_line` under `script`, whose pty makes rch's stdout and
+/// stderr a terminal (as in an interactive shell); returns what it printed.
+fn on_terminal(env: &TestEnv, dir: &Path, command_line: &str) -> Output {
+    let mut cmd = Command::new("script");
+    env.apply_env(&mut cmd);
+    cmd.args(["-qec", command_line, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    cmd.output().expect("running script")
+}
+
+fn rch_bin() -> String {
+    shlex::try_quote(env!("CARGO_BIN_EXE_rch"))
+        .unwrap()
+        .into_owned()
+}
+
+const ESC: &str = "\x1b[";
+
+#[test]
+fn a_terminal_gets_colour_from_remote_builds_and_a_pipe_does_not() {
+    let env = TestEnv::new(1);
+    let project = env.project("colour");
+    // The build script reports what cargo on the worker was told.
+    std::fs::write(
+        project.join("build.rs"),
+        r#"fn main() {
+    let var = |n: &str| std::env::var(n).unwrap_or_default();
+    println!("cargo:warning=progress={}/{}", var("CARGO_TERM_PROGRESS_WHEN"), var("CARGO_TERM_PROGRESS_WIDTH"));
+}
+"#,
+    )
+    .unwrap();
+    let source = |n: u32| format!("fn main() {{ let unused{n} = 1; }}\n");
+    std::fs::write(project.join("src/main.rs"), source(1)).unwrap();
+    let line = format!("stty cols 97; {} exec -- cargo build", rch_bin());
+    let out = on_terminal(&env, &project, &line);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text.contains("rch: ran on w1"), "{}", describe(&out));
+    assert!(text.contains(ESC), "no colour on a terminal: {text:?}");
+    assert!(text.contains("progress=always/97"), "{text:?}");
+
+    // Piped: plain, as local cargo would be.
+    std::fs::write(project.join("src/main.rs"), source(2)).unwrap();
+    let out = exec_with(&env, &project, &["cargo", "build"], "", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("progress=/"), "{}", describe(&out));
+    assert!(!stderr(&out).contains(ESC), "{}", describe(&out));
+
+    // NO_COLOR on a terminal: plain too.
+    std::fs::write(project.join("src/main.rs"), source(3)).unwrap();
+    let line = format!("NO_COLOR=1 {} exec -- cargo build", rch_bin());
+    let out = on_terminal(&env, &project, &line);
+    assert!(stdout(&out).contains("unused3"), "{}", describe(&out));
+    assert!(!stdout(&out).contains(ESC), "{}", describe(&out));
+
+    // A C compile on a worker colours its diagnostics for a terminal.
+    let unused = "int f(void) { int unused; return 0; }\n";
+    std::fs::write(project.join("a.c"), unused).unwrap();
+    std::fs::write(project.join("b.c"), "int g(void) { return 1; }\n").unwrap();
+    let line = format!("{} exec -- gcc -Wall -c a.c b.c", rch_bin());
+    let out = on_terminal(&env, &project, &line);
+    let text = stdout(&out);
+    assert!(text.contains("rch: ran on w1"), "{}", describe(&out));
+    assert!(text.contains("unused"), "{text:?}");
+    assert!(text.contains(ESC), "no colour from gcc: {text:?}");
+    assert!(project.join("a.o").is_file());
+}
+
+#[test]
+fn tiny_compiles_and_configure_probes_stay_local_as_diagnose_says() {
+    let env = TestEnv::new(1);
+    let project = env.project("probe");
+    std::fs::write(project.join("conftest.c"), "int main(void) { return 3; }\n").unwrap();
+    let probe = ["gcc", "-o", "conftest", "conftest.c"];
+    let verbose = [("RCH_VERBOSE", "1")];
+    let out = exec_with(&env, &project, &probe, "", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stderr(&out), "", "a probe stays local without a word");
+    let out = exec_with(&env, &project, &probe, "", &verbose);
+    assert!(
+        stderr(&out).contains("rch: ran locally: tiny compile: conftest.c matches the probe pattern \"conftest*\" (cost.local_compile_patterns)"),
+        "{}",
+        describe(&out)
+    );
+    let run = Command::new(project.join("conftest")).status().unwrap();
+    assert_eq!(run.code(), Some(3));
+
+    let diagnose = env
+        .rch_in(&project)
+        .args(["diagnose", "gcc -o conftest conftest.c"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&diagnose).contains("cost.local_compile_patterns"),
+        "{}",
+        describe(&diagnose)
+    );
+
+    // A small file of another name: the size rule, then the rule switched off.
+    std::fs::write(project.join("small.c"), "int main(void) { return 0; }\n").unwrap();
+    let out = exec_with(
+        &env,
+        &project,
+        &["gcc", "-o", "small", "small.c"],
+        "",
+        &verbose,
+    );
+    assert!(
+        stderr(&out).contains("(cost.local_compile_max_bytes = 16384)"),
+        "{}",
+        describe(&out)
+    );
+    env.write_config("[cost]\nlocal_compile_max_bytes = 0\nlocal_compile_patterns = []\n");
+    let out = exec_with(
+        &env,
+        &project,
+        &["gcc", "-o", "conftest", "conftest.c"],
+        "",
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: ran on w1"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        Command::new(project.join("conftest"))
+            .status()
+            .unwrap()
+            .code(),
+        Some(3)
+    );
+}
