@@ -20,6 +20,7 @@
 //! - [`cargo_run`]: `cargo run` built on a worker and run here (arguments split, program found in cargo's report).
 //! - [`colours`]: what a remote build needs to colour its output as on this terminal.
 //! - [`cost`]: the cost rule that keeps tiny compiles (configure probes) local; pure.
+//! - [`gc`]: worker disk clean-up (`rch workers gc`, `max_disk_gb`, `cargo clean` on workers).
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
 //! - [`remote`]: SSH master connections, rsync transfer, remote execution.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
@@ -44,6 +45,7 @@ pub mod daemon;
 pub mod diagnose;
 pub mod envrules;
 pub mod fleet_report;
+pub mod gc;
 pub mod hook;
 pub mod interrupt;
 pub mod lab;

@@ -30,7 +30,6 @@ pub const CARGO_LOCAL_SUBCOMMANDS: &[&str] = &[
     "fmt",
     "install",
     "uninstall",
-    "clean",
     "new",
     "init",
     "add",

@@ -290,3 +290,176 @@ fn tiny_compiles_and_configure_probes_stay_local_as_diagnose_says() {
         Some(3)
     );
 }
+
+/// The names under worker `id`'s remote base.
+fn remote_dirs(env: &TestEnv, id: &str) -> Vec<String> {
+    let worker = env
+        .lab
+        .workers()
+        .iter()
+        .find(|w| w.id == id)
+        .unwrap()
+        .clone();
+    let out = env.ssh(id, &format!("ls -1 {}", worker.remote_base.display()));
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+/// The project dir named for `project` among `dirs`, if there.
+fn home_of<'a>(dirs: &'a [String], project: &str) -> Option<&'a String> {
+    dirs.iter().find(|d| {
+        d.strip_prefix(project)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|hash| hash.len() == 12)
+    })
+}
+
+fn rch_ok(env: &TestEnv, dir: &Path, args: &[&str]) -> Output {
+    let out = env.rch_in(dir).args(args).output().expect("running rch");
+    assert!(out.status.success(), "rch {args:?}: {}", describe(&out));
+    out
+}
+
+#[test]
+fn workers_gc_frees_unused_dirs_but_never_one_in_use_and_cargo_clean_reaches_workers() {
+    let env = TestEnv::new(1);
+    for name in ["old", "other"] {
+        rch_ok(&env, &env.project(name), &["exec", "--", "cargo", "build"]);
+    }
+    let dirs = remote_dirs(&env, "w1");
+    assert!(
+        home_of(&dirs, "old").is_some() && home_of(&dirs, "other").is_some(),
+        "{dirs:?}"
+    );
+
+    // Nothing is 14 days old yet; a dry run at 0s lists both and removes nothing.
+    let out = rch_ok(&env, &env.project_dir, &["workers", "gc"]);
+    assert!(
+        stdout(&out).contains("w1: nothing to remove (2 kept"),
+        "{}",
+        describe(&out)
+    );
+    let out = rch_ok(
+        &env,
+        &env.project_dir,
+        &["workers", "gc", "--all", "--older-than", "0s", "--dry-run"],
+    );
+    assert!(
+        stdout(&out).contains("w1: would free"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(remote_dirs(&env, "w1"), dirs);
+
+    // A build held at a gate in its build script is in use: gc spares it.
+    let busy = env.project("busy");
+    let gate = env.exchange_dir().join("go");
+    std::fs::write(
+        busy.join("build.rs"),
+        format!(
+            "fn main() {{\n    let gate = std::path::Path::new({gate:?});\n    for _ in 0..1200 {{\n        if gate.exists() {{ return; }}\n        std::thread::sleep(std::time::Duration::from_millis(50));\n    }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut build = env.rch_in(&busy);
+    build
+        .args(["exec", "--", "cargo", "build"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = build.spawn().unwrap();
+    assert!(
+        support::wait_for(std::time::Duration::from_secs(60), || !env
+            .fleet()
+            .leases
+            .is_empty()),
+        "the gated build never got its lease"
+    );
+    assert!(
+        support::wait_for(std::time::Duration::from_secs(60), || home_of(
+            &remote_dirs(&env, "w1"),
+            "busy"
+        )
+        .is_some()),
+        "the gated build never reached w1"
+    );
+    let out = rch_ok(
+        &env,
+        &env.project_dir,
+        &["workers", "gc", "w1", "--older-than", "0s", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["workers"][0]["removed"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert!(
+        report["workers"][0]["freed_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let left = remote_dirs(&env, "w1");
+    assert!(home_of(&left, "busy").is_some(), "{left:?}");
+    assert!(
+        home_of(&left, "old").is_none() && home_of(&left, "other").is_none(),
+        "{left:?}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", describe(&done));
+
+    // cargo clean: here, and the project's target/ on the worker that built it.
+    let base = env.lab.workers()[0].remote_base.clone();
+    let target_on_w1 = |project: &str| {
+        let home = home_of(&remote_dirs(&env, "w1"), project).cloned().unwrap();
+        env.ssh("w1", &format!("test -d {}/{home}/target", base.display()))
+            .status
+            .success()
+    };
+    assert!(target_on_w1("busy"));
+    let out = exec_with(&env, &busy, &["cargo", "clean"], "", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: removed target/ on w1"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!busy.join("target").exists());
+    assert!(!target_on_w1("busy"));
+}
+
+#[test]
+fn the_daemon_keeps_a_worker_under_max_disk_gb_least_recently_used_first() {
+    let env = TestEnv::new(1);
+    for name in ["first", "second"] {
+        rch_ok(&env, &env.project(name), &["exec", "--", "cargo", "build"]);
+    }
+    let out = rch_ok(
+        &env,
+        &env.project_dir,
+        &["workers", "gc", "--older-than", "0s", "--dry-run", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sizes: Vec<u64> = report["workers"][0]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 2, "{report}");
+    // Room for one project and a half: the older must go, the newer stays.
+    let limit_gb = (sizes[0].max(sizes[1]) + sizes[0].min(sizes[1]) / 2) as f64 / 1e9;
+    rch_ok(&env, &env.project_dir, &["daemon", "stop"]);
+    env.write_config(&format!(
+        "[[workers]]\nid = \"w1\"\nmax_disk_gb = {limit_gb}\n"
+    ));
+    rch_ok(&env, &env.project_dir, &["daemon", "start"]);
+    assert!(
+        support::wait_for(std::time::Duration::from_secs(60), || home_of(
+            &remote_dirs(&env, "w1"),
+            "first"
+        )
+        .is_none()),
+        "the daemon did not enforce max_disk_gb: {:?}",
+        remote_dirs(&env, "w1")
+    );
+    assert!(home_of(&remote_dirs(&env, "w1"), "second").is_some());
+}

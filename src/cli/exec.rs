@@ -33,6 +33,34 @@ fn verbose(global: &Global) -> bool {
     global.verbose > 0 || config::env_flag("RCH_VERBOSE")
 }
 
+/// A whole `cargo clean`: here first, then the project's `target/` on the
+/// workers that built it (they would otherwise keep it until `workers gc`).
+fn clean_everywhere(req: &ExecRequest) -> anyhow::Result<i32> {
+    let code = build::run_local(&req.argv, &req.cwd);
+    if code != 0 {
+        return Ok(code);
+    }
+    let loaded = config::load(&req.cwd)?;
+    if !loaded.config.general.enabled || loaded.config.workers.is_empty() {
+        return Ok(0);
+    }
+    let cargo = classify::Offload {
+        tool: classify::Tool::Cargo,
+        kind: classify::Kind::Build,
+        artifacts: classify::Artifacts::None,
+    };
+    let root = build::project_root(&loaded, &req.cwd, &cargo);
+    let out = crate::ui::Output::detect(false, req.quiet, 0);
+    let gc = crate::gc::clean_after_cargo_clean(&loaded.config, &root, &out);
+    let (cleaned, busy) = super::block_on(gc)?;
+    if !req.quiet {
+        for line in crate::ui::gc::clean_lines(&cleaned, &busy) {
+            eprintln!("{line}");
+        }
+    }
+    Ok(0)
+}
+
 pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
     let cwd = std::env::current_dir()?;
     let mut req = ExecRequest {
@@ -48,6 +76,9 @@ pub fn run(args: ExecArgs, global: &Global) -> anyhow::Result<i32> {
     // pays for (or fails on) anything else.
     let offload = match classify::classify(&req.argv) {
         Decision::Offload(o) => o,
+        Decision::Local(_) if crate::gc::is_whole_cargo_clean(&req.argv) => {
+            return clean_everywhere(&req);
+        }
         Decision::Local(why) => {
             // Not a build: configure scripts call `cc --version` and friends by
             // the hundred, so the line saying so is shown only on request.

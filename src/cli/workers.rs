@@ -41,6 +41,26 @@ pub enum WorkersCommand {
     Enable { id: String },
     /// Take the worker out of rotation (kept across daemon restarts).
     Disable { id: String },
+    /// Remove project dirs unused on workers for a while (default 14 days) and,
+    /// where `max_disk_gb` is set, the least recently used until under it;
+    /// never one a build is using. Reports the space freed per worker.
+    Gc {
+        /// The worker id (default: every worker).
+        #[arg(value_name = "ID", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every configured worker (the default).
+        #[arg(long)]
+        all: bool,
+        /// Remove what has not been used for this long: 14d, 12h, 30m, 90s, 2w.
+        #[arg(long, value_name = "DUR", default_value = "14d", value_parser = crate::gc::parse_duration)]
+        older_than: u64,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent jobs and breaker transitions of a worker.
     History {
         id: String,
@@ -79,6 +99,13 @@ pub fn run(cmd: WorkersCommand, global: &Global) -> anyhow::Result<i32> {
             WorkersCommand::Enable { id } => set(&detect(false), id, WorkerAction::Enable).await,
             WorkersCommand::Disable { id } => set(&detect(false), id, WorkerAction::Disable).await,
             WorkersCommand::History { id, limit, json } => history(&detect(json), id, limit).await,
+            WorkersCommand::Gc {
+                id,
+                all: _,
+                older_than,
+                dry_run,
+                json,
+            } => gc(&detect(json), id, older_than, dry_run).await,
         }
     })
 }
@@ -260,6 +287,55 @@ fn set_message(id: &str, action: WorkerAction) -> String {
             "{id}: disabled: no new builds, kept across restarts (`rch workers enable {id}` undoes it)"
         ),
     }
+}
+
+async fn gc(
+    out: &Output,
+    id: Option<String>,
+    older_than_secs: u64,
+    dry_run: bool,
+) -> anyhow::Result<i32> {
+    let config = crate::config::load(std::path::Path::new("/"))?.config;
+    let workers = match &id {
+        Some(id) => match config.worker(id) {
+            Some(w) => vec![w.clone()],
+            None => {
+                return Err(daemon_error(
+                    Some(id),
+                    String::new(),
+                    config.worker_ids().iter().map(|s| s.to_string()).collect(),
+                ))
+            }
+        },
+        None => config.workers.clone(),
+    };
+    let report = crate::fleet_report::current_report(out).await?;
+    let leases: Vec<(String, String)> = report
+        .leases
+        .into_iter()
+        .map(|l| (l.worker, l.project))
+        .collect();
+    let usage = crate::gc::usage_by_worker(&crate::gc::saved_history(), &leases);
+    let now = crate::daemon::clock::Clock::now_ms(&crate::daemon::clock::SystemClock);
+    let older_than = Some(older_than_secs.saturating_mul(1000));
+    let results =
+        crate::gc::collect_all(&workers, &config.ssh, &usage, older_than, now, dry_run).await;
+    let failed = results.iter().any(|(_, r)| r.is_err());
+    if out.json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(worker, r)| match r {
+                Ok(done) => serde_json::to_value(done).unwrap_or_default(),
+                Err(f) => json!({ "worker": worker, "error": f.message, "kind": f.kind }),
+            })
+            .collect();
+        ui::print_json(&json!({ "workers": rows }))?;
+    } else {
+        for (_, result) in &results {
+            println!("{}", ui::gc::worker_text(result, out.verbose > 0));
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
 }
 
 async fn history(out: &Output, id: String, limit: usize) -> anyhow::Result<i32> {

@@ -137,6 +137,9 @@ pub struct WorkerConfig {
     pub toolchain: Option<ToolchainMatch>,
     /// Overrides `general.cc_toolchain` for this worker.
     pub cc_toolchain: Option<CcMatch>,
+    /// Project dirs on this worker are kept under this many GB by the
+    /// daemon (least recently used removed first); unlimited when absent.
+    pub max_disk_gb: Option<f64>,
 }
 
 impl WorkerConfig {
@@ -155,6 +158,7 @@ impl WorkerConfig {
             tools: Vec::new(),
             toolchain: None,
             cc_toolchain: None,
+            max_disk_gb: None,
         }
     }
 }

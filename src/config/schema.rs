@@ -29,6 +29,8 @@ pub enum Kind {
     Address,
     /// An array of strings.
     TextList,
+    /// A number (integer or float) greater than 0.
+    Positive,
 }
 
 /// One key of a section.
@@ -116,6 +118,7 @@ pub const WORKER: &[Key] = &[
     key("tools", Kind::TextList),
     key("toolchain", TOOLCHAIN),
     key("cc_toolchain", CC_TOOLCHAIN),
+    key("max_disk_gb", Kind::Positive),
 ];
 
 /// Worker keys without which a worker entry is an error.
@@ -198,6 +201,7 @@ pub fn expectation(kind: Kind) -> String {
         Kind::Choice(options) => format!("one of {}", quoted_list(options)),
         Kind::Text | Kind::Id | Kind::Address => "a string".to_string(),
         Kind::TextList => "an array of strings".to_string(),
+        Kind::Positive => "a number greater than 0".to_string(),
     }
 }
 
@@ -228,6 +232,8 @@ pub fn check(kind: Kind, value: &Value) -> Result<Json, Problem> {
         (Kind::Id, Value::String(s)) => check_id(s.value()),
         (Kind::Address, Value::String(s)) => check_address(s.value()),
         (Kind::TextList, Value::Array(items)) => check_text_list(items),
+        (Kind::Positive, Value::Float(f)) => check_positive(*f.value()),
+        (Kind::Positive, Value::Integer(i)) => check_positive(*i.value() as f64),
         _ => Err(wrong_type()),
     }
 }
@@ -253,6 +259,13 @@ fn check_fraction(f: f64) -> Result<Json, Problem> {
         format!("must be greater than 0 and at most 1, got {f}")
     };
     Err(Problem::whole(problem))
+}
+
+fn check_positive(f: f64) -> Result<Json, Problem> {
+    if f > 0.0 && f.is_finite() {
+        return Ok(Json::from(f));
+    }
+    Err(Problem::whole(format!("must be greater than 0, got {f}")))
 }
 
 fn check_choice(s: &str, options: &[&str]) -> Result<Json, Problem> {

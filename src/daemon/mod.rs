@@ -155,10 +155,12 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let metrics_listen = shared.with_fleet(|f, _| f.config().daemon.metrics_listen.clone());
     let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
+    let disk = tokio::spawn(crate::gc::enforce_disk_limits(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
     shared.with_fleet(|f, now| f.flush_lazy(now));
     prober.abort();
     signals.abort();
+    disk.abort();
     if let Some(h) = http {
         h.abort();
     }

@@ -239,6 +239,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// For each worker and project, when its newest job there was recorded
+    /// (what `rch workers gc` and `max_disk_gb` call "last used").
+    pub fn last_use_per_project(&self) -> anyhow::Result<Vec<(String, String, u64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT placement, project, MAX(at_ms) FROM jobs WHERE placement != 'local' GROUP BY placement, project",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn insert_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()> {
         let body = serde_json::to_string(event)?;
         let name = event.to_json()["event"].as_str().unwrap_or("").to_string();

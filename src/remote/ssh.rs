@@ -546,6 +546,7 @@ mod tests {
                 tools: Vec::new(),
                 toolchain: None,
                 cc_toolchain: None,
+                max_disk_gb: None,
             },
             ssh: SshConfig::default(),
             agent: None,

@@ -7,6 +7,7 @@
 pub mod diagnose;
 pub mod events;
 pub mod fleet;
+pub mod gc;
 pub mod history;
 pub mod log;
 pub mod metrics;
