@@ -42,7 +42,7 @@ pub async fn run(shared: Arc<Shared>) {
 async fn learn(shared: Arc<Shared>, target: Target) {
     let limit = Duration::from_secs(target.ssh.connect_timeout_secs * 2 + 10);
     let id = target.worker.id.clone();
-    match tokio::time::timeout(limit, crate::remote::ssh::probe(&target)).await {
+    match tokio::time::timeout(limit, crate::remote::probe(&target)).await {
         Ok(Ok((_, caps))) => {
             tracing::info!(worker = %id, tools = %caps.summary(), "capabilities learned");
             shared.with_fleet(|f, now| f.learn(&id, caps, now));

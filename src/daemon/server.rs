@@ -395,38 +395,38 @@ async fn await_running_probe(shared: &Shared, id: String) -> ProbeResult {
 /// lacks fails the probe's report but not the breaker: the machine is healthy.
 pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
     let limit = Duration::from_secs(job.target.ssh.connect_timeout_secs * 2 + 10);
-    let (result, caps) =
-        match tokio::time::timeout(limit, crate::remote::ssh::probe(&job.target)).await {
-            Ok(Ok((rtt, caps))) => (Ok(rtt.as_millis() as u64), Some(caps)),
-            // A problem on this machine says nothing about the worker.
-            Ok(Err(failure)) if !failure.kind.is_worker_fault() => {
-                shared.with_fleet(|f, now| f.abandon_probe(&job, now));
-                return ProbeResult {
-                    worker: job.worker.clone(),
-                    ok: false,
-                    latency_ms: None,
-                    error: Some(failure.message),
-                    state: String::new(),
-                    capabilities: None,
-                };
+    let (result, caps) = match tokio::time::timeout(limit, crate::remote::probe(&job.target)).await
+    {
+        Ok(Ok((rtt, caps))) => (Ok(rtt.as_millis() as u64), Some(caps)),
+        // A problem on this machine says nothing about the worker.
+        Ok(Err(failure)) if !failure.kind.is_worker_fault() => {
+            shared.with_fleet(|f, now| f.abandon_probe(&job, now));
+            return ProbeResult {
+                worker: job.worker.clone(),
+                ok: false,
+                latency_ms: None,
+                error: Some(failure.message),
+                state: String::new(),
+                capabilities: None,
+            };
+        }
+        Ok(Err(failure)) => {
+            // Only a lost connection means the shared master is broken;
+            // builds may be using it otherwise.
+            if failure.kind == crate::remote::FailureKind::ConnectionLost {
+                crate::remote::ssh::disconnect(&job.target).await;
             }
-            Ok(Err(failure)) => {
-                // Only a lost connection means the shared master is broken;
-                // builds may be using it otherwise.
-                if failure.kind == crate::remote::FailureKind::ConnectionLost {
-                    crate::remote::ssh::disconnect(&job.target).await;
-                }
-                (Err(failure.message), None)
-            }
-            Err(_) => (
-                Err(format!(
-                    "{}: probe timed out after {}s",
-                    job.worker,
-                    limit.as_secs()
-                )),
-                None,
-            ),
-        };
+            (Err(failure.message), None)
+        }
+        Err(_) => (
+            Err(format!(
+                "{}: probe timed out after {}s",
+                job.worker,
+                limit.as_secs()
+            )),
+            None,
+        ),
+    };
     let unmet = caps.as_ref().and_then(|c| {
         let missing = c
             .unmet(

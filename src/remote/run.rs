@@ -8,10 +8,10 @@
 //! EOF: the client keeps stdin open for the whole run, so a timeout, a killed
 //! client or a lost connection all leave nothing running on the worker.
 
+use super::failure::{FailureKind, RemoteFailure};
+use super::shell::login_shell_command;
 use super::ssh::Connection;
 use super::status::{self, Record, SetupFault, StatusFilter};
-use super::{FailureKind, RemoteFailure};
-use std::borrow::Cow;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -116,18 +116,6 @@ status=$?
 kill "$watcher" 2>/dev/null
 report_exit "$status"
 exit "$status""#;
-
-/// `sh -lc '<script>' rch <args>...`, every piece shell-quoted, as the remote
-/// command string (which the user's login shell on the worker parses once).
-pub(crate) fn login_shell_command(script: &str, args: &[&str]) -> String {
-    let mut words: Vec<Cow<'_, str>> = vec!["sh".into(), "-lc".into(), quote(script), "rch".into()];
-    words.extend(args.iter().map(|a| quote(a)));
-    words.join(" ")
-}
-
-fn quote(s: &str) -> Cow<'_, str> {
-    shell_escape::unix::escape(Cow::Borrowed(s))
-}
 
 /// Run `spec` on the worker behind `conn`, streaming its stdout and stderr
 /// live to ours. Dropping the returned future ends the remote command too.

@@ -1,5 +1,5 @@
 //! SSH master connections: one OpenSSH ControlMaster per worker, shared by
-//! every rch process of the user, plus the worker probe.
+//! every rch process of the user.
 //!
 //! Masters live under `<runtime dir>/ssh/`. Each worker has a key (its id and a
 //! short hash of everything that decides where and how ssh connects); under an
@@ -9,8 +9,8 @@
 //! connection and one authentication. Masters close themselves after ten idle
 //! minutes (ControlPersist).
 
-use super::{run, FailureKind, RemoteFailure, Target};
-use crate::caps::{self, Capabilities};
+use super::failure::{classify_connect, last_line, FailureKind, RemoteFailure};
+use super::Target;
 use crate::config::HostKeyPolicy;
 use crate::paths;
 use fs2::FileExt;
@@ -21,7 +21,7 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long an unused master stays up before it exits by itself.
 const MASTER_IDLE_SECS: usize = 600;
@@ -116,77 +116,6 @@ pub async fn disconnect(target: &Target) {
         let _ = session.close().await;
     }
     discard_stale_master(&files);
-}
-
-/// Connect and check that the worker can host builds: a login shell runs and
-/// the remote base directory is creatable and writable. In the same remote
-/// command it learns the worker's build tools and toolchains. Returns the
-/// round trip of the check over the master connection, and what it learned.
-pub async fn probe(target: &Target) -> Result<(Duration, Capabilities), RemoteFailure> {
-    let conn = connect(target).await?;
-    let base = super::layout::remote_path(&target.worker.remote_base);
-    let script = format!("{PROBE_SCRIPT}\n{}", caps::PROBE_SCRIPT);
-    let command = run::login_shell_command(&script, &[base.as_str()]);
-    let started = Instant::now();
-    let output = conn
-        .session()
-        .raw_command(command)
-        .output()
-        .await
-        .map_err(|e| session_error(&conn, target, e))?;
-    let round_trip = started.elapsed();
-    match output.status.code() {
-        Some(0) => Ok((
-            round_trip,
-            caps::parse_probe(&String::from_utf8_lossy(&output.stdout)),
-        )),
-        Some(PROBE_DIR_FAILED) => Err(remote_dir_failure(
-            &target.worker.id,
-            &target.worker.remote_base,
-            &String::from_utf8_lossy(&output.stderr),
-        )),
-        _ => Err(RemoteFailure::new(
-            FailureKind::Other,
-            &target.worker.id,
-            format!(
-                "probe failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        )),
-    }
-}
-
-/// Exit code of [`PROBE_SCRIPT`] when the remote base is not usable.
-const PROBE_DIR_FAILED: i32 = 3;
-
-/// Creates the remote base, writes and removes a file in it. `$1` is the base,
-/// relative to the home directory unless absolute.
-const PROBE_SCRIPT: &str = r#"base=$1
-case $base in /*) ;; *) base=$HOME/$base ;; esac
-probe_file=$base/.rch-probe-$$
-if [ -e "$base" ] && [ ! -d "$base" ]; then
-  printf '%s: Not a directory\n' "$base" >&2
-  exit 3
-fi
-if ! err=$( { mkdir -p -- "$base" && : > "$probe_file" && rm -f -- "$probe_file"; } 2>&1 ); then
-  printf '%s\n' "$err" >&2
-  exit 3
-fi"#;
-
-/// A RemoteDir failure for `dir`, with the reason taken from the last line of
-/// the remote error output (e.g. "Permission denied").
-pub(crate) fn remote_dir_failure(worker: &str, dir: &str, stderr: &str) -> RemoteFailure {
-    let last_line = stderr
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("failed");
-    let reason = last_line.rsplit(": ").next().unwrap_or(last_line);
-    RemoteFailure::new(
-        FailureKind::RemoteDir,
-        worker,
-        format!("remote dir {dir} not writable: {reason}"),
-    )
 }
 
 /// Where the master of one target is recorded.
@@ -426,56 +355,12 @@ fn connect_failure(target: &Target, err: &openssh::Error) -> RemoteFailure {
             );
         }
     }
-    let text = error_text(err);
-    let (kind, detail) = classify_connect_text(&text, target);
+    let (kind, detail) = classify_connect(
+        &error_text(err),
+        &address(target),
+        target.ssh.connect_timeout_secs,
+    );
     RemoteFailure::new(kind, &target.worker.id, detail)
-}
-
-fn classify_connect_text(text: &str, target: &Target) -> (FailureKind, String) {
-    let addr = address(target);
-    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-        return (
-            FailureKind::HostKey,
-            format!("host key verification failed: host key of {addr} has changed"),
-        );
-    }
-    if text.contains("Host key verification failed") || text.contains("host key is known") {
-        return (
-            FailureKind::HostKey,
-            format!("host key verification failed ({addr})"),
-        );
-    }
-    if text.contains("Connection refused") {
-        return (
-            FailureKind::ConnectRefused,
-            format!("ssh connect refused ({addr})"),
-        );
-    }
-    if text.contains("timed out") {
-        return (
-            FailureKind::ConnectTimeout,
-            format!(
-                "ssh connect timed out after {}s ({addr})",
-                target.ssh.connect_timeout_secs
-            ),
-        );
-    }
-    if text.contains("Permission denied") || text.contains("Too many authentication failures") {
-        return (
-            FailureKind::Auth,
-            format!("ssh authentication failed ({addr}): {}", last_line(text)),
-        );
-    }
-    if text.contains("closed by remote host") || text.contains("Connection reset") {
-        return (
-            FailureKind::ConnectionLost,
-            format!("ssh connection closed during connect ({addr})"),
-        );
-    }
-    (
-        FailureKind::Other,
-        format!("ssh connect failed ({addr}): {}", last_line(text)),
-    )
 }
 
 /// An error running a command over an established master: a master that
@@ -495,7 +380,11 @@ pub(crate) fn session_error(
     RemoteFailure::new(
         kind,
         conn.worker_id(),
-        format!("ssh to {} failed: {}", target.worker.host, last_line(&text)),
+        format!(
+            "ssh to {} failed: {}",
+            target.worker.host,
+            last_line(&text).unwrap_or("unknown error")
+        ),
     )
 }
 
@@ -509,13 +398,6 @@ fn error_text(err: &openssh::Error) -> String {
         source = s.source();
     }
     text
-}
-
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("unknown error")
 }
 
 fn local_failure(target: &Target, what: &str, err: std::io::Error) -> RemoteFailure {
@@ -553,45 +435,6 @@ mod tests {
         }
     }
 
-    fn kind_of(text: &str) -> FailureKind {
-        classify_connect_text(text, &target(Some(2222))).0
-    }
-
-    #[test]
-    fn ssh_texts_map_to_failure_kinds() {
-        assert_eq!(
-            kind_of("ssh: connect to host 127.0.0.1 port 2222: Connection refused"),
-            FailureKind::ConnectRefused
-        );
-        assert_eq!(
-            kind_of("Connection timed out during banner exchange\nConnection to 127.0.0.1 port 2222 timed out"),
-            FailureKind::ConnectTimeout
-        );
-        assert_eq!(
-            kind_of("builder@127.0.0.1: Permission denied (publickey)."),
-            FailureKind::Auth
-        );
-        assert_eq!(
-            kind_of("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed."),
-            FailureKind::HostKey
-        );
-        assert_eq!(
-            kind_of("No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\nHost key verification failed."),
-            FailureKind::HostKey
-        );
-    }
-
-    #[test]
-    fn refused_message_names_worker_and_address() {
-        let t = target(Some(2222));
-        let f = RemoteFailure::new(
-            FailureKind::ConnectRefused,
-            "w1",
-            classify_connect_text("Connection refused", &t).1,
-        );
-        assert_eq!(f.message, "w1: ssh connect refused (127.0.0.1:2222)");
-    }
-
     #[test]
     fn key_depends_on_connection_settings() {
         let a = master_key(&target(Some(2222)));
@@ -599,19 +442,5 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("w1-"));
         assert_eq!(a, master_key(&target(Some(2222))));
-    }
-
-    #[test]
-    fn remote_dir_failure_keeps_the_reason() {
-        let f = remote_dir_failure(
-            "w1",
-            "~/.cache/rch/builds/app-1a2b",
-            "mkdir: cannot create directory '/x': Permission denied\n",
-        );
-        assert_eq!(f.kind, FailureKind::RemoteDir);
-        assert_eq!(
-            f.message,
-            "w1: remote dir ~/.cache/rch/builds/app-1a2b not writable: Permission denied"
-        );
     }
 }

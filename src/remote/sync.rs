@@ -5,9 +5,9 @@
 //! no new connection or authentication. Compression stays off: workers sit on
 //! a LAN or loopback where CPU, not bandwidth, is the limit.
 
-use super::ssh::{remote_dir_failure, Connection, MUX_HOST};
-use super::{FailureKind, RemoteFailure};
-use std::borrow::Cow;
+use super::failure::{classify_rsync, FailureKind, RemoteFailure};
+use super::shell::quote;
+use super::ssh::{Connection, MUX_HOST};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -61,7 +61,7 @@ pub async fn push(
     }
     args.push(dir_arg(project_root));
     args.push(remote_arg(remote_dir, ""));
-    run_rsync(conn, args, remote_dir).await
+    run_rsync(conn, args, remote_dir, false).await
 }
 
 /// Bring results back from `remote_dir`; never deletes local files.
@@ -97,11 +97,9 @@ pub async fn pull(
         )
     })?;
     args.push(dir_arg(&local));
-    match run_rsync(conn, args, remote_dir).await {
-        // A build that produced no such directory has nothing to return.
-        Err(f) if matches!(what, Pull::Dir(_)) && f.message.contains(MISSING_SOURCE) => Ok(()),
-        other => other,
-    }
+    // A build that produced no such directory has nothing to return.
+    let missing_ok = matches!(what, Pull::Dir(_));
+    run_rsync(conn, args, remote_dir, missing_ok).await
 }
 
 /// rsync's exit code for "some files vanished before they could be transferred".
@@ -143,14 +141,12 @@ fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
     }
 }
 
-fn quote(s: &str) -> Cow<'_, str> {
-    shell_escape::unix::escape(Cow::Borrowed(s))
-}
-
+/// Runs rsync; with `missing_ok`, a source that does not exist is no failure.
 async fn run_rsync(
     conn: &Connection,
     args: Vec<OsString>,
     remote_dir: &str,
+    missing_ok: bool,
 ) -> Result<(), RemoteFailure> {
     let output = Command::new("rsync")
         .args(&args)
@@ -181,7 +177,10 @@ async fn run_rsync(
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(classify_rsync_failure(
+    if missing_ok && stderr.contains(MISSING_SOURCE) {
+        return Ok(());
+    }
+    Err(classify_rsync(
         conn.worker_id(),
         remote_dir,
         output.status.code(),
@@ -189,78 +188,7 @@ async fn run_rsync(
     ))
 }
 
-/// ssh's 255 means the link went away; remote filesystem errors mean the
-/// worker's build directory is unusable; anything else is a transfer error.
-fn classify_rsync_failure(
-    worker: &str,
-    remote_dir: &str,
-    code: Option<i32>,
-    stderr: &str,
-) -> RemoteFailure {
-    if code == Some(255) {
-        return RemoteFailure::new(
-            FailureKind::ConnectionLost,
-            worker,
-            format!(
-                "connection lost during transfer: {}",
-                first_error_line(stderr)
-            ),
-        );
-    }
-    let remote_dir_errors = [
-        "Permission denied",
-        "Not a directory",
-        "No space left",
-        "mkdir:",
-    ];
-    if remote_dir_errors.iter().any(|e| stderr.contains(e)) {
-        let relevant = stderr
-            .lines()
-            .find(|l| remote_dir_errors.iter().any(|e| l.contains(e)))
-            .unwrap_or(stderr);
-        return remote_dir_failure(worker, remote_dir, relevant);
-    }
-    let code = code.map_or_else(|| "signal".to_string(), |c| c.to_string());
-    RemoteFailure::new(
-        FailureKind::Transfer,
-        worker,
-        format!("rsync failed ({code}): {}", first_error_line(stderr)),
-    )
-}
-
-fn first_error_line(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("no error output")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rsync_failures_are_classified() {
-        let lost = classify_rsync_failure(
-            "w1",
-            "d",
-            Some(255),
-            "rsync: connection unexpectedly closed",
-        );
-        assert_eq!(lost.kind, FailureKind::ConnectionLost);
-        let dir = classify_rsync_failure(
-            "w1",
-            "d",
-            Some(12),
-            "mkdir: cannot create directory 'd': Permission denied\nrsync: connection unexpectedly closed\n",
-        );
-        assert_eq!(dir.kind, FailureKind::RemoteDir);
-        assert_eq!(
-            dir.message,
-            "w1: remote dir d not writable: Permission denied"
-        );
-        let other = classify_rsync_failure("w1", "d", Some(23), "rsync: some error\n");
-        assert_eq!(other.kind, FailureKind::Transfer);
-    }
 }
