@@ -64,6 +64,17 @@ pub enum WorkerAction {
     Disable,
 }
 
+impl WorkerAction {
+    /// The snake_case name, as on the wire and in `worker.changed` events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerAction::Drain => "drain",
+            WorkerAction::Enable => "enable",
+            WorkerAction::Disable => "disable",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LeaseRequest {
     /// Absolute path of the project root (selection prefers its last worker).

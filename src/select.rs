@@ -229,6 +229,25 @@ impl Selector {
         served
     }
 
+    /// Serve the oldest waiter that need not keep waiting: its slot acquired
+    /// for `Pick::Worker`, or `Pick::Unavailable`; it leaves the queue. One
+    /// at a time, so the caller can take the breaker permit before `admits`
+    /// is asked about the next waiter.
+    pub fn serve_next(&mut self, admits: &dyn Fn(&str) -> bool) -> Option<(u64, Pick)> {
+        let (index, pick) = self
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, waiter)| (i, self.pick(&waiter.request, admits)))
+            .find(|(_, pick)| *pick != Pick::Wait)?;
+        let waiter = self.queue.remove(index)?;
+        if let Pick::Worker(id) = &pick {
+            let acquired = self.acquire(id);
+            debug_assert!(acquired, "pick chose a worker without a free slot");
+        }
+        Some((waiter.id, pick))
+    }
+
     /// 1-based position of a waiter in the queue.
     pub fn position(&self, waiter: u64) -> Option<usize> {
         self.queue

@@ -1,9 +1,16 @@
-//! The daemon's view of the fleet: one breaker per worker, slot accounting,
-//! the wait queue, the leases in flight and what the operator changed.
+//! The daemon's core: a synchronous, IO-free state machine that owns the
+//! breakers, the one wait queue (the selector's), slots, leases and the
+//! operator's flags.
 //!
-//! Every method is synchronous and takes the current time; the server holds
-//! the fleet behind one mutex and, after each call, takes the side effects
-//! (events to emit, breakers and flags to persist) with [`Fleet::take_effects`].
+//! Inputs are `handle_*` calls that take the current time; outputs are typed
+//! values the caller drains with [`Fleet::poll_output`] ([`Output::Grant`],
+//! [`Output::Refuse`] for queued requests, [`Output::StartProbe`],
+//! [`Output::Persist`], [`Output::Emit`]) and the next deadline with
+//! [`Fleet::poll_timeout`], at which the caller calls
+//! [`Fleet::handle_timeout`] (cooldowns ending, queue timeouts, lazy
+//! persistence). There is no clock, channel, task or socket in here: the
+//! server (`daemon/mod.rs`, `server.rs`, `prober.rs`) is the IO shell that
+//! carries the outputs out, and a simulation drives this type directly.
 
 use super::clock::rfc3339;
 use super::events::{Event, EventKind};
@@ -13,56 +20,88 @@ use super::store::WorkerFlags;
 use crate::breaker::{Breaker, Outcome, Permit, State, Transition};
 use crate::caps::Capabilities;
 use crate::config::{Config, WorkerConfig};
-use crate::protocol::{AttemptOutcome, LeaseRequest, WorkerAction};
-use crate::remote::Target;
+use crate::protocol::{AttemptOutcome, JobReport, LeaseRequest, WorkerAction};
 use crate::select::{self, Pick, Selector, WorkerSlots};
-use std::collections::{BTreeSet, HashMap};
-use tokio::sync::oneshot;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How often breakers changed only by routine successes are written.
 pub const LAZY_PERSIST_MS: u64 = 2_000;
 
-/// The daemon's answer to a lease request, once there is one.
-#[derive(Debug)]
-pub enum Answer {
-    Granted(Grant),
-    Local(String),
-}
+/// Names one queued lease request; the shell maps it to its reply handle.
+pub type WaiterId = u64;
 
+/// A slot on a worker, held until released or abandoned.
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub lease: u64,
     pub worker: WorkerConfig,
     pub epoch: u64,
-    pub why: String,
+    pub why: GrantWhy,
 }
 
-/// What `lease` could decide right away.
-pub enum LeaseStart {
-    Now(Answer),
+/// Why the core chose the worker it granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantWhy {
+    /// Its target dir is warm: it built this project last.
+    LastBuilt,
+    /// No warm worker free: the best free one by priority, then free slots.
+    ByPriority,
+}
+
+impl GrantWhy {
+    /// The words sent to the client.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantWhy::LastBuilt => "last built this project",
+            GrantWhy::ByPriority => "free slot, by priority",
+        }
+    }
+}
+
+/// What [`Fleet::handle_lease`] decided at once.
+#[derive(Debug)]
+pub enum Decision {
+    Granted(Grant),
+    /// No worker for this request: run locally, because of the reason.
+    Refused(String),
+    /// Waiting in the queue; the answer comes later as an [`Output`].
     Queued {
-        waiter: u64,
+        waiter: WaiterId,
         position: usize,
-        rx: oneshot::Receiver<Answer>,
     },
 }
 
-/// A probe the caller must run, then report with [`Fleet::finish_probe`].
+/// Something the shell must carry out.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A queued request got its slot.
+    Grant { waiter: WaiterId, grant: Grant },
+    /// A queued request will get none (its queue time is up, or no worker
+    /// can serve it any more).
+    Refuse { waiter: WaiterId, reason: String },
+    /// Probe this worker and report with [`Fleet::finish_probe`].
+    StartProbe(ProbeJob),
+    /// Learn what this worker can build (a probe that leaves its breaker
+    /// alone) and report with [`Fleet::learn`].
+    Learn { worker: String },
+    /// Save this state (the store executes it).
+    Persist(Persist),
+    /// Store and stream this event.
+    Emit(Event),
+}
+
+/// State to save, as a snapshot: executing it twice is harmless.
+#[derive(Debug, Clone)]
+pub enum Persist {
+    Breaker { worker: String, breaker: Breaker },
+    Flags { worker: String, flags: WorkerFlags },
+}
+
+/// A probe the shell must run, then report with [`Fleet::finish_probe`].
 #[derive(Debug, Clone)]
 pub struct ProbeJob {
     pub worker: String,
     pub permit: Permit,
-    pub target: Target,
-}
-
-/// Side effects of fleet calls, for the server to carry out.
-#[derive(Debug, Default)]
-pub struct Effects {
-    pub events: Vec<Event>,
-    pub breakers: BTreeSet<String>,
-    pub flags: BTreeSet<String>,
-    /// Workers whose capabilities should be learned again (the prober does it).
-    pub learn: bool,
 }
 
 /// An id the fleet does not know, with the ids it does.
@@ -81,10 +120,12 @@ struct ActiveLease {
     since_ms: u64,
 }
 
-struct Waiter {
+/// What the core remembers of a queued request; its place in line is kept
+/// by the selector's queue alone.
+struct Waiting {
     request: LeaseRequest,
-    tx: oneshot::Sender<Answer>,
     since_ms: u64,
+    deadline_ms: u64,
 }
 
 pub struct Fleet {
@@ -93,7 +134,7 @@ pub struct Fleet {
     flags: HashMap<String, WorkerFlags>,
     selector: Selector,
     leases: HashMap<u64, ActiveLease>,
-    waiters: HashMap<u64, Waiter>,
+    waiting: HashMap<WaiterId, Waiting>,
     /// Workers with a probe running (at most one each).
     probing: BTreeSet<String>,
     latency_ms: HashMap<String, u64>,
@@ -103,12 +144,17 @@ pub struct Fleet {
     /// Workers whose capabilities are to be learned (never yet, or stale).
     to_learn: BTreeSet<String>,
     next_id: u64,
-    effects: Effects,
+    outputs: VecDeque<Output>,
+    /// Breakers and flags to persist with the next outputs.
+    dirty_breakers: BTreeSet<String>,
+    dirty_flags: BTreeSet<String>,
     /// Breakers changed only by routine successes, persisted lazily.
     lazy_breakers: BTreeSet<String>,
     last_lazy_flush_ms: u64,
     /// The ssh agent of the latest client that had one; probes use it.
     agent: Option<std::path::PathBuf>,
+    /// A breaker changed: look for due probes at once.
+    probe_check: bool,
     pub metrics: Metrics,
 }
 
@@ -129,17 +175,20 @@ impl Fleet {
             breakers,
             flags,
             leases: HashMap::new(),
-            waiters: HashMap::new(),
+            waiting: HashMap::new(),
             probing: BTreeSet::new(),
             latency_ms: HashMap::new(),
             last_build_ms: HashMap::new(),
             caps: HashMap::new(),
             to_learn: BTreeSet::new(),
             next_id: 1,
-            effects: Effects::default(),
+            outputs: VecDeque::new(),
+            dirty_breakers: BTreeSet::new(),
+            dirty_flags: BTreeSet::new(),
             lazy_breakers: BTreeSet::new(),
             last_lazy_flush_ms: now_ms,
             agent: None,
+            probe_check: true,
             metrics: Metrics::default(),
         };
         fleet.reconfigure(config, now_ms);
@@ -156,7 +205,6 @@ impl Fleet {
             if self.config.worker(&w.id) != Some(w) {
                 self.caps.remove(&w.id);
                 self.to_learn.insert(w.id.clone());
-                self.effects.learn = true;
             }
         }
         self.config = config;
@@ -204,20 +252,14 @@ impl Fleet {
         self.serve_waiters(now_ms);
     }
 
-    /// Workers whose capabilities the prober should learn now (without
-    /// touching their breakers); each is handed out once.
-    pub fn due_learning(&mut self) -> Vec<Target> {
-        let ids = std::mem::take(&mut self.to_learn);
-        ids.into_iter()
-            .filter(|id| self.is_enabled(id))
-            .filter_map(|id| {
-                Some(Target {
-                    worker: self.config.worker(&id)?.clone(),
-                    ssh: self.config.ssh.clone(),
-                    agent: self.agent.clone(),
-                })
-            })
-            .collect()
+    /// Hand out the workers whose capabilities are to be learned now
+    /// (without touching their breakers); each once.
+    fn start_learning(&mut self) {
+        for id in std::mem::take(&mut self.to_learn) {
+            if self.is_enabled(&id) && self.config.worker(&id).is_some() {
+                self.outputs.push_back(Output::Learn { worker: id });
+            }
+        }
     }
 
     /// What `id` is known to be able to build, if it was probed.
@@ -237,11 +279,15 @@ impl Fleet {
         }
     }
 
-    /// Ask for a slot: granted now, queued, or local with a reason.
-    pub fn lease(&mut self, request: LeaseRequest, now_ms: u64) -> LeaseStart {
+    /// Ask for a slot: granted now, queued, or refused (local) with a reason.
+    /// A queued request is answered later by [`Output::Grant`] or
+    /// [`Output::Refuse`], at the latest when `queue_timeout_secs` are up.
+    pub fn handle_lease(&mut self, now_ms: u64, request: LeaseRequest) -> Decision {
         if request.ssh_auth_sock.is_some() {
             self.agent.clone_from(&request.ssh_auth_sock);
         }
+        // Time may have made a worker admissible: older waiters go first.
+        self.serve_waiters(now_ms);
         let sel_req = selection_request(&request);
         let pick = {
             let (breakers, cfg) = (&self.breakers, &self.config.circuit);
@@ -249,25 +295,30 @@ impl Fleet {
                 .pick(&sel_req, &|id| admits(breakers, cfg, id, now_ms))
         };
         match pick {
-            Pick::Worker(id) => match self.grant(&id, &request, now_ms) {
-                Some(grant) => LeaseStart::Now(Answer::Granted(grant)),
-                None => LeaseStart::Now(Answer::Local(format!("{id} refused the lease"))),
-            },
+            Pick::Worker(id) => {
+                if !self.selector.acquire(&id) {
+                    return Decision::Refused(format!("{id} refused the lease"));
+                }
+                match self.grant_acquired(&id, &request, now_ms) {
+                    Some(grant) => Decision::Granted(grant),
+                    None => Decision::Refused(format!("{id} refused the lease")),
+                }
+            }
             Pick::Unavailable(whys) => {
                 let reason = self.explain(&whys, &request, now_ms);
                 self.metrics.local_decisions += 1;
-                LeaseStart::Now(Answer::Local(reason))
+                Decision::Refused(reason)
             }
             Pick::Wait => {
                 let waiter = self.next_id();
                 let position = self.selector.enqueue(waiter, sel_req);
-                let (tx, rx) = oneshot::channel();
-                self.waiters.insert(
+                let timeout_ms = self.config.daemon.queue_timeout_secs * 1000;
+                self.waiting.insert(
                     waiter,
-                    Waiter {
+                    Waiting {
                         request,
-                        tx,
                         since_ms: now_ms,
+                        deadline_ms: now_ms + timeout_ms,
                     },
                 );
                 self.emit(
@@ -277,11 +328,7 @@ impl Fleet {
                     },
                     now_ms,
                 );
-                LeaseStart::Queued {
-                    waiter,
-                    position,
-                    rx,
-                }
+                Decision::Queued { waiter, position }
             }
         }
     }
@@ -292,20 +339,29 @@ impl Fleet {
         id
     }
 
-    /// Take the breaker permit and the slot (already chosen as free).
-    fn grant(&mut self, id: &str, request: &LeaseRequest, now_ms: u64) -> Option<Grant> {
-        let worker = self.config.worker(id)?.clone();
-        let breaker = self.breakers.get_mut(id)?;
-        let (admission, transition) = breaker.try_admit(&self.config.circuit, now_ms);
-        self.note_transition(id, transition, false, now_ms);
-        let permit = admission.ok()?;
-        if !self.selector.acquire(id) {
-            if let Some(b) = self.breakers.get_mut(id) {
-                b.abandon(permit);
+    /// Take the breaker permit for a slot already acquired on `id`; on a
+    /// refusal the slot is given back.
+    fn grant_acquired(&mut self, id: &str, request: &LeaseRequest, now_ms: u64) -> Option<Grant> {
+        let admitted = match self.breakers.get_mut(id) {
+            Some(breaker) if self.config.worker(id).is_some() => {
+                Some(breaker.try_admit(&self.config.circuit, now_ms))
             }
+            _ => None,
+        };
+        let permit = admitted.and_then(|(admission, transition)| {
+            self.note_transition(id, transition, false, now_ms);
+            admission.ok()
+        });
+        let Some(permit) = permit else {
+            self.selector.release(id);
             return None;
-        }
-        let why = self.why_chosen(id, &request.project);
+        };
+        let worker = self.config.worker(id)?.clone();
+        let why = if self.selector.last_builder(&request.project) == Some(id) {
+            GrantWhy::LastBuilt
+        } else {
+            GrantWhy::ByPriority
+        };
         let lease = self.next_id();
         self.leases.insert(
             lease,
@@ -326,22 +382,14 @@ impl Fleet {
         })
     }
 
-    fn why_chosen(&self, id: &str, project: &str) -> String {
-        if self.selector.last_builder(project) == Some(id) {
-            "last built this project".into()
-        } else {
-            "free slot, by priority".into()
-        }
-    }
-
-    /// A queued request gave up (timeout, or its client left).
-    pub fn cancel_wait(&mut self, waiter: u64) {
+    /// A queued request gave up (its client left).
+    pub fn cancel_wait(&mut self, waiter: WaiterId) {
         self.selector.cancel(waiter);
-        self.waiters.remove(&waiter);
+        self.waiting.remove(&waiter);
     }
 
     /// End a lease with what happened on the worker.
-    pub fn release(&mut self, lease: u64, outcome: &AttemptOutcome, now_ms: u64) {
+    pub fn handle_release(&mut self, now_ms: u64, lease: u64, outcome: &AttemptOutcome) {
         let Some(active) = self.leases.remove(&lease) else {
             return;
         };
@@ -375,7 +423,7 @@ impl Fleet {
             if routine && transition.is_none() {
                 self.lazy_breakers.insert(id.clone());
             } else {
-                self.effects.breakers.insert(id.clone());
+                self.mark_breaker(&id);
             }
             self.note_transition(&id, transition, false, now_ms);
         }
@@ -393,7 +441,6 @@ impl Fleet {
                 caps.note_missing(tool);
                 self.selector.set_capabilities(&id, Some(caps.clone()));
                 self.to_learn.insert(id.clone());
-                self.effects.learn = true;
             }
         }
         self.metrics
@@ -403,8 +450,8 @@ impl Fleet {
     }
 
     /// The client vanished: free the slot, no breaker effect.
-    pub fn abandon(&mut self, lease: u64, now_ms: u64) {
-        self.release(lease, &AttemptOutcome::Unknown, now_ms);
+    pub fn handle_abandon(&mut self, now_ms: u64, lease: u64) {
+        self.handle_release(now_ms, lease, &AttemptOutcome::Unknown);
     }
 
     /// Force breakers CLOSED; `None` = every worker. Returns the ids reset.
@@ -417,7 +464,7 @@ impl Fleet {
         for id in &ids {
             if let Some(b) = self.breakers.get_mut(id) {
                 let t = b.reset(now_ms);
-                self.effects.breakers.insert(id.clone());
+                self.mark_breaker(id);
                 if t.is_some() {
                     self.metrics.count_transition("reset");
                 }
@@ -453,13 +500,13 @@ impl Fleet {
             }
             WorkerAction::Disable => flags.enabled = Some(false),
         }
-        self.effects.flags.insert(id.to_string());
+        self.dirty_flags.insert(id.to_string());
+        self.probe_check = true;
         self.selector.reconfigure(self.worker_slots());
-        let action = format!("{action:?}").to_lowercase();
         self.emit(
             EventKind::WorkerChanged {
                 worker: id.to_string(),
-                action,
+                action: action.as_str().to_string(),
             },
             now_ms,
         );
@@ -476,11 +523,62 @@ impl Fleet {
         self.flags.get(id).copied().unwrap_or_default()
     }
 
-    /// Move breakers whose cooldown elapsed to HALF_OPEN and hand out probes
-    /// for half-open workers nobody is probing.
-    pub fn due_probes(&mut self, now_ms: u64) -> Vec<ProbeJob> {
+    /// Time has come to `now_ms`: expire queued requests whose queue time is
+    /// up, move breakers whose cooldown elapsed to HALF_OPEN, hand out probes
+    /// for half-open workers nobody is probing, and persist lazy breakers.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire_waiters(now_ms);
+        self.start_learning();
+        if self.probe_check || self.cooldown_due(now_ms) {
+            self.probe_check = false;
+            self.start_due_probes(now_ms);
+        }
+        if !self.lazy_breakers.is_empty() && now_ms >= self.last_lazy_flush_ms + LAZY_PERSIST_MS {
+            self.flush_lazy(now_ms);
+        }
+        self.serve_waiters(now_ms);
+    }
+
+    /// The next time [`Fleet::handle_timeout`] has work, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.probe_check || !self.to_learn.is_empty() {
+            return Some(0);
+        }
+        let queue = self.waiting.values().map(|w| w.deadline_ms).min();
+        let lazy =
+            (!self.lazy_breakers.is_empty()).then_some(self.last_lazy_flush_ms + LAZY_PERSIST_MS);
+        [queue, lazy, self.next_cooldown_end()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn expire_waiters(&mut self, now_ms: u64) {
+        let mut expired: Vec<(u64, WaiterId)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline_ms <= now_ms)
+            .map(|(id, w)| (w.since_ms, *id))
+            .collect();
+        expired.sort();
+        for (_, waiter) in expired {
+            if let Some(w) = self.waiting.remove(&waiter) {
+                self.selector.cancel(waiter);
+                let secs = w.deadline_ms.saturating_sub(w.since_ms) / 1000;
+                self.outputs.push_back(Output::Refuse {
+                    waiter,
+                    reason: format!("all workers busy for {secs}s (queue timeout)"),
+                });
+            }
+        }
+    }
+
+    fn cooldown_due(&self, now_ms: u64) -> bool {
+        self.next_cooldown_end().is_some_and(|t| t <= now_ms)
+    }
+
+    fn start_due_probes(&mut self, now_ms: u64) {
         let ids: Vec<String> = self.config.workers.iter().map(|w| w.id.clone()).collect();
-        let mut jobs = Vec::new();
         for id in ids {
             if !self.is_enabled(&id) {
                 // The operator took it out of service: no probes either.
@@ -494,11 +592,12 @@ impl Fleet {
             self.note_transition(&id, t, true, now_ms);
             if half_open && !self.probing.contains(&id) {
                 if let Ok(job) = self.start_probe(&id, false, now_ms) {
-                    jobs.push(job);
+                    self.outputs.push_back(Output::StartProbe(job));
                 }
             }
         }
-        jobs
+        // Transitions made here need no second look.
+        self.probe_check = false;
     }
 
     /// Probe one worker now (operator asked): an OPEN worker skips its cooldown.
@@ -508,11 +607,6 @@ impl Fleet {
     }
 
     fn start_probe(&mut self, id: &str, now: bool, now_ms: u64) -> Result<ProbeJob, String> {
-        let target = Target {
-            worker: self.config.worker(id).ok_or("unknown worker")?.clone(),
-            ssh: self.config.ssh.clone(),
-            agent: self.agent.clone(),
-        };
         let b = self.breakers.get_mut(id).ok_or("no breaker")?;
         let (admission, t) = if now {
             b.probe_now(&self.config.circuit, now_ms)
@@ -525,11 +619,14 @@ impl Fleet {
         Ok(ProbeJob {
             worker: id.to_string(),
             permit,
-            target,
         })
     }
 
-    /// Feed a probe's result to the breaker.
+    /// The ssh agent probes should authenticate with (the latest client's).
+    pub fn agent(&self) -> Option<&std::path::Path> {
+        self.agent.as_deref()
+    }
+
     /// A probe that failed on this machine (not the worker's fault): it ends
     /// without touching the breaker.
     pub fn abandon_probe(&mut self, job: &ProbeJob, now_ms: u64) {
@@ -538,9 +635,11 @@ impl Fleet {
             b.abandon(job.permit);
         }
         self.metrics.probes += 1;
+        self.probe_check = true;
         self.serve_waiters(now_ms);
     }
 
+    /// Feed a probe's result to the breaker.
     pub fn finish_probe(&mut self, job: &ProbeJob, result: Result<u64, String>, now_ms: u64) {
         self.probing.remove(&job.worker);
         let outcome = match &result {
@@ -552,19 +651,20 @@ impl Fleet {
         };
         if let Some(b) = self.breakers.get_mut(&job.worker) {
             let t = b.record(&self.config.circuit, now_ms, job.permit, outcome);
-            self.effects.breakers.insert(job.worker.clone());
+            self.mark_breaker(&job.worker);
             self.note_transition(&job.worker, t, true, now_ms);
         }
         self.metrics.probes += 1;
         self.serve_waiters(now_ms);
     }
 
-    /// When the prober should look again: the earliest end of a cooldown.
-    pub fn next_deadline(&self) -> Option<u64> {
+    /// The earliest end of a cooldown of an enabled worker.
+    fn next_cooldown_end(&self) -> Option<u64> {
         let cooldown = self.config.circuit.open_cooldown_secs * 1000;
         self.config
             .workers
             .iter()
+            .filter(|w| self.is_enabled(&w.id))
             .filter_map(|w| self.breakers.get(&w.id))
             .filter(|b| b.state == State::Open)
             .filter_map(|b| b.opened_at_ms.map(|t| t + cooldown))
@@ -585,59 +685,56 @@ impl Fleet {
         self.breakers.get(id).map(|b| b.state)
     }
 
-    /// Give freed slots to waiting requests, oldest first.
+    /// Give freed slots to waiting requests, oldest first; one at a time, so
+    /// each sees the permits the ones before it took.
     fn serve_waiters(&mut self, now_ms: u64) {
-        loop {
-            if self.waiters.is_empty() {
-                return;
-            }
+        while !self.waiting.is_empty() {
             let served = {
                 let (breakers, cfg) = (&self.breakers, &self.config.circuit);
                 self.selector
-                    .serve_waiters(&|id| admits(breakers, cfg, id, now_ms))
+                    .serve_next(&|id| admits(breakers, cfg, id, now_ms))
             };
-            if served.is_empty() {
+            let Some((waiter, pick)) = served else {
                 return;
-            }
-            for (waiter, pick) in served {
-                self.answer_waiter(waiter, pick, now_ms);
+            };
+            if !self.answer_waiter(waiter, pick, now_ms) {
+                // Put back without a grant: the next pass would pick it again.
+                return;
             }
         }
     }
 
-    fn answer_waiter(&mut self, waiter: u64, pick: Pick, now_ms: u64) {
-        let Some(w) = self.waiters.remove(&waiter) else {
+    /// Turn the selector's pick for a waiter into an output; the selector
+    /// has already taken the slot of a `Pick::Worker`.
+    /// Returns false when the waiter went back into the queue.
+    fn answer_waiter(&mut self, waiter: WaiterId, pick: Pick, now_ms: u64) -> bool {
+        let Some(w) = self.waiting.remove(&waiter) else {
             if let Pick::Worker(id) = pick {
                 self.selector.release(&id);
             }
-            return;
+            return true;
         };
-        let answer = match pick {
-            Pick::Worker(id) => {
-                // The selector already took the slot; give it back so `grant`
-                // takes it together with the breaker permit.
-                self.selector.release(&id);
-                match self.grant(&id, &w.request, now_ms) {
-                    Some(g) => Answer::Granted(g),
-                    None => {
-                        let position = self.selector.enqueue(waiter, selection_request(&w.request));
-                        tracing::debug!(waiter, position, "requeued: permit refused");
-                        self.waiters.insert(waiter, w);
-                        return;
-                    }
+        let output = match pick {
+            Pick::Worker(id) => match self.grant_acquired(&id, &w.request, now_ms) {
+                Some(grant) => Output::Grant { waiter, grant },
+                None => {
+                    self.selector.enqueue(waiter, selection_request(&w.request));
+                    self.waiting.insert(waiter, w);
+                    return false;
                 }
-            }
-            Pick::Unavailable(whys) => Answer::Local(self.explain(&whys, &w.request, now_ms)),
+            },
+            Pick::Unavailable(whys) => Output::Refuse {
+                waiter,
+                reason: self.explain(&whys, &w.request, now_ms),
+            },
             Pick::Wait => {
                 self.selector.enqueue(waiter, selection_request(&w.request));
-                self.waiters.insert(waiter, w);
-                return;
+                self.waiting.insert(waiter, w);
+                return false;
             }
         };
-        if let Err(Answer::Granted(g)) = w.tx.send(answer) {
-            // The client left while waiting: return what it was given.
-            self.abandon(g.lease, now_ms);
-        }
+        self.outputs.push_back(output);
+        true
     }
 
     /// One line saying why no worker can take a request.
@@ -703,7 +800,7 @@ impl Fleet {
 
     fn note_transition(&mut self, id: &str, t: Option<Transition>, probe: bool, now_ms: u64) {
         let Some(t) = t else { return };
-        self.effects.breakers.insert(id.to_string());
+        self.mark_breaker(id);
         let cfg = &self.config.circuit;
         let kind = match t {
             Transition::Opened { failures, reason } => {
@@ -735,23 +832,69 @@ impl Fleet {
         self.emit(kind, now_ms);
     }
 
-    pub fn emit(&mut self, kind: EventKind, now_ms: u64) {
-        self.effects.events.push(Event::new(kind, now_ms));
+    fn emit(&mut self, kind: EventKind, now_ms: u64) {
+        self.outputs
+            .push_back(Output::Emit(Event::new(kind, now_ms)));
     }
 
-    /// The side effects gathered since the last call; breakers changed only
-    /// by routine successes are included at most every [`LAZY_PERSIST_MS`].
-    pub fn take_effects(&mut self, now_ms: u64) -> Effects {
-        if now_ms.saturating_sub(self.last_lazy_flush_ms) >= LAZY_PERSIST_MS {
-            self.flush_lazy(now_ms);
+    /// A breaker changed in a way worth saving at once (and worth a look
+    /// for due probes).
+    fn mark_breaker(&mut self, id: &str) {
+        self.lazy_breakers.remove(id);
+        self.dirty_breakers.insert(id.to_string());
+        self.probe_check = true;
+    }
+
+    /// The next thing the shell must do, if any. Persist outputs for state
+    /// changed since the last call come after the other outputs.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(output) = self.outputs.pop_front() {
+            return Some(output);
         }
-        std::mem::take(&mut self.effects)
+        if let Some(worker) = self.dirty_breakers.pop_first() {
+            if let Some(breaker) = self.breakers.get(&worker) {
+                let breaker = breaker.clone();
+                return Some(Output::Persist(Persist::Breaker { worker, breaker }));
+            }
+            return self.poll_output();
+        }
+        let worker = self.dirty_flags.pop_first()?;
+        let flags = self.flags(&worker);
+        Some(Output::Persist(Persist::Flags { worker, flags }))
     }
 
-    /// Persist every lazily changed breaker with the next effects (shutdown).
+    /// Persist every lazily changed breaker with the next outputs (shutdown).
     pub fn flush_lazy(&mut self, now_ms: u64) {
-        self.effects.breakers.append(&mut self.lazy_breakers);
+        self.dirty_breakers.append(&mut self.lazy_breakers);
         self.last_lazy_flush_ms = now_ms;
+    }
+
+    /// A finished job: count it and emit a `build.fallback` event for each
+    /// worker it left.
+    pub fn handle_job(&mut self, now_ms: u64, job: &JobReport) {
+        let to = job.worker.clone().unwrap_or_else(|| "local".into());
+        let placement = if job.worker.is_some() {
+            "remote"
+        } else {
+            "local"
+        };
+        self.metrics.count_build(&job.outcome, placement);
+        for (i, fo) in job.failovers.iter().enumerate() {
+            let next = job
+                .failovers
+                .get(i + 1)
+                .map(|n| n.worker.clone())
+                .unwrap_or_else(|| to.clone());
+            self.metrics.count_fallback(fallback_class(&fo.reason));
+            self.emit(
+                EventKind::BuildFallback {
+                    worker: fo.worker.clone(),
+                    reason: fo.reason.clone(),
+                    to: next,
+                },
+                now_ms,
+            );
+        }
     }
 
     pub fn breaker(&self, id: &str) -> Option<&Breaker> {
@@ -783,7 +926,7 @@ impl Fleet {
             .collect();
         let mut leases: Vec<_> = self.leases.values().collect();
         leases.sort_by_key(|l| l.since_ms);
-        let mut queue: Vec<_> = self.waiters.values().collect();
+        let mut queue: Vec<_> = self.waiting.values().collect();
         queue.sort_by_key(|w| w.since_ms);
         FleetReport {
             workers,
@@ -812,7 +955,17 @@ impl Fleet {
     }
 
     pub fn queue_len(&self) -> usize {
-        self.waiters.len()
+        self.selector.queue_len()
+    }
+
+    /// Leases held now.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Leases held now on `id`.
+    pub fn leases_on(&self, id: &str) -> usize {
+        self.leases.values().filter(|l| l.worker == id).count()
     }
 
     pub fn used(&self, id: &str) -> u32 {
@@ -827,6 +980,26 @@ fn admits(
     now_ms: u64,
 ) -> bool {
     breakers.get(id).is_some_and(|b| b.can_admit(cfg, now_ms))
+}
+
+/// A short, bounded label for a fallback reason (metrics labels stay few).
+fn fallback_class(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("refused") {
+        "connect_refused"
+    } else if r.contains("timed out") || r.contains("timeout") {
+        "timeout"
+    } else if r.contains("permission denied") || r.contains("auth") {
+        "auth"
+    } else if r.contains("host key") {
+        "host_key"
+    } else if r.contains("rsync") || r.contains("transfer") || r.contains("remote dir") {
+        "transfer"
+    } else if r.contains("lost") {
+        "connection_lost"
+    } else {
+        "other"
+    }
 }
 
 fn selection_request(r: &LeaseRequest) -> select::LeaseRequest {

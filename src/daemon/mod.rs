@@ -1,10 +1,13 @@
 //! The rch daemon: one per user, on a Unix socket.
 //!
-//! It owns worker state: the registry from config, one breaker per worker,
-//! slots and the FIFO wait queue ([`fleet`]), the prober that tests open
-//! workers when their cooldown ends ([`prober`]), the SQLite store ([`store`])
-//! and the event stream ([`events`]). It never touches a build's bytes: the
-//! client syncs, runs and streams; the daemon only hands out leases.
+//! Its decisions live in [`fleet`], a synchronous state machine without IO
+//! (breakers, slots, the wait queue, leases, flags). Everything here is the
+//! shell around it: [`Shared::with_fleet`] runs one input on the core and
+//! carries out its outputs (answers to queued requests, probes, persistence,
+//! events); the timer task sleeps on the daemon's [`Clock`] until the core's
+//! next deadline; [`server`] speaks the socket protocol; [`prober`] runs the
+//! probes the core asks for. It never touches a build's bytes: the client
+//! syncs, runs and streams; the daemon only hands out leases.
 
 pub mod clock;
 pub mod events;
@@ -20,12 +23,14 @@ pub mod store;
 use crate::config::Config;
 use anyhow::Context;
 use clock::Clock;
-use fleet::{Effects, Fleet};
+use events::Event;
+use fleet::{Decision, Fleet, Grant, Output, Persist, WaiterId};
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use store::Store;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 /// Reads the configuration the daemon should use (at start and on reload).
 pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
@@ -38,16 +43,63 @@ pub struct DaemonOptions {
     pub config: ConfigSource,
 }
 
+/// Where the shell carries out the core's [`Output::Persist`] and
+/// [`Output::Emit`]. The SQLite [`Store`] is one; a shared store is another.
+pub trait StateSink: Send {
+    fn persist(&mut self, item: &Persist) -> anyhow::Result<()>;
+    fn record_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()>;
+}
+
+impl StateSink for Store {
+    fn persist(&mut self, item: &Persist) -> anyhow::Result<()> {
+        match item {
+            Persist::Breaker { worker, breaker } => self.save_breaker(worker, breaker),
+            Persist::Flags { worker, flags } => self.save_flags(worker, *flags),
+        }
+    }
+
+    fn record_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()> {
+        self.insert_event(at_ms, event)
+    }
+}
+
+/// The answer a queued request gets through its reply handle.
+#[derive(Debug)]
+pub enum Answer {
+    Granted(Grant),
+    Local(String),
+}
+
+/// The core and the reply handles of its queued requests, under one lock so
+/// an answer can never be produced before its handle is registered.
+struct Driver {
+    fleet: Fleet,
+    replies: HashMap<WaiterId, oneshot::Sender<Answer>>,
+    /// The deadline the timer task sleeps until (`None`: no deadline).
+    armed: Option<u64>,
+}
+
 /// State shared by the server's tasks.
 pub struct Shared {
-    fleet: Mutex<Fleet>,
+    driver: Mutex<Driver>,
     store: Mutex<Store>,
     clock: Arc<dyn Clock>,
     config_source: ConfigSource,
     events: broadcast::Sender<serde_json::Value>,
-    prober_wake: Notify,
+    probes: mpsc::UnboundedSender<prober::Work>,
+    timer_wake: Notify,
+    /// Told each time a probe result reached the core.
+    probe_done: Notify,
     shutdown: Notify,
     started_ms: u64,
+}
+
+/// Outputs to carry out once the core's lock is released.
+#[derive(Default)]
+struct Deferred {
+    persist: Vec<Persist>,
+    events: Vec<Event>,
+    probes: Vec<prober::Work>,
 }
 
 impl Shared {
@@ -55,65 +107,110 @@ impl Shared {
         self.clock.now_ms()
     }
 
-    /// Run `f` on the fleet, then carry out its side effects (persist,
-    /// log, stream events, wake the prober).
+    /// Run `f` on the core, then carry out its outputs.
     pub fn with_fleet<R>(&self, f: impl FnOnce(&mut Fleet, u64) -> R) -> R {
+        self.drive(|d, now| f(&mut d.fleet, now), false)
+    }
+
+    /// Ask for a lease; a queued request gets the receiver of its answer.
+    pub fn lease(
+        &self,
+        request: crate::protocol::LeaseRequest,
+    ) -> (Decision, Option<oneshot::Receiver<Answer>>) {
+        self.drive(
+            |d, now| {
+                let decision = d.fleet.handle_lease(now, request);
+                let rx = match &decision {
+                    Decision::Queued { waiter, .. } => {
+                        let (tx, rx) = oneshot::channel();
+                        d.replies.insert(*waiter, tx);
+                        Some(rx)
+                    }
+                    _ => None,
+                };
+                (decision, rx)
+            },
+            false,
+        )
+    }
+
+    /// A queued request's client left: take it out of the queue and give
+    /// back a grant that raced in.
+    pub fn cancel_wait(&self, waiter: WaiterId, rx: &mut oneshot::Receiver<Answer>) {
+        self.drive(
+            |d, now| {
+                d.fleet.cancel_wait(waiter);
+                d.replies.remove(&waiter);
+                if let Ok(Answer::Granted(g)) = rx.try_recv() {
+                    d.fleet.handle_abandon(now, g.lease);
+                }
+            },
+            false,
+        )
+    }
+
+    fn drive<R>(&self, f: impl FnOnce(&mut Driver, u64) -> R, timer: bool) -> R {
         let now = self.now_ms();
-        let (result, effects, breakers, flags) = {
-            let mut fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
-            let result = f(&mut fleet, now);
-            let effects = fleet.take_effects(now);
-            let breakers: Vec<_> = effects
-                .breakers
-                .iter()
-                .filter_map(|id| fleet.breaker(id).map(|b| (id.clone(), b.clone())))
-                .collect();
-            let flags: Vec<_> = effects
-                .flags
-                .iter()
-                .map(|id| (id.clone(), fleet.flags(id)))
-                .collect();
-            (result, effects, breakers, flags)
+        let mut deferred = Deferred::default();
+        let (result, wake_timer) = {
+            let mut d = self.driver.lock().unwrap_or_else(|e| e.into_inner());
+            let result = f(&mut d, now);
+            if timer {
+                d.fleet.handle_timeout(now);
+            }
+            while let Some(output) = d.fleet.poll_output() {
+                match output {
+                    Output::Grant { waiter, grant } => deliver(&mut d, now, waiter, grant),
+                    Output::Refuse { waiter, reason } => {
+                        if let Some(tx) = d.replies.remove(&waiter) {
+                            let _ = tx.send(Answer::Local(reason));
+                        }
+                    }
+                    Output::StartProbe(job) => deferred.probes.push(prober::Work::Probe(job)),
+                    Output::Learn { worker } => deferred.probes.push(prober::Work::Learn(worker)),
+                    Output::Persist(p) => deferred.persist.push(p),
+                    Output::Emit(e) => deferred.events.push(e),
+                }
+            }
+            let next = d.fleet.poll_timeout();
+            let earlier = match (next, d.armed) {
+                (Some(n), Some(a)) => n < a,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if timer {
+                d.armed = next;
+            }
+            (result, earlier && !timer)
         };
-        self.apply(effects, breakers, flags, now);
+        self.carry_out(deferred, now);
+        if wake_timer {
+            self.timer_wake.notify_one();
+        }
         result
     }
 
-    fn apply(
-        &self,
-        effects: Effects,
-        breakers: Vec<(String, crate::breaker::Breaker)>,
-        flags: Vec<(String, store::WorkerFlags)>,
-        now: u64,
-    ) {
-        if effects.learn {
-            self.prober_wake.notify_one();
+    fn carry_out(&self, deferred: Deferred, now: u64) {
+        for work in deferred.probes {
+            let _ = self.probes.send(work);
         }
-        if effects.events.is_empty() && breakers.is_empty() && flags.is_empty() {
+        if deferred.persist.is_empty() && deferred.events.is_empty() {
             return;
         }
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, b) in &breakers {
-            if let Err(e) = store.save_breaker(id, b) {
-                tracing::error!(worker = %id, error = %e, "saving breaker state");
+        let sink: &mut dyn StateSink = &mut *store;
+        for item in &deferred.persist {
+            if let Err(e) = sink.persist(item) {
+                tracing::error!(error = %e, "saving state");
             }
         }
-        for (id, f) in flags {
-            if let Err(e) = store.save_flags(&id, f) {
-                tracing::error!(worker = %id, error = %e, "saving worker flags");
-            }
-        }
-        for event in &effects.events {
+        for event in &deferred.events {
             let json = event.to_json();
             tracing::info!(target: "rch::event", event = %json, "{}", json["event"].as_str().unwrap_or(""));
-            if let Err(e) = store.insert_event(now, event) {
+            if let Err(e) = sink.record_event(now, event) {
                 tracing::error!(error = %e, "saving event");
             }
             let _ = self.events.send(json);
-        }
-        drop(store);
-        if !breakers.is_empty() {
-            self.prober_wake.notify_one();
         }
     }
 
@@ -134,6 +231,42 @@ impl Shared {
     }
 }
 
+/// Hand a grant to its waiting client; a client that is gone gets nothing and
+/// the lease goes straight back.
+fn deliver(d: &mut Driver, now: u64, waiter: WaiterId, grant: Grant) {
+    let lease = grant.lease;
+    let delivered = d
+        .replies
+        .remove(&waiter)
+        .is_some_and(|tx| tx.send(Answer::Granted(grant)).is_ok());
+    if !delivered {
+        d.fleet.handle_abandon(now, lease);
+    }
+}
+
+/// Sleeps on the daemon's clock until the core's next deadline (or until an
+/// input brought it forward), then lets the core handle it.
+async fn timer(shared: Arc<Shared>) {
+    loop {
+        let wake = shared.timer_wake.notified();
+        shared.drive(|_, _| (), true);
+        let deadline = shared
+            .driver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .armed;
+        match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = shared.clock.sleep_until(at) => {}
+                    _ = wake => {}
+                }
+            }
+            None => wake.await,
+        }
+    }
+}
+
 /// Holds the single-instance lock; the socket is removed on drop.
 struct Listening {
     socket: PathBuf,
@@ -149,15 +282,18 @@ impl Drop for Listening {
 /// Run the daemon until a shutdown request or SIGTERM/SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (listener, guard) = bind(&opts.socket)?;
-    let shared = Arc::new(open_state(opts)?);
+    let (shared, probe_jobs) = open_state(opts)?;
+    let shared = Arc::new(shared);
     tracing::info!(socket = %guard.socket.display(), pid = std::process::id(), "rch daemon listening");
-    let prober = tokio::spawn(prober::run(shared.clone()));
+    let timer = tokio::spawn(timer(shared.clone()));
+    let prober = tokio::spawn(prober::run(shared.clone(), probe_jobs));
     let metrics_listen = shared.with_fleet(|f, _| f.config().daemon.metrics_listen.clone());
     let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
     let disk = tokio::spawn(crate::gc::enforce_disk_limits(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
     shared.with_fleet(|f, now| f.flush_lazy(now));
+    timer.abort();
     prober.abort();
     signals.abort();
     disk.abort();
@@ -169,7 +305,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     result
 }
 
-fn open_state(opts: DaemonOptions) -> anyhow::Result<Shared> {
+fn open_state(
+    opts: DaemonOptions,
+) -> anyhow::Result<(Shared, mpsc::UnboundedReceiver<prober::Work>)> {
     let config = (opts.config)()?;
     let opened = Store::open(&opts.db)?;
     if let Some(aside) = &opened.moved_aside {
@@ -194,16 +332,24 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Shared> {
     for (project, worker) in store.last_worker_per_project().unwrap_or_default() {
         fleet.remember_builder(&project, &worker);
     }
-    Ok(Shared {
-        fleet: Mutex::new(fleet),
+    let (probes, probe_jobs) = mpsc::unbounded_channel();
+    let shared = Shared {
+        driver: Mutex::new(Driver {
+            fleet,
+            replies: HashMap::new(),
+            armed: None,
+        }),
         store: Mutex::new(store),
         clock: opts.clock,
         config_source: opts.config,
         events: broadcast::channel(1024).0,
-        prober_wake: Notify::new(),
+        probes,
+        timer_wake: Notify::new(),
+        probe_done: Notify::new(),
         shutdown: Notify::new(),
         started_ms: now,
-    })
+    };
+    Ok((shared, probe_jobs))
 }
 
 /// Take the single-instance lock and bind the socket (0700 dir, 0600 socket).

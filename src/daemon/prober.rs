@@ -1,55 +1,54 @@
-//! The active prober: when an open worker's cooldown ends, the daemon probes
-//! it itself, so recovery never waits for a build to come along. It also
-//! learns each worker's capabilities at start, for new workers and after a
-//! build found a tool missing. It sleeps until the next cooldown deadline or
-//! until the fleet wakes it; it never polls.
+//! Runs the probes the core asks for: [`Output::StartProbe`] when an open
+//! worker's cooldown ends (so recovery never waits for a build to come
+//! along), and [`Output::Learn`] to learn a worker's capabilities (at start,
+//! for new workers, after a build found a tool missing) without touching its
+//! breaker. When to probe is the core's decision; this task only does the
+//! ssh work and reports back.
+//!
+//! [`Output::StartProbe`]: super::fleet::Output::StartProbe
+//! [`Output::Learn`]: super::fleet::Output::Learn
 
+use super::fleet::ProbeJob;
+use super::server::{probe_target, run_probe, target_of};
 use super::Shared;
-use crate::remote::Target;
 use std::sync::Arc;
-use std::time::Duration;
+use tokio::sync::mpsc;
 
-pub async fn run(shared: Arc<Shared>) {
-    loop {
-        let (jobs, deadline) = shared.with_fleet(|f, now| (f.due_probes(now), f.next_deadline()));
-        for target in shared.with_fleet(|f, _| f.due_learning()) {
-            tokio::spawn(learn(shared.clone(), target));
-        }
-        for job in jobs {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let result = super::server::run_probe(&shared, job).await;
+/// A probe to run.
+pub enum Work {
+    /// A breaker probe: its result goes to the breaker.
+    Probe(ProbeJob),
+    /// Learn capabilities only.
+    Learn(String),
+}
+
+pub async fn run(shared: Arc<Shared>, mut work: mpsc::UnboundedReceiver<Work>) {
+    while let Some(item) = work.recv().await {
+        let shared = shared.clone();
+        match item {
+            Work::Probe(job) => tokio::spawn(async move {
+                let result = run_probe(&shared, job).await;
                 tracing::info!(worker = %result.worker, ok = result.ok, state = %result.state,
                     error = result.error.as_deref().unwrap_or(""), "probe finished");
-                shared.prober_wake.notify_one();
-            });
-        }
-        let wake = shared.prober_wake.notified();
-        match deadline {
-            Some(at) => {
-                tokio::select! {
-                    _ = shared.clock.sleep_until(at) => {}
-                    _ = wake => {}
-                }
-            }
-            None => wake.await,
-        }
+            }),
+            Work::Learn(id) => tokio::spawn(learn(shared, id)),
+        };
     }
 }
 
 /// Learn what a worker can build. A worker that cannot be reached is left
 /// alone: this is no health check, its breaker hears nothing of it.
-async fn learn(shared: Arc<Shared>, target: Target) {
-    let limit = Duration::from_secs(target.ssh.connect_timeout_secs * 2 + 10);
-    let id = target.worker.id.clone();
-    match tokio::time::timeout(limit, crate::remote::probe(&target)).await {
-        Ok(Ok((_, caps))) => {
+async fn learn(shared: Arc<Shared>, id: String) {
+    let Some(target) = shared.with_fleet(|f, _| target_of(f, &id)) else {
+        return;
+    };
+    match probe_target(&target).await {
+        Ok((_, caps)) => {
             tracing::info!(worker = %id, tools = %caps.summary(), "capabilities learned");
             shared.with_fleet(|f, now| f.learn(&id, caps, now));
         }
-        Ok(Err(failure)) => {
+        Err(failure) => {
             tracing::debug!(worker = %id, error = %failure, "capabilities not learned")
         }
-        Err(_) => tracing::debug!(worker = %id, "capabilities not learned: timed out"),
     }
 }

@@ -3,10 +3,10 @@
 //! connection ends without a release, the lease is abandoned (slot freed, no
 //! breaker effect).
 
-use super::fleet::{Answer, LeaseStart, ProbeJob};
+use super::fleet::{Decision, ProbeJob};
 use super::metrics::Gauges;
 use super::report::{DaemonInfo, FleetReport, ProbeResult, WorkerHistory};
-use super::Shared;
+use super::{Answer, Shared};
 use crate::protocol::{
     read_line, write_line, Envelope, JobReport, LeaseRequest, Request, Response, WireError,
     PROTOCOL_VERSION,
@@ -80,7 +80,7 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         }
     }
     if let Some(lease) = conn.lease.take() {
-        shared.with_fleet(|f, now| f.abandon(lease, now));
+        shared.with_fleet(|f, now| f.handle_abandon(now, lease));
     }
 }
 
@@ -109,7 +109,7 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
         Request::Release { outcome } => {
             if let Some(lease) = conn.lease.take() {
                 let _span = tracing::debug_span!("release", outcome = ?outcome).entered();
-                shared.with_fleet(|f, now| f.release(lease, &outcome, now));
+                shared.with_fleet(|f, now| f.handle_release(now, lease, &outcome));
             }
             conn.send(&Response::Ok).await
         }
@@ -168,36 +168,25 @@ fn hello(shared: &Shared) -> Response {
 async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Result<(), WireError> {
     if let Some(old) = conn.lease.take() {
         // One lease per connection: a new request ends the previous one.
-        shared.with_fleet(|f, now| f.abandon(old, now));
+        shared.with_fleet(|f, now| f.handle_abandon(now, old));
     }
-    let queue_timeout = Duration::from_secs(
-        shared
-            .fleet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .config()
-            .daemon
-            .queue_timeout_secs,
-    );
-    let answer = match shared.with_fleet(|f, now| f.lease(req, now)) {
-        LeaseStart::Now(answer) => answer,
-        LeaseStart::Queued {
-            waiter,
-            position,
-            rx,
-        } => {
+    let answer = match shared.lease(req) {
+        (Decision::Granted(g), _) => Answer::Granted(g),
+        (Decision::Refused(reason), _) => Answer::Local(reason),
+        (Decision::Queued { waiter, position }, Some(rx)) => {
             conn.send(&Response::Queued { position }).await?;
-            wait_in_queue(conn, shared, waiter, rx, queue_timeout).await?
+            wait_in_queue(conn, shared, waiter, rx).await?
         }
+        (Decision::Queued { .. }, None) => Answer::Local("queue unavailable".into()),
     };
     let response = match answer {
         Answer::Granted(g) => {
-            tracing::debug!(worker = %g.worker.id, why = %g.why, "granted");
+            tracing::debug!(worker = %g.worker.id, why = g.why.as_str(), "granted");
             conn.lease = Some(g.lease);
             Response::Granted {
                 worker: g.worker,
                 epoch: g.epoch,
-                why: g.why,
+                why: g.why.as_str().to_string(),
             }
         }
         Answer::Local(reason) => {
@@ -208,44 +197,22 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
     conn.send(&response).await
 }
 
-/// Wait for a grant, the queue timeout, or the client leaving.
+/// Wait for the core's answer (a grant, or local when the queue time is up)
+/// or the client leaving.
 async fn wait_in_queue(
     conn: &mut Conn,
     shared: &Arc<Shared>,
     waiter: u64,
     mut rx: tokio::sync::oneshot::Receiver<Answer>,
-    timeout: Duration,
 ) -> Result<Answer, WireError> {
     let mut probe = [0u8; 1];
-    let outcome = tokio::select! {
-        answer = &mut rx => Ok(answer.ok()),
-        _ = tokio::time::sleep(timeout) => Ok(None),
+    tokio::select! {
+        answer = &mut rx => Ok(answer.unwrap_or_else(|_| Answer::Local("the daemon dropped the request".into()))),
         // A waiting client sends nothing; a read returning means it left.
-        _ = tokio::io::AsyncReadExt::read(&mut conn.reader, &mut probe) => Err(WireError::Closed),
-    };
-    match outcome {
-        Ok(Some(answer)) => return Ok(answer),
-        Ok(None) => {}
-        Err(e) => {
-            cancel_wait(shared, waiter, &mut rx);
-            return Err(e);
+        _ = tokio::io::AsyncReadExt::read(&mut conn.reader, &mut probe) => {
+            shared.cancel_wait(waiter, &mut rx);
+            Err(WireError::Closed)
         }
-    }
-    // Timed out; a grant may have raced in just now.
-    shared.with_fleet(|f, _| f.cancel_wait(waiter));
-    match rx.try_recv() {
-        Ok(answer) => Ok(answer),
-        Err(_) => Ok(Answer::Local(format!(
-            "all workers busy for {}s (queue timeout)",
-            timeout.as_secs()
-        ))),
-    }
-}
-
-fn cancel_wait(shared: &Shared, waiter: u64, rx: &mut tokio::sync::oneshot::Receiver<Answer>) {
-    shared.with_fleet(|f, _| f.cancel_wait(waiter));
-    if let Ok(Answer::Granted(g)) = rx.try_recv() {
-        shared.with_fleet(|f, now| f.abandon(g.lease, now));
     }
 }
 
@@ -260,51 +227,7 @@ fn record_job(shared: &Shared, job: &JobReport) {
     if let Err(e) = shared.store().insert_job(now, job) {
         tracing::error!(error = %e, "saving job");
     }
-    let to = job.worker.clone().unwrap_or_else(|| "local".into());
-    shared.with_fleet(|f, now| {
-        let placement = if job.worker.is_some() {
-            "remote"
-        } else {
-            "local"
-        };
-        f.metrics.count_build(&job.outcome, placement);
-        for (i, fo) in job.failovers.iter().enumerate() {
-            let next = job
-                .failovers
-                .get(i + 1)
-                .map(|n| n.worker.clone())
-                .unwrap_or_else(|| to.clone());
-            f.metrics.count_fallback(fallback_class(&fo.reason));
-            f.emit(
-                super::events::EventKind::BuildFallback {
-                    worker: fo.worker.clone(),
-                    reason: fo.reason.clone(),
-                    to: next,
-                },
-                now,
-            );
-        }
-    });
-}
-
-/// A short, bounded label for a fallback reason (metrics labels stay few).
-fn fallback_class(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("refused") {
-        "connect_refused"
-    } else if r.contains("timed out") || r.contains("timeout") {
-        "timeout"
-    } else if r.contains("permission denied") || r.contains("auth") {
-        "auth"
-    } else if r.contains("host key") {
-        "host_key"
-    } else if r.contains("rsync") || r.contains("transfer") || r.contains("remote dir") {
-        "transfer"
-    } else if r.contains("lost") {
-        "connection_lost"
-    } else {
-        "other"
-    }
+    shared.with_fleet(|f, now| f.handle_job(now, job));
 }
 
 fn status(shared: &Shared) -> FleetReport {
@@ -365,11 +288,18 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
 /// refusing (an operator's probe and the prober often meet at a cooldown's end).
 async fn await_running_probe(shared: &Shared, id: String) -> ProbeResult {
     let limit = shared.with_fleet(|f, _| f.config().ssh.connect_timeout_secs * 2 + 10);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(limit);
-    while shared.with_fleet(|f, _| f.probe_in_flight(&id)) && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let wait = async {
+        loop {
+            let done = shared.probe_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !shared.with_fleet(|f, _| f.probe_in_flight(&id)) {
+                return;
+            }
+            done.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(limit), wait).await;
     let (state, latency_ms, last_error) = shared.with_fleet(|f, _| {
         let b = f.breaker(&id);
         (
@@ -390,56 +320,42 @@ async fn await_running_probe(shared: &Shared, id: String) -> ProbeResult {
     }
 }
 
-/// Run one probe against the worker, feed its result to the breaker and
-/// keep what it learned of the worker's tools. A configured tool the worker
-/// lacks fails the probe's report but not the breaker: the machine is healthy.
+/// Run one probe against the worker, feed its result to the core and keep
+/// what it learned of the worker's tools. A configured tool the worker lacks
+/// fails the probe's report but not the breaker: the machine is healthy.
 pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
-    let limit = Duration::from_secs(job.target.ssh.connect_timeout_secs * 2 + 10);
-    let (result, caps) = match tokio::time::timeout(limit, crate::remote::probe(&job.target)).await
-    {
-        Ok(Ok((rtt, caps))) => (Ok(rtt.as_millis() as u64), Some(caps)),
-        // A problem on this machine says nothing about the worker.
-        Ok(Err(failure)) if !failure.kind.is_worker_fault() => {
-            shared.with_fleet(|f, now| f.abandon_probe(&job, now));
-            return ProbeResult {
-                worker: job.worker.clone(),
-                ok: false,
-                latency_ms: None,
-                error: Some(failure.message),
-                state: String::new(),
-                capabilities: None,
-            };
-        }
-        Ok(Err(failure)) => {
-            // Only a lost connection means the shared master is broken;
-            // builds may be using it otherwise.
-            if failure.kind == crate::remote::FailureKind::ConnectionLost {
-                crate::remote::ssh::disconnect(&job.target).await;
+    let target = shared.with_fleet(|f, _| target_of(f, &job.worker));
+    let (result, caps) = match target {
+        Some(target) => match probe_target(&target).await {
+            Ok((rtt, caps)) => (Ok(rtt), Some(caps)),
+            // A problem on this machine says nothing about the worker.
+            Err(failure) if !failure.kind.is_worker_fault() => {
+                let state = shared.with_fleet(|f, now| {
+                    f.abandon_probe(&job, now);
+                    f.state_of(&job.worker)
+                });
+                shared.probe_done.notify_waiters();
+                return ProbeResult {
+                    worker: job.worker.clone(),
+                    ok: false,
+                    latency_ms: None,
+                    error: Some(failure.message),
+                    state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    capabilities: None,
+                };
             }
-            (Err(failure.message), None)
-        }
-        Err(_) => (
-            Err(format!(
-                "{}: probe timed out after {}s",
-                job.worker,
-                limit.as_secs()
-            )),
-            None,
-        ),
+            Err(failure) => (Err(failure.message), None),
+        },
+        None => (Err(format!("{}: no longer configured", job.worker)), None),
     };
     let unmet = caps.as_ref().and_then(|c| {
-        let missing = c
-            .unmet(
-                shared
-                    .with_fleet(|f, _| {
-                        f.config()
-                            .worker(&job.worker)
-                            .map(|w| f.config().required_tools(w).to_vec())
-                            .unwrap_or_default()
-                    })
-                    .as_slice(),
-            )
-            .join(", ");
+        let required = shared.with_fleet(|f, _| {
+            f.config()
+                .worker(&job.worker)
+                .map(|w| f.config().required_tools(w).to_vec())
+                .unwrap_or_default()
+        });
+        let missing = c.unmet(&required).join(", ");
         (!missing.is_empty()).then(|| format!("{}: missing tool: {missing}", job.worker))
     });
     let state = shared.with_fleet(|f, now| {
@@ -449,6 +365,7 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
         }
         f.state_of(&job.worker)
     });
+    shared.probe_done.notify_waiters();
     ProbeResult {
         worker: job.worker.clone(),
         ok: result.is_ok() && unmet.is_none(),
@@ -456,6 +373,43 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
         error: result.err().or(unmet),
         state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
         capabilities: caps,
+    }
+}
+
+/// How to reach `id`, if it is configured.
+pub(super) fn target_of(f: &super::fleet::Fleet, id: &str) -> Option<crate::remote::Target> {
+    Some(crate::remote::Target {
+        worker: f.config().worker(id)?.clone(),
+        ssh: f.config().ssh.clone(),
+        agent: f.agent().map(std::path::Path::to_path_buf),
+    })
+}
+
+/// The probe over ssh, bounded by its own timeout: the round trip in ms and
+/// what it learned, or why it failed.
+pub(super) async fn probe_target(
+    target: &crate::remote::Target,
+) -> Result<(u64, crate::caps::Capabilities), crate::remote::RemoteFailure> {
+    use crate::remote::{FailureKind, RemoteFailure};
+    let limit = Duration::from_secs(target.ssh.connect_timeout_secs * 2 + 10);
+    match tokio::time::timeout(limit, crate::remote::probe(target)).await {
+        Ok(Ok((rtt, caps))) => Ok((rtt.as_millis() as u64, caps)),
+        Ok(Err(failure)) => {
+            // Only a lost connection means the shared master is broken;
+            // builds may be using it otherwise.
+            if failure.kind == FailureKind::ConnectionLost {
+                crate::remote::ssh::disconnect(target).await;
+            }
+            Err(failure)
+        }
+        Err(_) => Err(RemoteFailure {
+            kind: FailureKind::Timeout,
+            message: format!(
+                "{}: probe timed out after {}s",
+                target.worker.id,
+                limit.as_secs()
+            ),
+        }),
     }
 }
 

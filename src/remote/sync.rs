@@ -187,8 +187,3 @@ async fn run_rsync(
         &stderr,
     ))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
