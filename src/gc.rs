@@ -253,7 +253,7 @@ async fn run_script(
     script: &str,
     args: &[&str],
 ) -> Result<String, RemoteFailure> {
-    let command = remote::run::login_shell_command(script, args);
+    let command = remote::shell::login_shell_command(script, args);
     let output = conn
         .session()
         .raw_command(command)
