@@ -276,6 +276,28 @@ impl<'a> Build<'a> {
         }
     }
 
+    /// Why this build cannot be described to a worker exactly, if so: the
+    /// remote command is text, and a directory or argument that is not UTF-8
+    /// would arrive changed. Such a build runs here; no worker is involved.
+    fn unsendable(&self) -> Option<String> {
+        let rel = self
+            .req
+            .cwd
+            .strip_prefix(&self.root)
+            .unwrap_or(Path::new(""));
+        if rel.to_str().is_none() {
+            return Some(format!(
+                "the directory {} is not UTF-8",
+                self.req.cwd.display()
+            ));
+        }
+        let arg = self.req.argv.iter().find(|a| a.to_str().is_none())?;
+        Some(format!(
+            "the argument {} is not UTF-8",
+            arg.to_string_lossy()
+        ))
+    }
+
     /// The user interrupted the build: record it (best effort, on a fresh
     /// connection; the build's own is gone) and say so.
     async fn interrupted(&mut self, signal: i32) -> (i32, Placement) {
@@ -295,6 +317,9 @@ impl<'a> Build<'a> {
     }
 
     async fn run(&mut self) -> (i32, Placement) {
+        if let Some(why) = self.unsendable() {
+            return self.no_worker(None, why).await;
+        }
         let socket = crate::paths::socket_path();
         let mut client = match Client::connect_or_start(&socket).await {
             Ok(c) => c,

@@ -22,9 +22,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to a running daemon.
+    /// Connect to a running daemon of this user. The socket file must be ours
+    /// and so must the process that accepted the connection (SO_PEERCRED),
+    /// both checked before a single byte is sent: the project path and the
+    /// command go only to our own daemon.
     pub async fn connect(socket: &Path) -> std::io::Result<Client> {
+        check_socket_owner(socket)?;
         let stream = UnixStream::connect(socket).await?;
+        check_peer(&stream, socket)?;
         let (r, w) = tokio::io::split(stream);
         Ok(Client {
             reader: BufReader::new(r),
@@ -35,8 +40,11 @@ impl Client {
 
     /// Connect, starting the daemon in the background if none answers.
     pub async fn connect_or_start(socket: &Path) -> anyhow::Result<Client> {
-        if let Ok(c) = Client::connect(socket).await {
-            return Ok(c);
+        match Client::connect(socket).await {
+            Ok(c) => return Ok(c),
+            // Someone else's socket: never start a daemon in its place.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
+            Err(_) => {}
         }
         spawn_daemon().context("starting the daemon")?;
         wait_for_daemon(socket, START_TIMEOUT).await
@@ -59,6 +67,42 @@ impl Client {
         self.send(request).await?;
         self.recv().await
     }
+}
+
+/// Refuses a socket file that is not owned by this user (a missing one is
+/// left to `connect`, which reports it).
+fn check_socket_owner(socket: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(socket) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(foreign(format!(
+            "daemon socket {} belongs to uid {}, not to you (uid {me}); refusing to use it",
+            socket.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a connection accepted by another user's process.
+fn check_peer(stream: &UnixStream, socket: &Path) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() != me {
+        return Err(foreign(format!(
+            "the process behind {} runs as uid {}, not as you (uid {me}); refusing to talk to it",
+            socket.display(),
+            cred.uid()
+        )));
+    }
+    Ok(())
+}
+
+fn foreign(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, message)
 }
 
 /// Poll the socket until a daemon answers (used only right after starting one).

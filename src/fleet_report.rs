@@ -30,8 +30,11 @@ pub async fn current_report(out: &Output) -> anyhow::Result<FleetReport> {
 
 /// Ask a running daemon; `Ok(None)` when none listens.
 async fn live_report(socket: &Path) -> Result<Option<FleetReport>, String> {
-    let Ok(mut client) = Client::connect(socket).await else {
-        return Ok(None);
+    let mut client = match Client::connect(socket).await {
+        Ok(c) => c,
+        // Another user's socket: say so, loudly, and do not talk to it.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.to_string()),
+        Err(_) => return Ok(None),
     };
     match tokio::time::timeout(ANSWER_TIMEOUT, client.call(Request::Status)).await {
         Ok(Ok(Response::Status(report))) => Ok(Some(*report)),

@@ -236,3 +236,191 @@ fn a_missing_local_rsync_is_a_local_problem_and_never_opens_a_circuit() {
     let c = env.circuit("w1");
     assert_eq!((c.state.as_str(), c.failures), ("closed", 0));
 }
+
+#[test]
+fn secrets_are_never_sent_and_non_utf8_directories_build_locally_uncharged() {
+    let env = TestEnv::new(1);
+    let recipe = "all:\n\t@for f in id_rsa id_ed25519.pub .ssh .aws .npmrc .netrc keep.txt; \
+                  do [ -e $$f ] && echo present:$$f; done; true\n";
+    let project = make_project(&env, "secrets", recipe);
+    for file in ["id_rsa", "id_ed25519.pub", ".npmrc", ".netrc", "keep.txt"] {
+        std::fs::write(project.join(file), "x").unwrap();
+    }
+    for dir in [".ssh", ".aws"] {
+        std::fs::create_dir_all(project.join(dir)).unwrap();
+        std::fs::write(project.join(dir).join("config"), "x").unwrap();
+    }
+    let out = rch_in(&env, &project, &["exec", "--", "make"]);
+    assert!(
+        stderr(&out).contains("rch: ran on w1"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "present:keep.txt\n",
+        "{}",
+        describe(&out)
+    );
+
+    // A directory whose name is not UTF-8, as the root and below it.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"s\xff");
+    let root = env.path().join("projects").join(odd);
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    std::fs::write(root.join("Makefile"), "all:\n\t@echo at-root; true\n").unwrap();
+    let out = rch_in(&env, &root, &["exec", "--", "make"]);
+    assert!(
+        stderr(&out).contains("rch: ran on w1"),
+        "{}",
+        describe(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("at-root"));
+    let sub = root.join(odd);
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("Makefile"), "all:\n\t@echo in-sub; true\n").unwrap();
+    for _ in 0..3 {
+        let out = rch_in(&env, &sub, &["exec", "--", "make"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("in-sub"));
+        assert!(
+            err.contains("rch: ran locally:") && err.contains("is not UTF-8"),
+            "{err}"
+        );
+    }
+    let c = env.circuit("w1");
+    assert_eq!((c.state.as_str(), c.failures), ("closed", 0));
+}
+
+/// The uid of a second, real user (created with useradd), when root.
+fn foreign_uid() -> Option<u32> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let _ = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "rchforeign",
+        ])
+        .stderr(Stdio::null())
+        .status();
+    let out = Command::new("id")
+        .args(["-u", "rchforeign"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// A listening socket at `path`; with `listener_uid`, `listen` is called by a
+/// child process running as that user (what SO_PEERCRED then reports).
+fn foreign_listener(
+    path: &Path,
+    listener_uid: Option<u32>,
+) -> (std::os::unix::net::UnixListener, Option<Child>) {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let addr = nix::sys::socket::UnixAddr::new(path).unwrap();
+    nix::sys::socket::bind(sock.as_raw_fd(), &addr).unwrap();
+    let fd = sock.as_raw_fd();
+    let child = match listener_uid {
+        None => {
+            nix::sys::socket::listen(&sock, nix::sys::socket::Backlog::new(8).unwrap()).unwrap();
+            None
+        }
+        Some(uid) => {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("60");
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))?;
+                    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+                    // Kept open across exec in this child only.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 || libc::listen(fd, 8) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            Some(cmd.spawn().unwrap())
+        }
+    };
+    let listener = std::os::unix::net::UnixListener::from(sock);
+    listener.set_nonblocking(true).unwrap();
+    (listener, child)
+}
+
+/// What reached the listener: `None` when nobody connected.
+fn received(listener: &std::os::unix::net::UnixListener) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let (mut conn, _) = listener.accept().ok()?;
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    Some(bytes)
+}
+
+#[test]
+fn a_socket_of_another_user_is_refused_before_a_byte_is_sent() {
+    let Some(uid) = foreign_uid() else {
+        eprintln!("skipped: needs root and useradd to make a second user");
+        return;
+    };
+    let env = TestEnv::new(1);
+    let project = make_project(&env, "foreign", "all:\n\t@echo built-here; true\n");
+    let dir = env.path().join("foreign");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The socket file belongs to the other user.
+    let owned = dir.join("owned.sock");
+    let (listener, _) = foreign_listener(&owned, None);
+    nix::unistd::chown(&owned, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+    // Our own socket file, but the listening process is the other user's.
+    let peer = dir.join("peer.sock");
+    let (peer_listener, child) = foreign_listener(&peer, Some(uid));
+
+    for (socket, listener, says) in [
+        (&owned, &listener, "belongs to uid"),
+        (&peer, &peer_listener, "runs as uid"),
+    ] {
+        let out = env
+            .rch_in(&project)
+            .args(["exec", "--", "make"])
+            .env("RCH_SOCKET", socket)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert!(
+            err.contains("rch: ran locally:") && err.contains(says),
+            "{err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("built-here"));
+        let got = received(listener);
+        assert!(got.as_deref().is_none_or(<[u8]>::is_empty), "sent {got:?}");
+        let status = env
+            .rch_in(&project)
+            .args(["status"])
+            .env("RCH_SOCKET", socket)
+            .output()
+            .unwrap();
+        let said = stderr(&status);
+        assert!(said.contains(says), "{}", describe(&status));
+        assert!(received(listener).as_deref().is_none_or(<[u8]>::is_empty));
+    }
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

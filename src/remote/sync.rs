@@ -21,6 +21,12 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     ".env*",
     "*.pem",
     "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+    ".ssh/",
+    ".aws/",
+    ".npmrc",
+    ".netrc",
 ];
 
 /// Build by-products not worth bringing back with the artifacts.
