@@ -56,6 +56,9 @@ pub async fn push(
 ) -> Result<(), RemoteFailure> {
     let mut args = rsync_base_args(conn);
     args.push("--delete".into());
+    // Compare mtimes to the nanosecond: an edit that keeps a file's size
+    // within the same second must still be sent.
+    args.push("--modify-window=-1".into());
     args.push(format!("--rsync-path=mkdir -p -- {} && rsync", quote(remote_dir)).into());
     push_excludes(&mut args, DEFAULT_EXCLUDES.iter().copied());
     push_excludes(&mut args, extra_excludes.iter().map(String::as_str));
