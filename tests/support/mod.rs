@@ -79,6 +79,13 @@ impl TestEnv {
             client_isolation(root.path()),
         )
         .expect("starting lab workers");
+        // As root (CI) the workers must be confined (`unshare --mount`): a
+        // suite run on workers that see the client's files proves nothing.
+        assert!(
+            !nix::unistd::geteuid().is_root() || lab.confinement().is_isolated(),
+            "test workers would share the client's files: {}",
+            lab.confinement().describe()
+        );
         let mut env = TestEnv {
             lab,
             root,
