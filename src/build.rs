@@ -9,6 +9,7 @@ use crate::cargo_run::{self, RunArgs};
 use crate::classify::{self, Artifacts, Kind, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
+use crate::envrules::OnMismatch;
 use crate::interrupt::{self, Interrupts};
 use crate::phases::Phase;
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
@@ -174,6 +175,32 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
+/// Whether a cargo build saw the client's environment.
+enum EnvCheck {
+    Same,
+    /// Run again: the variables it read are now sent.
+    Rerun(String),
+    /// Do not use this result: run locally, or fail (exit 75).
+    Refuse {
+        line: String,
+        fail: bool,
+    },
+}
+
+/// The dep-info and build-script lines naming variables in the build's
+/// output directory on the worker (empty when it cannot be read: no verdict).
+async fn read_env_deps(conn: &remote::Connection, remote_dir: &str, out_dir: &str) -> String {
+    let script = crate::envcheck::READS_SCRIPT;
+    let command = remote::run::login_shell_command(script, &[remote_dir, out_dir]);
+    match conn.session().raw_command(command).output().await {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading what the build read");
+            String::new()
+        }
+    }
+}
+
 /// What one attempt on a worker came to.
 enum Attempt {
     /// The command ran there; its exit code.
@@ -183,6 +210,8 @@ enum Attempt {
         failure: RemoteFailure,
         started: bool,
     },
+    /// The build read a variable the worker did not get as set here.
+    EnvMismatch { line: String, fail: bool },
 }
 
 struct Build<'a> {
@@ -206,6 +235,8 @@ struct Build<'a> {
     remote_dir: String,
     /// The command's stdout, when rch reads it (cargo's artifact report).
     report: Vec<u8>,
+    /// The build already ran again for a variable it read (once only).
+    env_rerun: bool,
 }
 
 impl<'a> Build<'a> {
@@ -237,6 +268,7 @@ impl<'a> Build<'a> {
             current: None,
             stderr_mid_line: false,
             env,
+            env_rerun: false,
             remote_dir: String::new(),
             report: Vec::new(),
         }
@@ -364,6 +396,18 @@ impl<'a> Build<'a> {
                         .await;
                     return self.no_worker(Some(&mut client), failure.message).await;
                 }
+                Attempt::EnvMismatch { line, fail } => {
+                    let outcome = AttemptOutcome::Unknown;
+                    let _ = client.call(Request::Release { outcome }).await;
+                    if fail {
+                        self.job.outcome = "failed".into();
+                        self.job.exit_code = Some(crate::EXIT_UNAVAILABLE);
+                        self.job.reason = line.clone();
+                        self.finish(&mut client).await;
+                        return (crate::EXIT_UNAVAILABLE, Placement::Nowhere(line));
+                    }
+                    return self.no_worker(Some(&mut client), line).await;
+                }
                 Attempt::Failed { failure, .. } if failure.kind == FailureKind::MissingTool => {
                     self.missing_tool(&mut client, id).await;
                 }
@@ -482,21 +526,32 @@ impl<'a> Build<'a> {
             return failed(f, false);
         }
         self.job.sync_ms += t.elapsed().as_millis() as u64;
-        let spec = self.run_spec(&remote_dir);
-        let t = Instant::now();
-        self.report.clear();
-        let capture = self.run_args.is_some().then_some(&mut self.report);
-        let report = self
-            .job
-            .phases
-            .time(Phase::Run, run_command(&conn, &spec, capture))
-            .await;
-        self.stderr_mid_line = report.stderr_mid_line;
-        self.remote_dir = remote_dir.clone();
-        self.job.run_ms += t.elapsed().as_millis() as u64;
-        let code = match report.result {
-            Ok(code) => code,
-            Err(f) => return failed(f, report.started),
+        let code = loop {
+            let spec = self.run_spec(&remote_dir);
+            let t = Instant::now();
+            self.report.clear();
+            let capture = self.run_args.is_some().then_some(&mut self.report);
+            let report = self
+                .job
+                .phases
+                .time(Phase::Run, run_command(&conn, &spec, capture))
+                .await;
+            self.stderr_mid_line = report.stderr_mid_line;
+            self.remote_dir = remote_dir.clone();
+            self.job.run_ms += t.elapsed().as_millis() as u64;
+            let code = match report.result {
+                Ok(code) => code,
+                Err(f) => return failed(f, report.started),
+            };
+            match self.check_env(&conn, &remote_dir).await {
+                EnvCheck::Same => break code,
+                EnvCheck::Rerun(line) => {
+                    if !self.req.quiet {
+                        eprintln!("rch: {line}; running it again with it");
+                    }
+                }
+                EnvCheck::Refuse { line, fail } => return Attempt::EnvMismatch { line, fail },
+            }
         };
         if code == 0 {
             let t = Instant::now();
@@ -508,6 +563,50 @@ impl<'a> Build<'a> {
             self.job.return_ms += t.elapsed().as_millis() as u64;
         }
         Attempt::Ran(code)
+    }
+
+    /// After a cargo build: did it read a variable the worker did not have as
+    /// set here? Then its artifacts are not the local build's: run it again
+    /// with the variable sent (once, when it may be sent), or refuse.
+    async fn check_env(&mut self, conn: &remote::Connection, remote_dir: &str) -> EnvCheck {
+        if self.offload.tool != classify::Tool::Cargo {
+            return EnvCheck::Same;
+        }
+        let argv: Vec<String> = self
+            .req
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let out_dir = crate::envcheck::output_dir(&argv, self.needs.target.as_deref());
+        let text = read_env_deps(conn, remote_dir, &out_dir).await;
+        let reads = crate::envcheck::parse(&text);
+        let local = |name: &str| std::env::var(name).ok();
+        let config = &self.loaded.config.env;
+        let found = crate::envcheck::mismatches(&reads, &local, &self.env, config);
+        if found.is_empty() {
+            return EnvCheck::Same;
+        }
+        let line = crate::envcheck::line(&found);
+        tracing::info!(names = %found.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(" "), "environment mismatch");
+        let sendable = found
+            .iter()
+            .all(|m| m.may_forward() && local(&m.name).is_some());
+        match config.on_mismatch {
+            OnMismatch::Rerun if sendable && !self.env_rerun => {
+                self.env_rerun = true;
+                for m in &found {
+                    if let Some(value) = local(&m.name) {
+                        self.env.withheld.retain(|(k, _)| *k != m.name);
+                        self.env.forwarded.retain(|(k, _)| *k != m.name);
+                        self.env.forwarded.push((m.name.clone(), value));
+                    }
+                }
+                EnvCheck::Rerun(line)
+            }
+            OnMismatch::Fail => EnvCheck::Refuse { line, fail: true },
+            _ => EnvCheck::Refuse { line, fail: false },
+        }
     }
 
     fn run_spec(&self, remote_dir: &str) -> remote::run::RunSpec {

@@ -110,6 +110,22 @@ pub struct EnvConfig {
     pub forward: Vec<String>,
     /// Name patterns never to send.
     pub withhold: Vec<String>,
+    /// What to do when the build read a variable the worker did not get.
+    pub on_mismatch: OnMismatch,
+}
+
+/// `env.on_mismatch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMismatch {
+    /// Run again with the variable sent, when it may be (not secret-looking,
+    /// not withheld by config, set here); otherwise run locally.
+    #[default]
+    Rerun,
+    /// Run the build locally.
+    Local,
+    /// Exit 75 naming the variable.
+    Fail,
 }
 
 /// The decision for one environment.
@@ -273,6 +289,7 @@ mod tests {
         let config = EnvConfig {
             forward: vec!["MY_*".into(), "NPM_CONFIG_REGISTRY".into(), "RCH_X".into()],
             withhold: vec!["MY_PRIVATE".into()],
+            ..EnvConfig::default()
         };
         assert_eq!(decide("MY_TOKEN", &config), None);
         assert_eq!(decide("NPM_CONFIG_REGISTRY", &config), None);

@@ -13,6 +13,7 @@
 //! - [`protocol`]: the messages between the CLI and the daemon, framing and version.
 //! - [`client`]: the CLI side of the daemon socket (connect, auto-start, requests).
 //! - [`needs`]: what a build needs of a worker, found on this machine (local rustc, cc, target).
+//! - [`envcheck`]: what a cargo build read from its environment vs what the worker had; pure.
 //! - [`envrules`]: which environment variables a remote build gets (forward/withhold rules); pure.
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod cost;
 pub mod daemon;
 pub mod diagnose;
+pub mod envcheck;
 pub mod envrules;
 pub mod fleet_report;
 pub mod gc;

@@ -120,3 +120,42 @@ fn a_build_time_variable_and_encoded_rustflags_reach_the_compiler() {
         describe(&run)
     );
 }
+
+/// A variable the build read that the worker did not get (here withheld by
+/// config) is never silently absent: the build runs locally and says why, or
+/// exits 75 with `on_mismatch = "fail"`.
+#[test]
+fn a_build_that_read_a_withheld_variable_is_not_handed_back() {
+    let env = TestEnv::new(1);
+    let project = env.project("withheld");
+    std::fs::write(
+        project.join("src/main.rs"),
+        "fn main() {\n    println!(\"stamp={:?}\", option_env!(\"BUILD_STAMP\"));\n}\n",
+    )
+    .unwrap();
+    env.write_config("[env]\nwithhold = [\"BUILD_*\"]\n");
+    let build = || {
+        env.rch_in(&project)
+            .env("BUILD_STAMP", "stamp-42")
+            .args(["exec", "--", "cargo", "build"])
+            .output()
+            .unwrap()
+    };
+    let o = build();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert!(
+        err(&o).contains("rch: ran locally: the build read BUILD_STAMP"),
+        "{}",
+        describe(&o)
+    );
+    let run = std::process::Command::new(project.join("target/debug/withheld"))
+        .output()
+        .unwrap();
+    assert_eq!(out(&run).trim(), "stamp=Some(\"stamp-42\")");
+
+    env.write_config("[env]\nwithhold = [\"BUILD_*\"]\non_mismatch = \"fail\"\n");
+    let o = build();
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
+    assert!(err(&o).contains("BUILD_STAMP"), "{}", describe(&o));
+    assert_eq!(env.circuit("w1").failures, 0);
+}

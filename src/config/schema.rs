@@ -88,6 +88,7 @@ pub const DAEMON: &[Key] = &[
 pub const ENV: &[Key] = &[
     key("forward", Kind::TextList),
     key("withhold", Kind::TextList),
+    key("on_mismatch", Kind::Choice(&["rerun", "local", "fail"])),
 ];
 
 pub const TRANSFER: &[Key] = &[key("exclude", Kind::TextList)];
