@@ -191,7 +191,7 @@ enum EnvCheck {
 /// output directory on the worker (empty when it cannot be read: no verdict).
 async fn read_env_deps(conn: &remote::Connection, remote_dir: &str, out_dir: &str) -> String {
     let script = crate::envcheck::READS_SCRIPT;
-    let command = remote::run::login_shell_command(script, &[remote_dir, out_dir]);
+    let command = remote::shell::login_shell_command(script, &[remote_dir, out_dir]);
     match conn.session().raw_command(command).output().await {
         Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
         Err(e) => {
