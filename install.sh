@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build rch in release mode, install it into $PREFIX/bin (default ~/.local/bin)
-# and create a starter config unless one exists. Safe to run again.
+# with its manual pages in $PREFIX/share/man/man1, and create a starter config
+# unless one exists. Safe to run again.
 # --deps first installs the system packages rch and its tests use (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,6 +19,10 @@ if ! command -v cargo >/dev/null; then
 fi
 
 cargo install --path . --locked --force --root "$prefix"
+
+man_dir="$prefix/share/man/man1"
+"$bin_dir/rch" man --dir "$man_dir"
+echo "install.sh: manual pages in $man_dir (man rch)"
 
 config_file="${RCH_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/rch/config.toml}"
 if [ -e "$config_file" ]; then

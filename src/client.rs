@@ -39,6 +39,7 @@ impl Client {
     }
 
     /// Connect, starting the daemon in the background if none answers.
+    /// A daemon that cannot start fails at once, with its cause.
     pub async fn connect_or_start(socket: &Path) -> anyhow::Result<Client> {
         match Client::connect(socket).await {
             Ok(c) => return Ok(c),
@@ -46,8 +47,8 @@ impl Client {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
             Err(_) => {}
         }
-        spawn_daemon().context("starting the daemon")?;
-        wait_for_daemon(socket, START_TIMEOUT).await
+        let mut daemon = start_daemon(socket)?;
+        wait_for_started(socket, &mut daemon, START_TIMEOUT).await
     }
 
     pub async fn send(&mut self, request: Request) -> Result<(), WireError> {
@@ -125,8 +126,70 @@ pub async fn wait_for_daemon(socket: &Path, timeout: Duration) -> anyhow::Result
     }
 }
 
+/// Create the socket's directory (0700) and start the daemon; a directory
+/// that cannot be created is said here, not after a wait.
+pub fn start_daemon(socket: &Path) -> anyhow::Result<std::process::Child> {
+    if let Some(dir) = socket.parent().filter(|d| !d.exists()) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the socket directory {} (set RCH_SOCKET or XDG_RUNTIME_DIR to a writable place)",
+                    dir.display()
+                )
+            })?;
+    }
+    spawn_daemon().context("starting the daemon")
+}
+
+/// Wait for a daemon this process just started; if it exits first, fail at
+/// once with the last line of its log (its reason) instead of waiting out
+/// the timeout.
+pub async fn wait_for_started(
+    socket: &Path,
+    daemon: &mut std::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(c) = Client::connect(socket).await {
+            return Ok(c);
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            // Another daemon may have won the race to the socket.
+            if let Ok(c) = Client::connect(socket).await {
+                return Ok(c);
+            }
+            let log = crate::paths::daemon_log();
+            let reason = last_log_line(&log).unwrap_or_else(|| status.to_string());
+            anyhow::bail!(
+                "the daemon did not start: {reason} (log: {})",
+                log.display()
+            );
+        }
+        if Instant::now() >= deadline {
+            return wait_for_daemon(socket, Duration::ZERO).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last non-empty line of the daemon log, without its time and level.
+fn last_log_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let reason = match line.split_once(" ERROR ") {
+        Some((_, rest)) => rest,
+        None => line,
+    };
+    Some(reason.trim().trim_start_matches("rch: ").to_string())
+}
+
 /// Start `rch daemon run` detached from this process, logging to the daemon log.
-pub fn spawn_daemon() -> anyhow::Result<u32> {
+fn spawn_daemon() -> anyhow::Result<std::process::Child> {
     let exe = std::env::current_exe().context("locating the rch binary")?;
     let log_path = crate::paths::daemon_log();
     if let Some(dir) = log_path.parent() {
@@ -151,6 +214,5 @@ pub fn spawn_daemon() -> anyhow::Result<u32> {
             Ok(())
         });
     }
-    let child = cmd.spawn().context("spawning rch daemon run")?;
-    Ok(child.id())
+    cmd.spawn().context("spawning rch daemon run")
 }

@@ -447,3 +447,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn validate_checks_that_named_key_and_ssh_config_files_can_be_read() {
+    let sb = Sandbox::new();
+    let key = sb.home().join(".ssh/id_build");
+    sb.write(&key, "not really a key\n");
+    sb.write(
+        &sb.user_file(),
+        "[[workers]]\nid = \"w1\"\nhost = \"h1\"\nidentity_file = \"~/.ssh/id_build\"\n\n[[workers]]\nid = \"w2\"\nhost = \"h2\"\nidentity_file = \"~/.ssh/id_gone\"\n",
+    );
+    let out = sb.rch(&["config", "validate"], &[]);
+    let user = sb.user_file().display().to_string();
+    assert_config_error(
+        &out,
+        &format!("{user}:9: workers[1].identity_file: cannot read "),
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("id_gone") && err.contains("No such file") && err.contains("fix the path"),
+        "{err}"
+    );
+
+    sb.write(
+        &sb.user_file(),
+        "[ssh]\nconfig_file = \"~/.ssh/other_config\"\n\n[[workers]]\nid = \"w1\"\nhost = \"h1\"\nidentity_file = \"~/.ssh/id_build\"\n",
+    );
+    let out = sb.rch(&["config", "validate"], &[]);
+    assert_config_error(&out, &format!("{user}:2: ssh.config_file: cannot read "));
+
+    sb.write(&sb.home().join(".ssh/other_config"), "Host h1\n");
+    let out = sb.rch(&["config", "validate"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

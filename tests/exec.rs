@@ -308,3 +308,35 @@ fn a_project_keeps_its_warm_worker_across_a_daemon_restart() {
     let out = rch_in(&env, &other, &["exec", "--", "cargo", "check"]);
     assert!(stderr(&out).contains("rch: ran on w1"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_socket_dir_that_cannot_be_created_fails_fast_with_its_cause() {
+    let env = TestEnv::new(1);
+    let project = env.project("nosock");
+    // A regular file where the socket's directory should be: even root cannot create it.
+    let blocker = env.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let socket = blocker.join("rch/rch.sock");
+    let started = Instant::now();
+    let out = env
+        .rch_in(&project)
+        .env("RCH_SOCKET", &socket)
+        .args(["exec", "--", "cargo", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("rch:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with(
+            "rch: ran locally: daemon unavailable: cannot create the socket directory"
+        ) && lines[0].contains("Not a directory"),
+        "{err}"
+    );
+}

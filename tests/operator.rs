@@ -402,8 +402,8 @@ fn completions_cover_the_operator_commands() {
         assert!(out.status.success(), "{}", describe(&out));
         let text = stdout(&out);
         assert!(
-            text.contains("workers") && text.contains("diagnose"),
-            "{shell}"
+            text.contains("RCH_COMPLETE") && text.contains(env!("CARGO_BIN_EXE_rch")),
+            "{shell}: {text}"
         );
     }
     // A value the command line does not accept is a usage error: exit 64.
@@ -503,4 +503,55 @@ fn verbose_exec_prints_its_phases_and_the_job_keeps_them() {
         logs.contains("granted") && logs.contains("job recorded"),
         "{logs}"
     );
+}
+
+#[test]
+fn completion_offers_subcommands_and_the_configured_worker_ids() {
+    let env = setup(2, "");
+    // Through bash's own completion machinery, as a user's Tab would.
+    let script = r#"
+source <(rch completions bash)
+complete_words() {
+    COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_TYPE=9
+    _clap_complete_rch rch "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+    printf '%s\n' "${COMPREPLY[@]}"
+}
+echo "== workers"; complete_words rch work
+echo "== probe"; complete_words rch workers probe w
+echo "== history"; complete_words rch workers history w
+echo "== exec"; complete_words rch exec --worker ""
+echo "== end"
+"#;
+    let rch_dir = Path::new(env!("CARGO_BIN_EXE_rch")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        rch_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut bash = std::process::Command::new("bash");
+    env.apply_env(&mut bash);
+    let out = bash
+        .args(["-c", script])
+        .env("PATH", path)
+        .current_dir(&env.project_dir)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let section = |name: &str| -> Vec<String> {
+        text.split(&format!("== {name}\n"))
+            .nth(1)
+            .unwrap_or("")
+            .split("== ")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    assert_eq!(section("workers"), ["workers"], "{}", describe(&out));
+    assert_eq!(section("probe"), ["w1", "w2"], "{}", describe(&out));
+    assert_eq!(section("history"), ["w1", "w2"], "{}", describe(&out));
+    // An empty word: the ids first, then (for a flag's value) nothing else.
+    assert_eq!(section("exec"), ["w1", "w2"], "{}", describe(&out));
 }

@@ -37,6 +37,7 @@ const RUNS: &[(&str, &[&str])] = &[
     ("metrics", &["metrics"]),
     ("diagnose", &["diagnose", "make quick"]),
     ("completions", &["completions", "bash"]),
+    ("man", &["man"]),
     ("shell-init", &["shell-init", "bash"]),
     ("wrap install", &["wrap", "install", "--tools", "make"]),
     ("wrap status", &["wrap", "status"]),
@@ -171,4 +172,72 @@ fn every_subcommand_prints_plain_text_when_piped_and_status_commands_speak_json(
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Environment variables `rch --help` explains (those of docs/configuration.md).
+const HELP_ENV: &[&str] = &[
+    "RCH_CONFIG",
+    "RCH_SOCKET",
+    "RCH_LOG",
+    "RCH_QUIET",
+    "RCH_VERBOSE",
+    "RCH_DISABLE",
+    "RCH_REQUIRE_REMOTE",
+    "RCH_WORKER",
+];
+
+fn rch_stdout(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rch"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_teaches_and_the_manual_is_generated_from_it() {
+    let top = rch_stdout(&["--help"]);
+    for part in [
+        "Examples:",
+        "rch exec -- cargo build",
+        "Environment:",
+        "Exit status:",
+        "75",
+        "78",
+        "64",
+    ] {
+        assert!(top.contains(part), "rch --help lacks {part:?}:\n{top}");
+    }
+    for var in HELP_ENV {
+        assert!(top.contains(var), "rch --help lacks {var}");
+    }
+    let exec = rch_stdout(&["exec", "--help"]);
+    for part in [
+        "Examples:",
+        "--worker w1",
+        "Environment:",
+        "RCH_WORKER",
+        "Exit status:",
+        "128+N",
+    ] {
+        assert!(
+            exec.contains(part),
+            "rch exec --help lacks {part:?}:\n{exec}"
+        );
+    }
+    let history = rch_stdout(&["workers", "history", "--help"]);
+    assert!(history.contains("<ID>  The worker id"), "{history}");
+
+    let man = rch_stdout(&["man"]);
+    assert!(man.contains(".TH rch 1"), "{man}");
+    assert!(
+        man.contains("Exit status:") && man.contains("RCH_REQUIRE_REMOTE"),
+        "{man}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    rch_stdout(&["man", "--dir", &dir.path().display().to_string()]);
+    for page in ["rch.1", "rch-exec.1", "rch-workers-history.1", "rch-top.1"] {
+        assert!(dir.path().join(page).is_file(), "{page} not written");
+    }
 }

@@ -60,6 +60,7 @@ fn show(sources: &Sources, global: &Global, origin: bool, json: bool) -> anyhow:
 
 fn validate(sources: &Sources) -> anyhow::Result<i32> {
     let loaded = config::load_with(sources)?;
+    config::readable::check(&loaded)?;
     if let Some(id) = &loaded.requested_worker {
         if loaded.config.worker(id).is_none() {
             eprintln!("rch: note: env RCH_WORKER names \"{id}\", which is not a configured worker");

@@ -93,8 +93,8 @@ async fn start() -> anyhow::Result<i32> {
     }
     // Surface config errors here, with exit 78, rather than in the log.
     crate::config::load(Path::new("/"))?;
-    client::spawn_daemon()?;
-    let mut c = client::wait_for_daemon(&socket, Duration::from_secs(5)).await?;
+    let mut daemon = client::start_daemon(&socket)?;
+    let mut c = client::wait_for_started(&socket, &mut daemon, Duration::from_secs(5)).await?;
     match c.call(Request::Ping).await? {
         Response::Hello { pid, .. } => {
             println!("rch daemon started (pid {pid}) on {}", socket.display());

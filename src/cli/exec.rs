@@ -7,10 +7,40 @@ use crate::config::{self, Overrides};
 use clap::Args;
 use std::ffi::OsString;
 
+/// Examples, environment and exit codes of `rch exec --help`.
+const AFTER_HELP: &str = "\
+Examples:
+  rch exec -- cargo build --release     on a worker; artifacts come back to target/
+  rch exec -v -- cargo test             ... then one line of phase timings:
+                                        rch: lease 0.6ms · connect 0.7ms · push 161ms · run 91ms · pull 119ms · release 3ms
+  rch exec --worker w1 -- make -j8      only on w1 (locally if it cannot)
+  rch exec --require-remote -- cargo check
+                                        exit 75 rather than build locally
+  rch exec -- cargo --version           not a build: runs here at once, silently
+
+Every build prints one line on stderr saying where it ran and why:
+  rch: ran on w1
+  rch: ran locally: circuit open on w1 (retry in 30s)
+
+Environment:
+  RCH_WORKER=ID         as --worker
+  RCH_REQUIRE_REMOTE=1  as --require-remote
+  RCH_DISABLE=1         run locally, as if rch were not there
+  RCH_QUIET=1           no `rch:` line (as -q)
+  RCH_VERBOSE=1         phase timings, and why a non-build ran locally (as -v)
+  RCH_LOG=rch=debug     trace the build's phases as spans on stderr
+
+Exit status:
+  the command's own exit code (128+N when it died by signal N, 130 on Ctrl-C)
+  75   no worker could take it and local runs are not allowed
+  78   configuration error
+  64   usage error (e.g. an unknown --worker id)";
+
 #[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
 pub struct ExecArgs {
     /// Run on this worker only (also RCH_WORKER).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", add = super::workers::complete_worker_id())]
     pub worker: Option<String>,
     /// Fail (exit 75) instead of running locally when no worker can take it (also RCH_REQUIRE_REMOTE=1).
     #[arg(long)]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod exec;
 pub mod hook;
 pub mod lab;
+pub mod man;
 pub mod metrics;
 pub mod shell_init;
 pub mod status;
@@ -20,9 +21,46 @@ pub mod top;
 pub mod workers;
 pub mod wrap;
 
+/// Examples, environment and exit codes of `rch --help` (and the man page).
+const AFTER_HELP: &str = "\
+Examples:
+  rch lab up                          two throwaway local workers to try rch
+  rch exec -- cargo build --release   build on a worker (locally when none can)
+  rch exec -v -- cargo test           ... and say where the time went
+  rch status                          daemon, circuits, workers at a glance
+  rch top                             the same, live (q quits, r resets, p probes)
+  rch diagnose \"cargo test\"           would it be offloaded, where would it go now?
+  rch workers history w1              a worker's recent builds and transitions
+  rch wrap install                    send plain `cargo build`, `make`, ... through rch
+
+Environment:
+  RCH_CONFIG            the user config file (default ~/.config/rch/config.toml)
+  RCH_SOCKET            the daemon socket (default $XDG_RUNTIME_DIR/rch/rch.sock)
+  RCH_LOG               log filter of rch's own log lines on stderr (e.g. rch=debug)
+  RCH_QUIET=1           no line of rch's own (as -q)
+  RCH_VERBOSE=1         more detail (as -v)
+  RCH_DISABLE=1         run everything locally
+  RCH_REQUIRE_REMOTE=1  exit 75 rather than build locally when no worker can
+  RCH_WORKER=ID         build only on this worker
+
+Exit status:
+  rch exec: the command's own (128+N when it died by signal N)
+  0    success
+  64   usage error (unknown command, flag or worker id)
+  75   the build could run nowhere it was allowed to (fail-closed)
+  78   configuration error (names file, line and key)
+
+Docs: README.md and docs/ in the source tree; `rch man` prints this manual.";
+
 /// Route build commands to remote build workers over SSH.
 #[derive(Debug, Parser)]
-#[command(name = "rch", version, about, propagate_version = true)]
+#[command(
+    name = "rch",
+    version,
+    about,
+    propagate_version = true,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -69,6 +107,8 @@ pub enum Command {
     Diagnose(diagnose::DiagnoseArgs),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command into a directory.
+    Man(man::ManArgs),
     /// Wrap build tools so they go through rch without typing `rch exec`.
     #[command(subcommand)]
     Wrap(wrap::WrapCommand),
@@ -102,6 +142,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Metrics(args) => metrics::run(args, &global),
         Command::Diagnose(args) => diagnose::run(args, &global),
         Command::Completions(args) => completions::run(args, &global),
+        Command::Man(args) => man::run(args, &global),
         Command::Wrap(cmd) => wrap::run(cmd, &global),
         Command::ShellInit(args) => shell_init::run(args, &global),
         Command::Hook(args) => hook::run(args, &global),

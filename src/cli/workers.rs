@@ -36,17 +36,32 @@ pub enum WorkersCommand {
         target: Target,
     },
     /// Stop giving the worker new builds; running ones finish.
-    Drain { id: String },
+    Drain {
+        /// The worker id (as in `rch workers list`).
+        #[arg(value_name = "ID", add = complete_worker_id())]
+        id: String,
+    },
     /// Give the worker builds again (undoes drain and disable).
-    Enable { id: String },
+    Enable {
+        /// The worker id (as in `rch workers list`).
+        #[arg(value_name = "ID", add = complete_worker_id())]
+        id: String,
+    },
     /// Take the worker out of rotation (kept across daemon restarts).
-    Disable { id: String },
+    Disable {
+        /// The worker id (as in `rch workers list`).
+        #[arg(value_name = "ID", add = complete_worker_id())]
+        id: String,
+    },
     /// Remove project dirs unused on workers for a while (default 14 days) and,
     /// where `max_disk_gb` is set, the least recently used until under it;
     /// never one a build is using. Reports the space freed per worker.
+    #[command(
+        after_help = "Examples:\n  rch workers gc --dry-run\n  rch workers gc w1 --older-than 3d"
+    )]
     Gc {
         /// The worker id (default: every worker).
-        #[arg(value_name = "ID", conflicts_with = "all")]
+        #[arg(value_name = "ID", conflicts_with = "all", add = complete_worker_id())]
         id: Option<String>,
         /// Every configured worker (the default).
         #[arg(long)]
@@ -61,8 +76,14 @@ pub enum WorkersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Recent jobs and breaker transitions of a worker.
+    /// Recent jobs (with where and why they ran, and their phase timings) and
+    /// breaker transitions of a worker, newest jobs first.
+    #[command(
+        after_help = "Examples:\n  rch workers history w1\n  rch workers history w1 --limit 5 --json"
+    )]
     History {
+        /// The worker id (as in `rch workers list`).
+        #[arg(value_name = "ID", add = complete_worker_id())]
         id: String,
         /// How many jobs and events to show.
         #[arg(long, default_value_t = 20)]
@@ -76,16 +97,39 @@ pub enum WorkersCommand {
 /// One worker by id, or every worker.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// The worker id.
+    /// The worker id (as in `rch workers list`).
     #[arg(
         value_name = "ID",
         required_unless_present = "all",
-        conflicts_with = "all"
+        conflicts_with = "all",
+        add = complete_worker_id()
     )]
     pub id: Option<String>,
     /// Every configured worker.
     #[arg(long)]
     pub all: bool,
+}
+
+/// Completes worker ids from the configuration of the current directory
+/// (user, lab and project layers; no daemon needed).
+pub fn complete_worker_id() -> clap_complete::engine::ArgValueCompleter {
+    clap_complete::engine::ArgValueCompleter::new(|current: &std::ffi::OsStr| {
+        let current = current.to_string_lossy();
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let ids: Vec<String> = crate::config::load(&cwd)
+            .map(|l| {
+                l.config
+                    .worker_ids()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter(|id| id.starts_with(current.as_ref()))
+            .map(clap_complete::engine::CompletionCandidate::new)
+            .collect()
+    })
 }
 
 pub fn run(cmd: WorkersCommand, global: &Global) -> anyhow::Result<i32> {

@@ -7,9 +7,11 @@
 //! - `layers`: finds the files, merges the layers, applies environment and flags,
 //!   and remembers where each value came from.
 //! - `render`: prints the effective configuration, optionally with origins.
+//! - `readable`: the files the configuration names exist and can be read.
 
 mod file;
 mod layers;
+pub mod readable;
 pub mod render;
 mod schema;
 

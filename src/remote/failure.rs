@@ -123,19 +123,57 @@ pub(crate) fn remote_dir_failure(worker: &str, dir: &str, stderr: &str) -> Remot
     )
 }
 
-/// The kind and detail of a failed ssh connect, from what ssh printed.
-/// `addr` is how the worker was reached (`host:port` or an alias).
-pub(crate) fn classify_connect(text: &str, addr: &str, timeout_secs: u64) -> (FailureKind, String) {
+/// Where a failed ssh connect was headed: enough to name the worker and the
+/// command that fixes a host-key problem.
+pub(crate) struct ConnectSite<'a> {
+    /// The configured host (or ssh alias).
+    pub host: &'a str,
+    /// The configured port, if any.
+    pub port: Option<u16>,
+    /// The connect timeout in force, for the timeout message.
+    pub timeout_secs: u64,
+}
+
+impl ConnectSite<'_> {
+    /// `host:port` when the port is configured, else the host (alias) alone.
+    fn address(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.to_string(),
+        }
+    }
+
+    /// The command that adds the worker's host key to known_hosts.
+    fn keyscan(&self) -> String {
+        let port = self.port.map(|p| format!("-p {p} ")).unwrap_or_default();
+        format!("ssh-keyscan {port}{} >> ~/.ssh/known_hosts", self.host)
+    }
+}
+
+/// The kind and detail of a failed ssh connect, from what ssh printed; host
+/// key and key file problems name the command or setting that fixes them.
+pub(crate) fn classify_connect(text: &str, site: &ConnectSite) -> (FailureKind, String) {
+    let addr = site.address();
     if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
         return (
             FailureKind::HostKey,
-            format!("host key verification failed: host key of {addr} has changed"),
+            format!(
+                "host key verification failed: host key of {addr} has changed; if the worker \
+                 was reinstalled, drop the old key with `ssh-keygen -R {}` and add the new one \
+                 with `{}`",
+                site.host,
+                site.keyscan()
+            ),
         );
     }
     if text.contains("Host key verification failed") || text.contains("host key is known") {
         return (
             FailureKind::HostKey,
-            format!("host key verification failed ({addr})"),
+            format!(
+                "host key verification failed ({addr}): its key is not in known_hosts; add it \
+                 with `{}` or set strict_host_key_checking = \"accept-new\" in [ssh]",
+                site.keyscan()
+            ),
         );
     }
     if text.contains("Connection refused") {
@@ -147,14 +185,25 @@ pub(crate) fn classify_connect(text: &str, addr: &str, timeout_secs: u64) -> (Fa
     if text.contains("timed out") {
         return (
             FailureKind::ConnectTimeout,
-            format!("ssh connect timed out after {timeout_secs}s ({addr})"),
+            format!(
+                "ssh connect timed out after {}s ({addr})",
+                site.timeout_secs
+            ),
         );
     }
     let verdict = last_line(text).unwrap_or("unknown error");
     if text.contains("Permission denied") || text.contains("Too many authentication failures") {
+        // ssh skips a key file it cannot read with only a warning: say so.
+        let detail = match text.lines().find(|l| l.contains("Identity file")) {
+            Some(unreadable) => format!(
+                "{}; check identity_file (`rch config validate`)",
+                unreadable.trim().trim_start_matches("Warning: ")
+            ),
+            None => verdict.to_string(),
+        };
         return (
             FailureKind::Auth,
-            format!("ssh authentication failed ({addr}): {verdict}"),
+            format!("ssh authentication failed ({addr}): {detail}"),
         );
     }
     if text.contains("closed by remote host") || text.contains("Connection reset") {
@@ -225,8 +274,36 @@ mod tests {
         }
     }
 
+    const SITE: ConnectSite<'static> = ConnectSite {
+        host: "127.0.0.1",
+        port: Some(2222),
+        timeout_secs: 5,
+    };
+
     fn kind_of(text: &str) -> FailureKind {
-        classify_connect(text, "127.0.0.1:2222", 5).0
+        classify_connect(text, &SITE).0
+    }
+
+    #[test]
+    fn host_key_and_auth_messages_name_the_fix() {
+        let unknown = "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\nHost key verification failed.";
+        let (_, text) = classify_connect(unknown, &SITE);
+        assert!(
+            text.contains("ssh-keyscan -p 2222 127.0.0.1 >> ~/.ssh/known_hosts")
+                && text.contains("strict_host_key_checking = \"accept-new\""),
+            "{text}"
+        );
+        let changed = "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.";
+        let (_, text) = classify_connect(changed, &SITE);
+        assert!(text.contains("ssh-keygen -R 127.0.0.1"), "{text}");
+        let no_key = "Warning: Identity file /home/u/.ssh/gone not accessible: No such file or directory.\nbuilder@127.0.0.1: Permission denied (publickey).";
+        let (kind, text) = classify_connect(no_key, &SITE);
+        assert_eq!(kind, FailureKind::Auth);
+        assert!(
+            text.contains("Identity file /home/u/.ssh/gone not accessible")
+                && text.contains("rch config validate"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -255,7 +332,7 @@ mod tests {
 
     #[test]
     fn refused_message_names_worker_and_address() {
-        let (kind, detail) = classify_connect("Connection refused", "127.0.0.1:2222", 5);
+        let (kind, detail) = classify_connect("Connection refused", &SITE);
         let f = RemoteFailure::new(kind, "w1", detail);
         assert_eq!(f.message, "w1: ssh connect refused (127.0.0.1:2222)");
     }

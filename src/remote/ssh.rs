@@ -9,7 +9,7 @@
 //! connection and one authentication. Masters close themselves after ten idle
 //! minutes (ControlPersist).
 
-use super::failure::{classify_connect, last_line, FailureKind, RemoteFailure};
+use super::failure::{classify_connect, last_line, ConnectSite, FailureKind, RemoteFailure};
 use super::Target;
 use crate::config::HostKeyPolicy;
 use crate::paths;
@@ -315,14 +315,6 @@ fn session_builder(target: &Target, control_dir: &Path) -> SessionBuilder {
     b
 }
 
-/// `host:port` when the port is configured, else the host (alias) alone.
-fn address(target: &Target) -> String {
-    match target.worker.port {
-        Some(port) => format!("{}:{port}", target.worker.host),
-        None => target.worker.host.clone(),
-    }
-}
-
 /// The files this machine must have to connect (the configured identity
 /// file and ssh config): without them the fault is local, not the worker's.
 fn check_local_files(target: &Target) -> Result<(), RemoteFailure> {
@@ -337,7 +329,10 @@ fn check_local_files(target: &Target) -> Result<(), RemoteFailure> {
             return Err(RemoteFailure::new(
                 FailureKind::Local,
                 &target.worker.id,
-                format!("{key} {} is not readable here: {e}", path.display()),
+                format!(
+                    "{key} {} is not readable here: {e} (fix the path; `rch config validate` names where it is set)",
+                    path.display()
+                ),
             ));
         }
     }
@@ -355,11 +350,12 @@ fn connect_failure(target: &Target, err: &openssh::Error) -> RemoteFailure {
             );
         }
     }
-    let (kind, detail) = classify_connect(
-        &error_text(err),
-        &address(target),
-        target.ssh.connect_timeout_secs,
-    );
+    let site = ConnectSite {
+        host: &target.worker.host,
+        port: target.worker.port,
+        timeout_secs: target.ssh.connect_timeout_secs,
+    };
+    let (kind, detail) = classify_connect(&error_text(err), &site);
     RemoteFailure::new(kind, &target.worker.id, detail)
 }
 
