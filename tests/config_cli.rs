@@ -1,6 +1,9 @@
 //! `rch config` end to end: the built binary with an isolated home, XDG
 //! directories and working directory, plus property tests of the parser.
 
+#[path = "support/formats.rs"]
+mod formats;
+
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -92,6 +95,7 @@ fn assert_config_error(out: &Output, expected_prefix: &str) {
     assert_eq!(err.lines().count(), 1, "one line expected: {err}");
     let wanted = format!("rch: config error: {expected_prefix}");
     assert!(err.starts_with(&wanted), "wanted {wanted:?}\n got {err:?}");
+    formats::assert_printed(err.trim_end());
 }
 
 #[test]

@@ -12,8 +12,15 @@
 //!   project `.rch/config.toml` is checked with the project rules.
 //! - docs/configuration.md names every configuration key and environment
 //!   variable.
+//! - Every sample line of rch's output (a line, in a block or inline code,
+//!   starting with `rch:` or `<worker id>: failed:`) has a format the binary
+//!   prints (`tests/fixtures/output-lines.txt`, which the tests that run rch
+//!   check real lines against).
 //!
 //! A failure names the file and line of each offending example.
+
+#[path = "support/formats.rs"]
+mod formats;
 
 use clap::Parser;
 use rch::cli::Cli;
@@ -443,4 +450,148 @@ fn named_commands_need_existing_subcommands_but_not_arguments() {
     assert!(is_quoted_output("rch: ran on w1"));
     assert!(is_quoted_output("rch lab: already up in ..."));
     assert!(!is_quoted_output("rch lab up"));
+}
+
+/// A line the docs show as rch's output: `rch: ...` or `<id>: failed: ...`.
+fn is_output_sample(line: &str) -> bool {
+    if line.starts_with("rch: ") {
+        return true;
+    }
+    line.split_once(": failed: ").is_some_and(|(id, _)| {
+        !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    })
+}
+
+/// The sample with the docs' own placeholders (`<reason>`, `...`) filled in;
+/// a trailing `...` makes it a prefix (`rch: ran locally: ...`).
+fn sample_text(line: &str) -> (String, bool) {
+    let trimmed = line.trim_end();
+    let (body, prefix) = match trimmed
+        .strip_suffix("...")
+        .or_else(|| trimmed.strip_suffix('…'))
+    {
+        Some(body) => (body, true),
+        None => (trimmed, false),
+    };
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some(start) = rest.find(['<', '.', '…']) {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let skip = if tail.starts_with("...") {
+            Some(3)
+        } else if tail.starts_with('…') {
+            Some('…'.len_utf8())
+        } else if let Some(end) = tail.strip_prefix('<').and_then(|t| t.find('>')) {
+            let word = &tail[1..=end];
+            word.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ' ')
+                .then_some(end + 2)
+        } else {
+            None
+        };
+        match skip {
+            Some(n) => {
+                out.push('x');
+                rest = &tail[n..];
+            }
+            None => {
+                let c = tail.chars().next().expect("non-empty");
+                out.push(c);
+                rest = &tail[c.len_utf8()..];
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, prefix)
+}
+
+/// Every output sample of one document: lines of fenced blocks that are not
+/// commands, and inline code.
+fn output_samples(text: &str) -> Vec<Snippet> {
+    let (blocks, prose) = split_markdown(text);
+    let mut samples = Vec::new();
+    for block in &blocks {
+        for (i, line) in block.body.iter().enumerate() {
+            let line = line.trim();
+            if is_output_sample(line) {
+                samples.push(Snippet {
+                    line: block.line + i,
+                    text: line.to_string(),
+                });
+            }
+        }
+    }
+    for line in &prose {
+        samples.extend(
+            inline_code(line)
+                .into_iter()
+                .filter(|s| is_output_sample(&s.text)),
+        );
+    }
+    samples
+}
+
+#[test]
+fn every_sample_output_line_is_one_the_binary_prints() {
+    let formats = formats::formats();
+    let mut problems = String::new();
+    let mut checked = 0;
+    for file in doc_files() {
+        for sample in output_samples(&read(&file)) {
+            checked += 1;
+            let (text, prefix) = sample_text(&sample.text);
+            let known = formats.iter().any(|f| {
+                if prefix {
+                    formats::could_start(f, &text)
+                } else {
+                    formats::matches(f, &text)
+                }
+            });
+            if !known {
+                let _ = writeln!(
+                    problems,
+                    "{}:{}: `{}` is not a line rch prints (tests/fixtures/output-lines.txt)",
+                    file.display(),
+                    sample.line,
+                    sample.text
+                );
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems}");
+    assert!(
+        checked > 20,
+        "only {checked} sample lines found: is the extractor broken?"
+    );
+}
+
+#[test]
+fn output_formats_tell_real_lines_from_false_ones() {
+    for real in [
+        "rch: ran on w1",
+        "rch: ran locally: circuit open on w1 (retry in 30s)",
+        "rch: lease 0.6ms · connect 0.7ms · push 161ms · run 91ms · pull 119ms · release 3ms",
+        "w1: failed: ssh connect refused (rch-lab-w1); circuit open",
+    ] {
+        assert!(formats::format_of(real).is_some(), "{real}");
+    }
+    for false_line in [
+        "w1: failed: w1: ssh connect refused (rch-lab-w1); circuit open",
+        "rch: ran at w1",
+        "rch: lease fast",
+    ] {
+        assert!(formats::format_of(false_line).is_none(), "{false_line}");
+    }
+    assert_eq!(
+        sample_text("rch: config error: <file>:<line>: <key>: <problem>"),
+        ("rch: config error: x:x: x: x".to_string(), false)
+    );
+    assert_eq!(
+        sample_text("rch: ran locally: ..."),
+        ("rch: ran locally: ".to_string(), true)
+    );
 }

@@ -129,6 +129,9 @@ fn all_workers_down_runs_locally_or_exits_75_when_remote_is_required() {
         "{err}"
     );
     assert!(err.contains("could not run remotely"), "{err}");
+    for line in err.lines().filter(|l| l.starts_with("rch:")) {
+        support::formats::assert_printed(line);
+    }
 
     let out = env
         .rch()

@@ -176,6 +176,9 @@ fn probe_fails_on_a_dead_worker_and_recovers_a_live_one() {
     let out = rch(&env, &["workers", "probe", "w1"]);
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(stdout(&out).contains("w1: failed"), "{}", describe(&out));
+    for line in stdout(&out).lines() {
+        support::formats::assert_printed(line);
+    }
     assert_eq!(circuit(&env, "w1")["state"], "open");
 
     env.lab.revive("w1").unwrap();
@@ -472,6 +475,10 @@ fn verbose_exec_prints_its_phases_and_the_job_keeps_them() {
         phase_line.ends_with("ms") || phase_line.ends_with('s'),
         "{phase_line}"
     );
+    support::formats::assert_printed(phase_line);
+    for line in err.lines().filter(|l| l.starts_with("rch: ran")) {
+        support::formats::assert_printed(line);
+    }
     // The client's trace: each phase a span closed with its duration.
     assert!(
         err.lines()
@@ -554,4 +561,41 @@ echo "== end"
     assert_eq!(section("history"), ["w1", "w2"], "{}", describe(&out));
     // An empty word: the ids first, then (for a flag's value) nothing else.
     assert_eq!(section("exec"), ["w1", "w2"], "{}", describe(&out));
+}
+
+#[test]
+fn lab_up_and_down_are_picked_up_by_a_running_daemon() {
+    let env = TestEnv::new(1);
+    // No RCH_CONFIG and an empty user config: the lab layer is the only one.
+    std::fs::write(env.config_file(), "").unwrap();
+    let rch = |args: &[&str]| {
+        let out = env
+            .rch()
+            .env_remove("RCH_CONFIG")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        out
+    };
+    let ids = |out: Output| -> Vec<String> {
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    rch(&["daemon", "start"]);
+    assert!(ids(rch(&["workers", "list", "--json"])).is_empty());
+    let up = rch(&["lab", "up", "--workers", "1"]);
+    assert!(
+        stdout(&up).contains("rch lab: the running daemon reloaded its configuration"),
+        "{}",
+        describe(&up)
+    );
+    assert_eq!(ids(rch(&["workers", "list", "--json"])), ["w1"]);
+    rch(&["lab", "down"]);
+    assert!(ids(rch(&["workers", "list", "--json"])).is_empty());
 }

@@ -3,6 +3,7 @@
 use super::{Global, UsageError};
 use crate::lab::{AlreadyUp, Isolation, Lab, NoLab, UnknownWorker};
 use crate::paths;
+use crate::protocol::{Request, Response};
 use crate::ui::{self, table, Output};
 use clap::Subcommand;
 use serde_json::json;
@@ -88,10 +89,29 @@ fn up(root: &std::path::Path, workers: usize, global: &Global) -> anyhow::Result
     );
     println!("{}", workers_table(&lab, &Output::detect(false, false, 0)));
     println!("{}", lab.confinement().describe());
+    reload_running_daemon();
     if !global.quiet {
         print_next_steps(&lab);
     }
     Ok(0)
+}
+
+/// A running daemon read the lab's config layer (or its absence) when it
+/// started: make it read its configuration again, so the lab is in use now.
+fn reload_running_daemon() {
+    let answer = super::block_on(async {
+        let mut client = crate::client::Client::connect(&paths::socket_path())
+            .await
+            .ok()?;
+        client.call(Request::Reload).await.ok()
+    });
+    match answer {
+        Some(Response::Ok) => println!("rch lab: the running daemon reloaded its configuration"),
+        Some(Response::Error { message, .. }) => {
+            eprintln!("rch: the running daemon kept its previous configuration: {message}")
+        }
+        _ => {}
+    }
 }
 
 fn print_next_steps(lab: &Lab) {
@@ -120,6 +140,7 @@ fn down(root: &std::path::Path) -> anyhow::Result<i32> {
         Ok(lab) => {
             lab.down()?;
             println!("rch lab: down, {} removed", root.display());
+            reload_running_daemon();
         }
         Err(err) if err.is::<NoLab>() => println!("rch lab: no lab is up"),
         Err(err) => return Err(err),

@@ -21,8 +21,9 @@ pub enum WorkersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Test workers now (SSH round trip, writable remote base, toolchain);
-    /// the result feeds the breaker. Exits non-zero when a probe fails.
+    /// Test workers now (SSH round trip, login shell, writable remote base; it
+    /// also learns their tools and toolchains); the result feeds the breaker.
+    /// Exits non-zero when a probe fails.
     Probe {
         #[command(flatten)]
         target: Target,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod config_merge;
+pub mod formats;
 mod project;
 
 use rch::lab::Lab;
