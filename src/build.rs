@@ -5,15 +5,16 @@
 //! a worker that fails as infrastructure is reported to the daemon and the
 //! build moves on; only a build's own exit code is its answer.
 
+use crate::build_files::{Layout, RemoteDir};
 use crate::cargo_run::{self, RunArgs};
-use crate::classify::{self, Artifacts, Kind, Offload};
+use crate::classify::{self, Kind, Offload};
 use crate::client::Client;
 use crate::config::{Fallback, Loaded, WorkerConfig};
 use crate::envrules::OnMismatch;
 use crate::interrupt::{self, Interrupts};
 use crate::phases::Phase;
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
-use crate::remote::{self, sync::Pull, FailureKind, RemoteFailure, Target};
+use crate::remote::{self, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,10 +82,17 @@ pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i3
         };
         return local_now(req, &why);
     }
+    let layout = match crate::build_files::plan(loaded, &req.cwd, &req.argv, &offload) {
+        Ok(layout) => layout,
+        Err(why) => return no_remote(loaded, req, &why),
+    };
+    if let Some(why) = layout.unplaceable(&loaded.config.workers) {
+        return no_remote(loaded, req, &why);
+    }
     // Caught before anything else happens, so that an interrupt in any phase
     // ends the build as interrupted and is never taken for a worker's fault.
     let mut interrupts = Interrupts::catch();
-    let mut build = Build::new(loaded, req, offload);
+    let mut build = Build::new(loaded, req, offload, layout);
     if req.verbose && !build.env.withheld.is_empty() {
         eprintln!("rch: env withheld: {}", build.env.withheld_line());
     }
@@ -119,6 +127,16 @@ fn announce(placement: &Placement, quiet: bool) {
     if !quiet || matches!(placement, Placement::Nowhere(_)) {
         eprintln!("{placement}");
     }
+}
+
+/// The build's files rule out every worker: run here, or, fail-closed,
+/// nowhere (exit 75).
+fn no_remote(loaded: &Loaded, req: &ExecRequest, why: &str) -> i32 {
+    if loaded.config.general.fallback == Fallback::Never {
+        announce(&Placement::Nowhere(why.to_string()), req.quiet);
+        return crate::EXIT_UNAVAILABLE;
+    }
+    local_now(req, why)
 }
 
 /// Run the command here right away (not offloadable, disabled, `--local`).
@@ -219,6 +237,7 @@ struct Build<'a> {
     req: &'a ExecRequest,
     offload: Offload,
     root: PathBuf,
+    layout: Layout,
     job: JobReport,
     exclude: Vec<String>,
     /// What a worker must have for this build.
@@ -240,8 +259,9 @@ struct Build<'a> {
 }
 
 impl<'a> Build<'a> {
-    fn new(loaded: &'a Loaded, req: &'a ExecRequest, offload: Offload) -> Self {
-        let root = project_root(loaded, &req.cwd, &offload);
+    fn new(loaded: &'a Loaded, req: &'a ExecRequest, offload: Offload, layout: Layout) -> Self {
+        let root = layout.root.clone();
+        let exclude = layout.refused_by(&loaded.config.workers);
         let job = JobReport {
             project: root.display().to_string(),
             command: display_command(&req.argv),
@@ -262,8 +282,9 @@ impl<'a> Build<'a> {
                 .flatten(),
             offload,
             root,
+            layout,
             job,
-            exclude: Vec::new(),
+            exclude,
             needs,
             current: None,
             stderr_mid_line: false,
@@ -411,6 +432,11 @@ impl<'a> Build<'a> {
                 Attempt::Failed { failure, .. } if failure.kind == FailureKind::MissingTool => {
                     self.missing_tool(&mut client, id).await;
                 }
+                Attempt::Failed { failure, .. }
+                    if failure.kind == FailureKind::MirrorUnavailable =>
+                {
+                    self.unfit(&mut client, id, failure).await;
+                }
                 Attempt::Failed { failure, started } => {
                     let outcome = AttemptOutcome::Failure {
                         kind: failure.kind,
@@ -452,6 +478,18 @@ impl<'a> Build<'a> {
         self.job.failovers.push(Failover {
             worker: worker.clone(),
             reason: unfit.describe(&worker),
+        });
+        self.exclude.push(worker);
+    }
+
+    /// The worker cannot take this build as it is (not its fault, not the
+    /// build's answer): no breaker effect; the build goes elsewhere.
+    async fn unfit(&mut self, client: &mut Client, worker: String, failure: RemoteFailure) {
+        let outcome = AttemptOutcome::Unknown;
+        let _ = client.call(Request::Release { outcome }).await;
+        self.job.failovers.push(Failover {
+            worker: worker.clone(),
+            reason: failure.message,
         });
         self.exclude.push(worker);
     }
@@ -518,7 +556,11 @@ impl<'a> Build<'a> {
         // this worker each get their own tree there.
         let slot = claim_slot(&target.worker.id, &home);
         let index = slot.as_ref().map_or(0, |s| s.index);
-        let remote_dir = remote::build_dir(&target.worker.remote_base, &self.root, index);
+        // The worker's path settings as this client configures them.
+        let settings = self.loaded.config.worker(&target.worker.id);
+        let place =
+            crate::build_files::remote_dir(settings.unwrap_or(&target.worker), &self.layout, index);
+        let remote_dir = place.dir.clone();
         let excludes = &self.loaded.config.transfer.exclude;
         let t = Instant::now();
         let push = remote::sync::push(&conn, &self.root, &remote_dir, excludes);
@@ -526,8 +568,26 @@ impl<'a> Build<'a> {
             return failed(f, false);
         }
         self.job.sync_ms += t.elapsed().as_millis() as u64;
+        if let Some(at) = &place.mirrored_at {
+            let tool = self.req.argv[0].to_string_lossy();
+            let rel = self
+                .req
+                .cwd
+                .strip_prefix(&self.root)
+                .unwrap_or(Path::new(""));
+            let check = remote::mirror::preflight(&conn, &remote_dir, at, rel, &tool);
+            if let Err(f) = check.await {
+                return failed(f, false);
+            }
+        }
+        let home = match (&place.mirrored_at, self.offload.tool) {
+            (None, classify::Tool::Cargo) if !place.dir.starts_with('/') => {
+                remote::mirror::remote_home(&conn).await
+            }
+            _ => None,
+        };
         let code = loop {
-            let spec = self.run_spec(&remote_dir);
+            let spec = self.run_spec(&place, home.as_deref());
             let t = Instant::now();
             self.report.clear();
             let capture = self.run_args.is_some().then_some(&mut self.report);
@@ -555,7 +615,8 @@ impl<'a> Build<'a> {
         };
         if code == 0 {
             let t = Instant::now();
-            let pull = pull_spec(&self.offload.artifacts);
+            let mirrored = place.mirrored_at.is_some();
+            let pull = self.layout.pull(&self.offload.artifacts, mirrored);
             let pulled = remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes);
             if let Err(f) = self.job.phases.time(Phase::Pull, pulled).await {
                 return failed(f, true);
@@ -609,28 +670,49 @@ impl<'a> Build<'a> {
         }
     }
 
-    fn run_spec(&self, remote_dir: &str) -> remote::run::RunSpec {
+    /// What the worker runs: in its copy of the project, or, mirrored, at
+    /// the client's own path; cargo builds not mirrored map the worker's
+    /// paths back to the client's in what rustc writes.
+    fn run_spec(&self, place: &RemoteDir, home: Option<&str>) -> remote::run::RunSpec {
         let rel = self
             .req
             .cwd
             .strip_prefix(&self.root)
             .unwrap_or(Path::new(""));
-        let dir = if rel.as_os_str().is_empty() {
-            remote_dir.to_string()
-        } else {
-            format!("{remote_dir}/{}", rel.display())
-        };
-        let argv = match &self.run_args {
+        let base = match &self.run_args {
             Some(run) => run.build_argv.clone(),
             None => self.req.argv.clone(),
         };
         let terminal = crate::colours::Terminal::detect();
+        let argv = crate::colours::argv(self.offload.tool, terminal, &base);
+        let argv = crate::build_files::remote_argv(&argv, &self.layout);
         let mut env = self.env.forwarded.clone();
         let is_set = |name: &str| std::env::var_os(name).is_some();
         env.extend(crate::colours::env(self.offload.tool, terminal, is_set));
+        env.extend(self.layout.remote_env(&self.req.cwd));
+        let (dir, argv) = match &place.mirrored_at {
+            Some(at) => {
+                let argv = remote::mirror::at_client_path(&argv, &place.dir, at, rel);
+                (place.dir.clone(), argv)
+            }
+            None => {
+                let absolute = match home {
+                    _ if place.dir.starts_with('/') => Some(place.dir.clone()),
+                    Some(home) => Some(format!("{home}/{}", place.dir)),
+                    None => None,
+                };
+                let argv = match absolute {
+                    Some(dir) if self.offload.tool == classify::Tool::Cargo => {
+                        remote::mirror::remapped(&argv, &mut env, &dir, &self.root)
+                    }
+                    _ => argv,
+                };
+                (join_remote(&place.dir, rel), argv)
+            }
+        };
         remote::run::RunSpec {
             dir,
-            argv: crate::colours::argv(self.offload.tool, terminal, &argv),
+            argv,
             env,
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
         }
@@ -720,11 +802,12 @@ enum Lease {
     Local(String),
 }
 
-fn pull_spec(artifacts: &Artifacts) -> Pull {
-    match artifacts {
-        Artifacts::None => Pull::Nothing,
-        Artifacts::CargoTarget { dir } => Pull::Dir(dir.clone()),
-        Artifacts::Tree => Pull::Tree,
+/// `<remote dir>/<rel>`, or the dir itself for an empty `rel`.
+fn join_remote(dir: &str, rel: &Path) -> String {
+    if rel.as_os_str().is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{}", rel.display())
     }
 }
 

@@ -21,6 +21,7 @@ pub enum Tool {
     Make,
     Cmake,
     Ninja,
+    Meson,
     Cc,
 }
 
@@ -31,6 +32,7 @@ impl Tool {
             Tool::Make => "make",
             Tool::Cmake => "cmake",
             Tool::Ninja => "ninja",
+            Tool::Meson => "meson",
             Tool::Cc => "cc",
         }
     }
@@ -151,6 +153,7 @@ pub fn classify(argv: &[OsString]) -> Decision {
         Some(Tool::Make) => classify_make(&args),
         Some(Tool::Cmake) => classify_cmake(&args),
         Some(Tool::Ninja) => classify_ninja(&args),
+        Some(Tool::Meson) => classify_meson(&args),
         Some(Tool::Cc) => classify_cc(name, &args),
         None => local(format!("{name} is not a build command")),
     }
@@ -162,6 +165,7 @@ fn tool_named(name: &str) -> Option<Tool> {
         "make" | "gmake" => Some(Tool::Make),
         "cmake" => Some(Tool::Cmake),
         "ninja" | "ninja-build" => Some(Tool::Ninja),
+        "meson" => Some(Tool::Meson),
         _ if is_compiler(name) => Some(Tool::Cc),
         _ => None,
     }
@@ -508,6 +512,28 @@ fn classify_cmake(args: &[&str]) -> Decision {
         }
     }
     offload(Tool::Cmake, Kind::Build, Artifacts::Tree)
+}
+
+/// `meson compile [-C DIR] [OPTIONS] [TARGETS]`: Meson's own build command.
+/// Every other meson subcommand configures, installs or inspects.
+fn classify_meson(args: &[&str]) -> Decision {
+    match args.first() {
+        Some(&"compile") => {}
+        Some(other) => return local(format!("meson {other} is not a build")),
+        None => return local("bare meson is not a build"),
+    }
+    let rest = &args[1..];
+    for (i, &arg) in rest.iter().enumerate() {
+        if is_help_or_version(arg) {
+            return local(format!("meson compile {arg} is not a build"));
+        }
+        if let Some(dir) = short_option_value(rest, i, "-C") {
+            if !stays_in_project(dir) {
+                return local("meson compile -C outside the project is not supported");
+            }
+        }
+    }
+    offload(Tool::Meson, Kind::Build, Artifacts::Tree)
 }
 
 /// ninja options whose value is the next argument.

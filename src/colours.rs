@@ -69,7 +69,9 @@ pub fn env(tool: Tool, term: Terminal, is_set: impl Fn(&str) -> bool) -> Vec<(St
                 vars.push(("CARGO_TERM_PROGRESS_WIDTH", width.to_string()));
             }
         }
-        Tool::Cmake | Tool::Ninja | Tool::Make => vars.push(("CLICOLOR_FORCE", "1".into())),
+        Tool::Cmake | Tool::Ninja | Tool::Meson | Tool::Make => {
+            vars.push(("CLICOLOR_FORCE", "1".into()))
+        }
         Tool::Cc => {}
     }
     vars.into_iter()

@@ -3,6 +3,7 @@
 //! the same selection rules the daemon uses. Pure: the classification, the
 //! loaded configuration and the fleet's report in, a [`Diagnosis`] out.
 
+use crate::build_files::Layout;
 use crate::caps::Needs;
 use crate::classify::{Decision, Offload};
 use crate::config::{Fallback, Loaded};
@@ -67,6 +68,10 @@ pub struct Diagnosis {
     pub placement: String,
     /// One line: where it would run now and why.
     pub verdict: String,
+    /// The build's paths: the synced root, where artifacts return, build
+    /// files recording absolute paths and how each worker treats them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 /// Diagnose `command`. `fleet` is asked only when the fleet decides (the
@@ -137,6 +142,26 @@ fn settings(command: &str, decision: &Decision, loaded: &Loaded) -> Diagnosis {
         workers: Vec::new(),
         placement: String::new(),
         verdict: String::new(),
+        paths: Vec::new(),
+    }
+}
+
+/// Add what the build's file layout decides: its paths, and a local
+/// verdict when the layout keeps the build here (a dependency that cannot
+/// be synced, a path no worker may mirror).
+pub fn with_layout(d: &mut Diagnosis, layout: &Result<Layout, String>, loaded: &Loaded) {
+    let workers = &loaded.config.workers;
+    let why = match layout {
+        Ok(layout) => {
+            d.paths = crate::build_files::describe(layout, workers);
+            layout.unplaceable(workers)
+        }
+        Err(why) => Some(why.clone()),
+    };
+    if let Some(why) = why {
+        if d.offload && loaded.config.general.enabled {
+            conclude(d, "local", format!("would run locally: {why}"));
+        }
     }
 }
 

@@ -15,6 +15,9 @@
 //! - [`needs`]: what a build needs of a worker, found on this machine (local rustc, cc, target).
 //! - [`envcheck`]: what a cargo build read from its environment vs what the worker had; pure.
 //! - [`envrules`]: which environment variables a remote build gets (forward/withhold rules); pure.
+//! - [`build_files`]: where a build's files are, here and on a worker (synced root, mirrored path, target dirs).
+//! - [`cargo_layout`]: cargo's path-dependency closure and target directory on this machine.
+//! - [`recorded`]: build files (CMake, Meson, autotools) that record this machine's absolute paths.
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
 //! - [`interrupt`]: SIGINT/SIGTERM/SIGHUP during a build, and the exit code a shell reports.
@@ -34,7 +37,9 @@
 
 pub mod breaker;
 pub mod build;
+pub mod build_files;
 pub mod caps;
+pub mod cargo_layout;
 pub mod cargo_run;
 pub mod classify;
 pub mod cli;
@@ -55,6 +60,7 @@ pub mod needs;
 pub mod paths;
 pub mod phases;
 pub mod protocol;
+pub mod recorded;
 pub mod remote;
 pub mod select;
 pub mod service;

@@ -30,7 +30,7 @@ pub fn needs(argv: &[OsString], cwd: &Path, tool: Tool) -> Needs {
                 .or_else(|| std::env::var("CARGO_BUILD_TARGET").ok())
                 .filter(|t| !t.is_empty());
         }
-        Tool::Make | Tool::Cmake | Tool::Ninja | Tool::Cc => needs.cc = local_cc(cwd),
+        Tool::Make | Tool::Cmake | Tool::Ninja | Tool::Meson | Tool::Cc => needs.cc = local_cc(cwd),
     }
     needs
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// The tools wrapped when `rch wrap install` is given no `--tools`.
 pub const DEFAULT_TOOLS: &[&str] = &[
-    "cargo", "make", "cmake", "ninja", "cc", "gcc", "g++", "clang", "clang++",
+    "cargo", "make", "cmake", "ninja", "meson", "cc", "gcc", "g++", "clang", "clang++",
 ];
 
 /// The second line of every shim; files without it are never touched.

@@ -323,6 +323,17 @@ const MAKE_CMAKE_NINJA: &[(&str, Want)] = &[
     ("ninja -h", Local),
     ("ninja install", Local),
     ("ninja -C /tmp/b", Local),
+    ("meson compile", Tree(Tool::Meson, Kind::Build)),
+    ("meson compile -C builddir", Tree(Tool::Meson, Kind::Build)),
+    (
+        "meson compile -C builddir -j 2 mylib",
+        Tree(Tool::Meson, Kind::Build),
+    ),
+    ("meson setup builddir", Local),
+    ("meson test -C builddir", Local),
+    ("meson install -C builddir", Local),
+    ("meson compile -C /tmp/b", Local),
+    ("meson --version", Local),
 ];
 
 const COMPILERS: &[(&str, Want)] = &[

@@ -510,7 +510,11 @@ async fn pull_dir_brings_artifacts_without_build_byproducts() {
     std::fs::create_dir_all(local_keep.parent().unwrap()).unwrap();
     std::fs::write(&local_keep, "local").unwrap();
 
-    let what = Pull::Dir("target/release".into());
+    let what = Pull::Dir {
+        from: "target/release".into(),
+        to: project.path().join("target/release"),
+        complete: false,
+    };
     remote::pull(&conn, project.path(), &remote_dir, &what, &[])
         .await
         .expect("pull");
@@ -523,7 +527,11 @@ async fn pull_dir_brings_artifacts_without_build_byproducts() {
     }
     assert!(!project.path().join("target/debug").exists());
 
-    let missing = Pull::Dir("target/none".into());
+    let missing = Pull::Dir {
+        from: "target/none".into(),
+        to: project.path().join("target/none"),
+        complete: false,
+    };
     remote::pull(&conn, project.path(), &remote_dir, &missing, &[])
         .await
         .expect("a missing artifact dir is nothing to pull");

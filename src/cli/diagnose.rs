@@ -68,15 +68,26 @@ pub fn run(args: DiagnoseArgs, global: &Global) -> anyhow::Result<i32> {
             return Err(UsageError(format!("unknown worker {id:?} (known: {known})")).into());
         }
     }
-    let d = diagnose(&command, &decision, &loaded, |offload| {
+    let layout = match &decision {
+        Decision::Offload(offload) => Some(crate::build_files::plan(&loaded, &dir, &argv, offload)),
+        Decision::Local(_) => None,
+    };
+    let mut d = diagnose(&command, &decision, &loaded, |offload| {
         let report = super::block_on(current_report(&out))?;
+        let project = match &layout {
+            Some(Ok(layout)) => layout.root.clone(),
+            _ => crate::build::project_root(&loaded, &dir, offload),
+        };
         Ok(crate::diagnose::FleetView {
             report,
-            project: crate::build::project_root(&loaded, &dir, offload),
+            project,
             needs: crate::needs::needs(&argv, &dir, offload.tool),
             env: crate::envrules::plan(std::env::vars_os(), &loaded.config.env),
         })
     })?;
+    if let Some(layout) = &layout {
+        crate::diagnose::with_layout(&mut d, layout, &loaded);
+    }
     if out.json {
         ui::print_json(&d)?;
     } else {

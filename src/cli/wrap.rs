@@ -11,7 +11,7 @@ pub enum WrapCommand {
     /// Write wrapper scripts that send build tools through `rch exec`.
     Install {
         /// The tools to wrap, comma separated (default: those of cargo, make,
-        /// cmake, ninja, cc, gcc, g++, clang, clang++ found on PATH). Replaces
+        /// cmake, ninja, meson, cc, gcc, g++, clang, clang++ found on PATH). Replaces
         /// the wrapped set.
         #[arg(long, value_delimiter = ',', value_name = "TOOL,...")]
         tools: Option<Vec<String>>,

@@ -142,6 +142,60 @@ pub struct WorkerConfig {
     /// Project dirs on this worker are kept under this many GB by the
     /// daemon (least recently used removed first); unlimited when absent.
     pub max_disk_gb: Option<f64>,
+    /// Whether builds run at the client's own absolute path on this worker.
+    #[serde(default)]
+    pub mirror_paths: MirrorPaths,
+}
+
+/// `mirror_paths`: `"auto"` (when the tree has build files that record
+/// absolute paths), `true` (always) or `false` (never: such trees build
+/// elsewhere or locally).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MirrorPaths {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl MirrorPaths {
+    /// The value as written in the config file.
+    pub fn as_toml(self) -> &'static str {
+        match self {
+            MirrorPaths::Auto => "\"auto\"",
+            MirrorPaths::Always => "true",
+            MirrorPaths::Never => "false",
+        }
+    }
+}
+
+impl Serialize for MirrorPaths {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MirrorPaths::Auto => s.serialize_str("auto"),
+            MirrorPaths::Always => s.serialize_bool(true),
+            MirrorPaths::Never => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MirrorPaths {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(MirrorPaths::Always),
+            Raw::Flag(false) => Ok(MirrorPaths::Never),
+            Raw::Word(w) if w == "auto" => Ok(MirrorPaths::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "mirror_paths: expected \"auto\", true or false, got {w:?}"
+            ))),
+        }
+    }
 }
 
 impl WorkerConfig {
@@ -161,6 +215,7 @@ impl WorkerConfig {
             toolchain: None,
             cc_toolchain: None,
             max_disk_gb: None,
+            mirror_paths: MirrorPaths::Auto,
         }
     }
 }

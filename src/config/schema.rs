@@ -31,6 +31,8 @@ pub enum Kind {
     TextList,
     /// A number (integer or float) greater than 0.
     Positive,
+    /// `true`, `false`, or the string `"auto"`.
+    AutoBool,
 }
 
 /// One key of a section.
@@ -120,6 +122,7 @@ pub const WORKER: &[Key] = &[
     key("toolchain", TOOLCHAIN),
     key("cc_toolchain", CC_TOOLCHAIN),
     key("max_disk_gb", Kind::Positive),
+    key("mirror_paths", Kind::AutoBool),
 ];
 
 /// Worker keys without which a worker entry is an error.
@@ -203,6 +206,7 @@ pub fn expectation(kind: Kind) -> String {
         Kind::Text | Kind::Id | Kind::Address => "a string".to_string(),
         Kind::TextList => "an array of strings".to_string(),
         Kind::Positive => "a number greater than 0".to_string(),
+        Kind::AutoBool => "\"auto\", true or false".to_string(),
     }
 }
 
@@ -235,6 +239,8 @@ pub fn check(kind: Kind, value: &Value) -> Result<Json, Problem> {
         (Kind::TextList, Value::Array(items)) => check_text_list(items),
         (Kind::Positive, Value::Float(f)) => check_positive(*f.value()),
         (Kind::Positive, Value::Integer(i)) => check_positive(*i.value() as f64),
+        (Kind::AutoBool, Value::Boolean(b)) => Ok(Json::Bool(*b.value())),
+        (Kind::AutoBool, Value::String(s)) => check_choice(s.value(), &["auto"]),
         _ => Err(wrong_type()),
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why an attempt failed around the build (never the build's own exit code).
 ///
-/// Every kind but `Local` and `MissingTool` is a fault of the worker or the
+/// Every kind but `Local`, `MissingTool` and `MirrorUnavailable` is a fault of the worker or the
 /// way to it; `Local` is a problem on this machine (rsync or ssh missing here,
 /// an unusable local path), which no worker is charged for and no other worker
 /// would fix.
@@ -28,12 +28,15 @@ pub enum FailureKind {
     Timeout,
     /// The command is not installed there: a routing fact, not a fault.
     MissingTool,
+    /// The worker cannot run the build at the client's path: a routing
+    /// fact (the build goes elsewhere), never a breaker charge.
+    MirrorUnavailable,
     Other,
 }
 
 impl FailureKind {
     /// Every kind, for tables and metrics that list them all.
-    pub const ALL: [FailureKind; 12] = [
+    pub const ALL: [FailureKind; 13] = [
         FailureKind::Local,
         FailureKind::ConnectRefused,
         FailureKind::ConnectTimeout,
@@ -45,13 +48,18 @@ impl FailureKind {
         FailureKind::Killed,
         FailureKind::Timeout,
         FailureKind::MissingTool,
+        FailureKind::MirrorUnavailable,
         FailureKind::Other,
     ];
 
     /// Whether the worker is to blame: only such failures touch its breaker.
-    /// A tool the worker lacks is a routing fact, not a fault.
+    /// A tool the worker lacks, or a client path it cannot provide, is a
+    /// routing fact, not a fault.
     pub fn is_worker_fault(self) -> bool {
-        !matches!(self, FailureKind::Local | FailureKind::MissingTool)
+        !matches!(
+            self,
+            FailureKind::Local | FailureKind::MissingTool | FailureKind::MirrorUnavailable
+        )
     }
 
     /// The snake_case name, as on the wire.
@@ -68,6 +76,7 @@ impl FailureKind {
             FailureKind::Killed => "killed",
             FailureKind::Timeout => "timeout",
             FailureKind::MissingTool => "missing_tool",
+            FailureKind::MirrorUnavailable => "mirror_unavailable",
             FailureKind::Other => "other",
         }
     }

@@ -12,6 +12,7 @@
 pub mod failure;
 pub mod layout;
 pub mod probe;
+pub mod mirror;
 pub mod run;
 pub(crate) mod shell;
 pub mod slot;

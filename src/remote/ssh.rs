@@ -425,6 +425,7 @@ mod tests {
                 toolchain: None,
                 cc_toolchain: None,
                 max_disk_gb: None,
+                mirror_paths: Default::default(),
             },
             ssh: SshConfig::default(),
             agent: None,

@@ -40,8 +40,15 @@ const IGNORE_FILE: &str = ".rchignore";
 pub enum Pull {
     /// Nothing: the command produces no artifacts (check, clippy, test).
     Nothing,
-    /// One directory relative to the project root, e.g. "target/release".
-    Dir(String),
+    /// One directory: `from` relative to the remote project dir (e.g.
+    /// "target/release"), into the local directory `to`. `complete` brings
+    /// back cargo's bookkeeping too (fingerprints, dep-info, build script
+    /// outputs), so a local cargo finds the build fresh.
+    Dir {
+        from: String,
+        to: PathBuf,
+        complete: bool,
+    },
     /// The whole project (newer files only), for generic build tools.
     Tree,
 }
@@ -84,11 +91,12 @@ pub async fn pull(
     let mut args = rsync_base_args(conn);
     let local = match what {
         Pull::Nothing => return Ok(()),
-        Pull::Dir(rel) => {
-            let rel = rel.trim_matches('/');
-            push_excludes(&mut args, ARTIFACT_EXCLUDES.iter().copied());
-            args.push(remote_arg(remote_dir, rel));
-            project_root.join(rel)
+        Pull::Dir { from, to, complete } => {
+            if !complete {
+                push_excludes(&mut args, ARTIFACT_EXCLUDES.iter().copied());
+            }
+            args.push(remote_arg(remote_dir, from.trim_matches('/')));
+            to.clone()
         }
         Pull::Tree => {
             args.push("--update".into());
@@ -107,7 +115,7 @@ pub async fn pull(
     })?;
     args.push(dir_arg(&local));
     // A build that produced no such directory has nothing to return.
-    let missing_ok = matches!(what, Pull::Dir(_));
+    let missing_ok = matches!(what, Pull::Dir { .. });
     run_rsync(conn, args, remote_dir, missing_ok).await
 }
 

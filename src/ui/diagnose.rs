@@ -49,6 +49,10 @@ pub fn diagnosis_text(d: &Diagnosis) -> String {
     for w in &d.workers {
         lines.push(format!("  {:<10} {}", w.worker, w.why));
     }
+    for (i, line) in d.paths.iter().enumerate() {
+        let label = if i == 0 { "paths:" } else { "" };
+        lines.push(format!("{label:<10} {line}"));
+    }
     lines.push(format!("verdict:   {}", d.verdict));
     lines.join("\n")
 }
@@ -93,6 +97,7 @@ mod tests {
             }],
             placement: "local".into(),
             verdict: "would run locally: w1 circuit open".into(),
+            paths: Vec::new(),
         };
         let text = diagnosis_text(&d);
         let lines: Vec<&str> = text.lines().collect();
