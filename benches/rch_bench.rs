@@ -2,10 +2,13 @@
 //! workers; they print medians and ratios, never pass/fail.
 //!
 //! Run: `cargo bench --bench rch_bench` (all), or name some of
-//! `p1 p3 p4` after `--`.
+//! `p1 p1p p6 p7 p3 p4` after `--`.
 //!
 //! - P1: warm no-op remote `cargo build` vs the hand-written rsync+ssh script
 //!   on the same worker, and vs a local no-op build.
+//! - P1', P6, P7 (`sync_cases`): warm no-op, one-file edit in a tree with
+//!   5,000 files, no-op with 50,000 files; beside the script with and without
+//!   a ControlMaster and local cargo, on a minimal and a slow worker account.
 //! - P3: what an open breaker costs a build; time to local fallback when the
 //!   whole fleet is dead.
 //! - P4: daemon lease+release round trip at 100 workers (p50/p99, leases/s)
@@ -13,6 +16,9 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "cases/sync.rs"]
+mod sync_cases;
 
 use rch::protocol::{AttemptOutcome, JobReport, LeaseRequest, Request, Response};
 use std::path::Path;
@@ -28,6 +34,15 @@ fn main() {
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     if run("p1") {
         p1_warm_noop();
+    }
+    if run("p1p") {
+        sync_cases::p1_prime();
+    }
+    if run("p6") {
+        sync_cases::p6_one_file_edit();
+    }
+    if run("p7") {
+        sync_cases::p7_many_files();
     }
     if run("p3") {
         p3_open_breaker_and_dead_fleet();

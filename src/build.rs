@@ -14,7 +14,7 @@ use crate::envrules::OnMismatch;
 use crate::interrupt::{self, Interrupts};
 use crate::phases::Phase;
 use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
-use crate::remote::{self, FailureKind, RemoteFailure, Target};
+use crate::remote::{self, upload::Upload, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -563,7 +563,12 @@ impl<'a> Build<'a> {
         let remote_dir = place.dir.clone();
         let excludes = &self.loaded.config.transfer.exclude;
         let t = Instant::now();
-        let push = remote::sync::push(&conn, &self.root, &remote_dir, excludes);
+        let snapshot = self.snapshot();
+        self.job.phases.add(Phase::Snapshot, t.elapsed());
+        let root = self.root.clone();
+        let upload = Upload::prepare(&root, &target.worker.id, &remote_dir, snapshot);
+        tracing::debug!(plan = upload.plan().label(), dir = %remote_dir, "push plan");
+        let push = upload.push(&conn, excludes);
         if let Err(f) = self.job.phases.time(Phase::Push, push).await {
             return failed(f, false);
         }
@@ -586,16 +591,31 @@ impl<'a> Build<'a> {
             }
             _ => None,
         };
+        let mut full = false;
         let code = loop {
-            let spec = self.run_spec(&place, home.as_deref());
             let t = Instant::now();
-            self.report.clear();
-            let capture = self.run_args.is_some().then_some(&mut self.report);
-            let report = self
-                .job
-                .phases
-                .time(Phase::Run, run_command(&conn, &spec, capture))
-                .await;
+            let report = loop {
+                let mut spec = self.run_spec(&place, home.as_deref());
+                spec.tree = Some(upload.check(full));
+                self.report.clear();
+                let capture = self.run_args.is_some().then_some(&mut self.report);
+                let report = self
+                    .job
+                    .phases
+                    .time(Phase::Run, run_command(&conn, &spec, capture))
+                    .await;
+                if !report.stale_tree || full {
+                    break report;
+                }
+                // Not the tree we left there (another machine, a clean-up):
+                // nothing ran; send all of it and run again.
+                tracing::debug!(dir = %remote_dir, "the worker holds another tree; pushing in full");
+                let push = upload.push_full(&conn, excludes);
+                if let Err(f) = self.job.phases.time(Phase::Push, push).await {
+                    return failed(f, false);
+                }
+                full = true;
+            };
             self.stderr_mid_line = report.stderr_mid_line;
             self.remote_dir = remote_dir.clone();
             self.job.run_ms += t.elapsed().as_millis() as u64;
@@ -613,6 +633,11 @@ impl<'a> Build<'a> {
                 EnvCheck::Refuse { line, fail } => return Attempt::EnvMismatch { line, fail },
             }
         };
+        // A build that may have changed the tree itself (make & co) leaves it
+        // unlike the snapshot: its next build pushes in full.
+        if !matches!(self.offload.artifacts, classify::Artifacts::Tree) {
+            upload.commit(full);
+        }
         if code == 0 {
             let t = Instant::now();
             let mirrored = place.mirrored_at.is_some();
@@ -624,6 +649,21 @@ impl<'a> Build<'a> {
             self.job.return_ms += t.elapsed().as_millis() as u64;
         }
         Attempt::Ran(code)
+    }
+
+    /// The tree as it would be pushed now; `None` when it cannot be walked
+    /// (the push then applies the exclude patterns alone).
+    fn snapshot(&self) -> Option<crate::tree::Snapshot> {
+        let transfer = &self.loaded.config.transfer;
+        let walked = remote::sync::rules(&self.root, &transfer.exclude, transfer.respect_gitignore)
+            .and_then(|rules| crate::tree::snapshot(&rules).map_err(|e| e.to_string()));
+        match walked {
+            Ok(snapshot) => Some(snapshot),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot walk the project tree");
+                None
+            }
+        }
     }
 
     /// After a cargo build: did it read a variable the worker did not have as
@@ -715,6 +755,7 @@ impl<'a> Build<'a> {
             argv,
             env,
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
+            tree: None,
         }
     }
 

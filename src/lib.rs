@@ -26,7 +26,8 @@
 //! - [`cost`]: the cost rule that keeps tiny compiles (configure probes) local; pure.
 //! - [`gc`]: worker disk clean-up (`rch workers gc`, `max_disk_gb`, `cargo clean` on workers).
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
-//! - [`remote`]: SSH master connections, rsync transfer, remote execution.
+//! - [`remote`]: SSH master connections, where builds live on workers, rsync transfer, remote execution.
+//! - [`tree`]: the project tree as it is pushed: ignore rules, snapshots and what changed.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
 //! - [`diagnose`]: why a command would run where it would (`rch diagnose`); pure.
 //! - [`fleet_report`]: the fleet for operator commands: the daemon's report, else the saved state.
@@ -64,6 +65,7 @@ pub mod recorded;
 pub mod remote;
 pub mod select;
 pub mod service;
+pub mod tree;
 pub mod ui;
 pub mod wrap;
 

@@ -464,6 +464,7 @@ fn verbose_exec_prints_its_phases_and_the_job_keeps_them() {
         .unwrap_or_else(|| panic!("no phase line: {err}"));
     for phase in [
         " · connect ",
+        " · snapshot ",
         " · push ",
         " · run ",
         " · pull ",
@@ -495,7 +496,7 @@ fn verbose_exec_prints_its_phases_and_the_job_keeps_them() {
         .collect();
     assert_eq!(
         phases,
-        ["lease", "connect", "push", "run", "pull", "release"],
+        ["lease", "connect", "snapshot", "push", "run", "pull", "release"],
         "{jobs}"
     );
     let history = stdout(&rch(&env, &["workers", "history", "w1"]));

@@ -95,6 +95,7 @@ fn spec(dir: &str, argv: &[&str]) -> RunSpec {
         argv: argv.iter().map(OsString::from).collect(),
         env: Vec::new(),
         timeout: Duration::from_secs(30),
+        tree: None,
     }
 }
 

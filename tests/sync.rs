@@ -86,3 +86,120 @@ fn overlapping_builds_of_one_project_are_isolated_and_sequential_ones_stay_warm(
         stderr(&second)
     );
 }
+
+#[test]
+fn gitignored_paths_stay_home_except_build_inputs_and_rchignore_reincludes() {
+    let env = TestEnv::new(1);
+    env.write_config("");
+    let dir = make_project(
+        &env,
+        "ignored",
+        ".PHONY: ls\nls:\n  find . -type f ! -path './.rch*' | sort\n",
+    );
+    std::fs::write(dir.join(".gitignore"), "Makefile\ndata/\n*.log\n").unwrap();
+    std::fs::write(dir.join(".rchignore"), "!keep.log\n").unwrap();
+    for f in ["data/big.bin", "debug.log", "keep.log", "src/a.c"] {
+        let path = dir.join(f);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, f).unwrap();
+    }
+    let out = make(&env, &dir, "ls");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "./.gitignore\n./Makefile\n./keep.log\n./src/a.c\n",
+        "{}",
+        stderr(&out)
+    );
+
+    // Turned off in the project's config: everything but the built-ins goes.
+    std::fs::create_dir_all(dir.join(".rch")).unwrap();
+    std::fs::write(
+        dir.join(".rch/config.toml"),
+        "[transfer]\nrespect_gitignore = false\n",
+    )
+    .unwrap();
+    let out = make(&env, &dir, "ls");
+    assert_eq!(
+        stdout(&out),
+        "./.gitignore\n./Makefile\n./data/big.bin\n./debug.log\n./keep.log\n./src/a.c\n",
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A cargo crate whose binary prints `data.txt` (compiled in) and nothing else.
+fn data_crate(env: &TestEnv, name: &str) -> PathBuf {
+    let dir = env.project(name);
+    std::fs::write(
+        dir.join("src/main.rs"),
+        "fn main() {\n    print!(\"{}\", include_str!(\"../data.txt\"));\n}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("data.txt"), "one").unwrap();
+    dir
+}
+
+fn cargo_build(env: &TestEnv, dir: &Path) -> String {
+    let out = env
+        .rch_in(dir)
+        .args(["exec", "--", "cargo", "build", "-q"])
+        .output()
+        .expect("running rch");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let bin = dir.join("target/debug").join(name);
+    let run = std::process::Command::new(bin)
+        .output()
+        .expect("the built binary");
+    stdout(&run)
+}
+
+/// The tree of `dir`'s builds on w1 (slot 0), as a path the worker sees.
+fn remote_tree(env: &TestEnv, dir: &Path) -> String {
+    let base = env.lab.workers()[0].remote_base.display().to_string();
+    rch::remote::build_dir(&base, dir, 0)
+}
+
+fn on_worker(env: &TestEnv, cmd: &str) -> bool {
+    env.ssh("w1", cmd).status.success()
+}
+
+#[test]
+fn pushes_follow_every_change_and_skip_only_a_tree_the_worker_still_holds() {
+    let env = TestEnv::new(1);
+    env.write_config("");
+    let dir = data_crate(&env, "pushes");
+    std::fs::write(dir.join("extra.txt"), "x").unwrap();
+    assert_eq!(cargo_build(&env, &dir), "one");
+    let tree = remote_tree(&env, &dir);
+    assert!(on_worker(&env, &format!("test -e {tree}/extra.txt")));
+
+    // Same size, mtime put back to the same instant: the content hash sees it.
+    let data = dir.join("data.txt");
+    let mtime = std::fs::metadata(&data).unwrap().modified().unwrap();
+    std::fs::write(&data, "two").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    // A delete propagates. (cargo itself goes by mtime, so the worker's
+    // file is what tells.)
+    std::fs::remove_file(dir.join("extra.txt")).unwrap();
+    cargo_build(&env, &dir);
+    assert!(on_worker(&env, &format!("grep -qx two {tree}/data.txt")));
+    assert!(on_worker(&env, &format!("test ! -e {tree}/extra.txt")));
+
+    // Unchanged: nothing is pushed (a file planted on the worker stays).
+    assert!(on_worker(&env, &format!("touch {tree}/planted")));
+    cargo_build(&env, &dir);
+    assert!(on_worker(&env, &format!("test -e {tree}/planted")));
+
+    // The worker's tree is not ours any more (cleaned up): pushed in full.
+    assert!(on_worker(&env, &format!("rm -rf {tree}")));
+    assert_eq!(cargo_build(&env, &dir), "two");
+    assert!(on_worker(&env, &format!("grep -qx two {tree}/data.txt")));
+    assert_eq!(env.circuit("w1").failures, 0);
+}

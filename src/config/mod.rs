@@ -116,9 +116,20 @@ impl Default for DaemonConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferConfig {
     pub exclude: Vec<String>,
+    /// Leave out what the tree's `.gitignore`/`.ignore` files ignore (build inputs excepted).
+    pub respect_gitignore: bool,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            exclude: Vec::new(),
+            respect_gitignore: true,
+        }
+    }
 }
 
 /// One `[[workers]]` entry.

@@ -93,7 +93,10 @@ pub const ENV: &[Key] = &[
     key("on_mismatch", Kind::Choice(&["rerun", "local", "fail"])),
 ];
 
-pub const TRANSFER: &[Key] = &[key("exclude", Kind::TextList)];
+pub const TRANSFER: &[Key] = &[
+    key("exclude", Kind::TextList),
+    key("respect_gitignore", Kind::Bool),
+];
 
 /// `[cost]`: when a build is too small to be worth a worker.
 pub const COST: &[Key] = &[

@@ -1,7 +1,8 @@
 //! The remote side of a build: SSH master connections ([`ssh`]), where a
 //! build lives on a worker ([`layout`], [`slot`]), rsync transfer over the
-//! masters ([`sync`]), remote execution ([`run`], with its out-of-band
-//! status in [`status`]) and the worker probe ([`probe`]).
+//! masters ([`sync`]), what each build pushes ([`upload`]), remote
+//! execution ([`run`], with its out-of-band status in [`status`]), the
+//! worker probe ([`probe`]) and builds at the client's own path ([`mirror`]).
 //!
 //! Two leaves sit under them: [`shell`] (quoting and the login-shell command)
 //! and [`failure`] (the typed [`RemoteFailure`] and the one place that reads
@@ -19,6 +20,7 @@ pub mod slot;
 pub mod ssh;
 pub mod status;
 pub mod sync;
+pub mod upload;
 
 use crate::config::{SshConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};

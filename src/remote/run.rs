@@ -12,6 +12,7 @@ use super::failure::{FailureKind, RemoteFailure};
 use super::shell::login_shell_command;
 use super::ssh::Connection;
 use super::status::{self, Record, SetupFault, StatusFilter};
+use super::upload::TreeCheck;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -26,6 +27,9 @@ pub struct RunSpec {
     pub argv: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Checked and written before the command starts, in the same remote
+    /// command: whether the worker still holds the tree we pushed.
+    pub tree: Option<TreeCheck>,
 }
 
 /// How a run ended. `result` is `Ok(code)` with the command's own exit code
@@ -38,6 +42,9 @@ pub struct RunReport {
     /// The build's stderr ended without a newline (rch's own line must start
     /// on a fresh one).
     pub stderr_mid_line: bool,
+    /// The command did not start: the worker does not hold the tree the
+    /// [`TreeCheck`] expected (push it in full and run again).
+    pub stale_tree: bool,
 }
 
 impl RunReport {
@@ -46,6 +53,7 @@ impl RunReport {
             started,
             result: Err(failure),
             stderr_mid_line: false,
+            stale_tree: false,
         }
     }
 }
@@ -59,7 +67,11 @@ fn is_exportable(name: &str) -> bool {
     first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with("RCH_")
 }
 
-/// The fixed script: `$1` is the directory, then `K=V` pairs, `--`, the command.
+/// The fixed script: `$1` is the directory, `$2` the tree's directory, `$3`
+/// the token the tree must hold (or empty), `$4` the token to write there (or
+/// empty), `$5` a count N and N paths of the tree to delete, then `K=V`
+/// pairs, `--`, the command. A tree without the expected token is reported
+/// as `setup:tree:stale` before anything is touched.
 /// The first line of its stdin is the run's nonce; it reports on stderr in
 /// records only rch can tell apart from the build's output ([`status`]).
 /// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
@@ -81,7 +93,16 @@ fn run_script() -> String {
 }
 
 /// The part of the run script after the nonce and the report functions.
-const RUN_BODY: &str = r#"dir=$1; shift
+const RUN_BODY: &str = r#"dir=$1; tree=$2; expect=$3; token=$4; ndelete=$5; shift 5
+case $tree in /*|'') ;; *) tree=$HOME/$tree ;; esac
+if [ -n "$expect" ]; then
+  have=; read -r have 2>/dev/null <"$tree/.rch-sync"
+  [ "$have" = "$expect" ] || setup_failed tree stale
+fi
+while [ "$ndelete" -gt 0 ]; do [ -n "$tree" ] && rm -rf -- "$tree/$1"; shift; ndelete=$((ndelete - 1)); done
+if [ -n "$token" ]; then
+  printf '%s\n' "$token" 2>/dev/null >"$tree/.rch-sync" || setup_failed dir 'cannot write the sync token'
+fi
 while [ "$#" -gt 0 ]; do
   if [ "$1" = -- ]; then shift; break; fi
   export "$1"; shift
@@ -160,7 +181,15 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
     if spec.argv.is_empty() {
         return Err("empty command".to_string());
     }
-    let mut args: Vec<String> = vec![spec.dir.clone()];
+    let check = spec.tree.clone().unwrap_or_default();
+    let mut args: Vec<String> = vec![
+        spec.dir.clone(),
+        check.dir,
+        check.expect.unwrap_or_default(),
+        check.set.unwrap_or_default(),
+        check.delete.len().to_string(),
+    ];
+    args.extend(check.delete);
     args.extend(
         spec.env
             .iter()
@@ -214,7 +243,9 @@ async fn execute(
     );
     let status = child.wait().await;
     drop(stdin);
-    let (started, result) = match filter.records().first().cloned() {
+    let first = filter.records().first().cloned();
+    let stale_tree = first == Some(Record::Setup(SetupFault::StaleTree));
+    let (started, result) = match first {
         Some(Record::Exit(code)) => (true, Ok(code)),
         Some(Record::Setup(fault)) => (false, Err(setup_failure(worker, dir, fault))),
         None => (true, Err(unreported_end(conn, status).await)),
@@ -223,6 +254,7 @@ async fn execute(
         started,
         result,
         stderr_mid_line,
+        stale_tree,
     }
 }
 
@@ -238,6 +270,11 @@ fn setup_failure(worker: &str, dir: &str, fault: SetupFault) -> RemoteFailure {
             FailureKind::MissingTool,
             worker,
             format!("{program}: command not found on the worker"),
+        ),
+        SetupFault::StaleTree => RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            format!("{dir}: not the tree this client pushed"),
         ),
         SetupFault::Other(reason) => RemoteFailure::new(FailureKind::Other, worker, reason),
     }
@@ -349,6 +386,7 @@ mod tests {
             ],
             env: vec![("RCH_X".into(), "1".into()), ("A".into(), "b c".into())],
             timeout: Duration::from_secs(1),
+            tree: None,
         };
         let cmd = remote_command(&spec).unwrap();
         let words = shlex::split(&cmd).unwrap();
@@ -359,6 +397,10 @@ mod tests {
             [
                 "rch",
                 "d",
+                "",
+                "",
+                "",
+                "0",
                 "A=b c",
                 "--",
                 "printf",

@@ -36,6 +36,9 @@ pub enum SetupFault {
     Dir(String),
     /// The worker does not have the command's program (`tool`).
     Tool(String),
+    /// The build's tree is not the one the client last pushed there (`tree`):
+    /// push it in full and run again.
+    StaleTree,
     /// Any other check of the script, e.g. `setsid` missing (`other`).
     Other(String),
 }
@@ -61,6 +64,7 @@ impl Record {
                 Some(Record::Setup(match kind {
                     "dir" => SetupFault::Dir(detail),
                     "tool" => SetupFault::Tool(detail),
+                    "tree" => SetupFault::StaleTree,
                     _ => SetupFault::Other(detail),
                 }))
             }

@@ -8,6 +8,7 @@
 use super::failure::{classify_rsync, FailureKind, RemoteFailure};
 use super::shell::quote;
 use super::ssh::{Connection, MUX_HOST};
+use crate::tree;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -32,9 +33,6 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
 /// Build by-products not worth bringing back with the artifacts.
 const ARTIFACT_EXCLUDES: &[&str] = &["incremental/", ".fingerprint/", "build/", "deps/*.d"];
 
-/// A project-local list of extra exclude patterns (rsync filter syntax).
-const IGNORE_FILE: &str = ".rchignore";
-
 /// What to bring back from the worker after a build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pull {
@@ -53,13 +51,58 @@ pub enum Pull {
     Tree,
 }
 
-/// Mirror the project to `remote_dir` (created if missing), deleting remote
-/// files that no longer exist locally; excluded files are left alone there.
+/// The file in a build's tree on the worker that names the push that made
+/// it; never sent, never deleted, never pulled.
+pub const TOKEN_FILE: &str = ".rch-sync";
+
+/// What decides which paths of `project_root` are pushed: the built-in and
+/// configured excludes, `.rchignore`, and `.gitignore` files when asked.
+pub fn rules(
+    project_root: &Path,
+    extra_excludes: &[String],
+    respect_gitignore: bool,
+) -> Result<tree::Rules, String> {
+    let mut patterns: Vec<&str> = DEFAULT_EXCLUDES.to_vec();
+    patterns.push(TOKEN_ANCHORED);
+    patterns.extend(extra_excludes.iter().map(String::as_str));
+    tree::Rules::new(project_root, &patterns, respect_gitignore)
+}
+
+/// [`TOKEN_FILE`] as an exclude pattern anchored at the tree's root.
+const TOKEN_ANCHORED: &str = "/.rch-sync";
+
+/// Mirror the project to `remote_dir` (created if missing), as [`push_full`]
+/// does, with the ignore rules of a default configuration.
 pub async fn push(
     conn: &Connection,
     project_root: &Path,
     remote_dir: &str,
     extra_excludes: &[String],
+) -> Result<(), RemoteFailure> {
+    let snapshot = rules(project_root, extra_excludes, true)
+        .ok()
+        .and_then(|r| tree::snapshot(&r).ok());
+    push_full(
+        conn,
+        project_root,
+        remote_dir,
+        extra_excludes,
+        snapshot.as_ref(),
+    )
+    .await
+}
+
+/// Mirror the project to `remote_dir` (created if missing), deleting remote
+/// files that no longer exist locally. Excluded paths are left alone there:
+/// the exclude patterns, and each path `snapshot` found locally but left out
+/// (ignored by `.gitignore` or `.rchignore`), so a build's outputs stay warm.
+/// Without a snapshot only the patterns apply.
+pub async fn push_full(
+    conn: &Connection,
+    project_root: &Path,
+    remote_dir: &str,
+    extra_excludes: &[String],
+    snapshot: Option<&tree::Snapshot>,
 ) -> Result<(), RemoteFailure> {
     let mut args = rsync_base_args(conn);
     args.push("--delete".into());
@@ -68,16 +111,66 @@ pub async fn push(
     args.push("--modify-window=-1".into());
     args.push(format!("--rsync-path=mkdir -p -- {} && rsync", quote(remote_dir)).into());
     push_excludes(&mut args, DEFAULT_EXCLUDES.iter().copied());
+    push_excludes(&mut args, [TOKEN_ANCHORED].into_iter());
     push_excludes(&mut args, extra_excludes.iter().map(String::as_str));
-    let ignore_file = project_root.join(IGNORE_FILE);
-    if ignore_file.is_file() {
-        let mut arg = OsString::from("--exclude-from=");
-        arg.push(&ignore_file);
-        args.push(arg);
+    let mut list = Vec::new();
+    if let Some(snapshot) = snapshot {
+        args.push("--from0".into());
+        args.push("--exclude-from=-".into());
+        for path in &snapshot.ignored {
+            list.extend_from_slice(&anchored_literal(path));
+            list.push(0);
+        }
     }
     args.push(dir_arg(project_root));
     args.push(remote_arg(remote_dir, ""));
-    run_rsync(conn, args, remote_dir, false).await
+    run_rsync(conn, args, &list, remote_dir, false).await
+}
+
+/// Send only the `changed` paths to `remote_dir`, which holds the tree of
+/// the last push, whatever their mtime says (`-I`: a same-size rewrite within
+/// the mtime's granularity is sent too). A path gone meanwhile is skipped.
+/// (Deletions are left to the run script: rsync's `--delete-missing-args` is
+/// broken in some releases.)
+pub async fn push_changes(
+    conn: &Connection,
+    project_root: &Path,
+    remote_dir: &str,
+    changed: &[PathBuf],
+) -> Result<(), RemoteFailure> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut args = rsync_base_args(conn);
+    args.extend(
+        [
+            "--ignore-times",
+            "--from0",
+            "--files-from=-",
+            "--ignore-missing-args",
+        ]
+        .map(OsString::from),
+    );
+    let mut list = Vec::new();
+    for path in changed {
+        list.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        list.push(0);
+    }
+    args.push(dir_arg(project_root));
+    args.push(remote_arg(remote_dir, ""));
+    run_rsync(conn, args, &list, remote_dir, false).await
+}
+
+/// `/path` as an rsync pattern matching exactly that path from the root.
+fn anchored_literal(path: &Path) -> Vec<u8> {
+    let mut out = vec![b'/'];
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if matches!(b, b'*' | b'?' | b'[' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// Bring results back from `remote_dir`; never deletes local files.
@@ -116,7 +209,7 @@ pub async fn pull(
     args.push(dir_arg(&local));
     // A build that produced no such directory has nothing to return.
     let missing_ok = matches!(what, Pull::Dir { .. });
-    run_rsync(conn, args, remote_dir, missing_ok).await
+    run_rsync(conn, args, &[], remote_dir, missing_ok).await
 }
 
 /// rsync's exit code for "some files vanished before they could be transferred".
@@ -158,31 +251,44 @@ fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
     }
 }
 
-/// Runs rsync; with `missing_ok`, a source that does not exist is no failure.
+/// Runs rsync with `args`, `input` on its stdin (a file or filter list);
+/// with `missing_ok`, a source that does not exist is no failure.
 async fn run_rsync(
     conn: &Connection,
     args: Vec<OsString>,
+    input: &[u8],
     remote_dir: &str,
     missing_ok: bool,
 ) -> Result<(), RemoteFailure> {
-    let output = Command::new("rsync")
+    let cannot = |e: std::io::Error| {
+        RemoteFailure::new(
+            FailureKind::Local,
+            conn.worker_id(),
+            format!("cannot run rsync here: {e}"),
+        )
+    };
+    let mut child = Command::new("rsync")
         .args(&args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         // Its own process group: an interrupt is rch's to handle (see
         // `Connection::command`); dropping the transfer kills rsync.
         .process_group(0)
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| {
-            RemoteFailure::new(
-                FailureKind::Local,
-                conn.worker_id(),
-                format!("cannot run rsync here: {e}"),
-            )
-        })?;
+        .spawn()
+        .map_err(cannot)?;
+    let stdin = child.stdin.take();
+    let feed = async move {
+        use tokio::io::AsyncWriteExt;
+        // A write error shows up as rsync's own failure; dropping stdin is
+        // the list's end.
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(input).await;
+        }
+    };
+    let (_, output) = tokio::join!(feed, child.wait_with_output());
+    let output = output.map_err(cannot)?;
     if output.status.success() {
         return Ok(());
     }

@@ -1,0 +1,232 @@
+//! Transfer-bound benchmark cases (P1', P6, P7): rch beside the rsync+ssh
+//! script a user would write (with and without an ssh ControlMaster) and
+//! beside local cargo, on a worker with a minimal account and on one whose
+//! `~/.bashrc` costs 50 ms (`sleep 0.05`), as many real accounts do.
+
+use super::support::TestEnv;
+use super::{median, ms, sh, time};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Medians of this many interleaved rounds.
+const ROUNDS: usize = 9;
+
+/// A lab with two workers: w1 with a minimal account, w2 with a slow `.bashrc`.
+fn two_accounts() -> TestEnv {
+    let env = TestEnv::new(2);
+    env.write_config("");
+    let slow = &env.lab.workers()[1];
+    std::fs::write(slow.home().join(".bashrc"), "sleep 0.05\n").expect("slow .bashrc");
+    env
+}
+
+/// The hand-written script: push, build, pull. `mux` adds an ssh ControlMaster.
+fn script(env: &TestEnv, worker: usize, dir: &str, mux: bool) -> String {
+    let w = &env.lab.workers()[worker];
+    let cfg = env.lab.ssh_config().display().to_string();
+    let control = env.path().join(format!("cm-{}", w.id));
+    let ssh = if mux {
+        format!(
+            "ssh -F {cfg} -o ControlMaster=auto -o ControlPath={} -o ControlPersist=120",
+            control.display()
+        )
+    } else {
+        format!("ssh -F {cfg}")
+    };
+    let remote = format!("{}/script-{dir}", w.remote_base.display());
+    format!(
+        "rsync -a --delete --exclude target/ --exclude .git/ -e '{ssh}' ./ {host}:{remote}/ \
+         && {ssh} {host} \"sh -lc 'cd {remote} && cargo build -q'\" \
+         && mkdir -p target/debug \
+         && rsync -a -e '{ssh}' --exclude incremental/ --exclude .fingerprint/ --exclude build/ \
+            {host}:{remote}/target/debug/ target/debug/",
+        host = w.alias
+    )
+}
+
+fn rch_build(env: &TestEnv, dir: &Path, worker: usize) -> Command {
+    let mut c = env.rch_in(dir);
+    let id = env.lab.workers()[worker].id.clone();
+    c.args(["exec", "--worker", &id, "--", "cargo", "build", "-q"]);
+    c
+}
+
+/// A crate of `modules` source files plus `data` small files under `data/`.
+fn crate_with(root: &Path, modules: usize, data: usize) -> PathBuf {
+    let name = root
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace('-', "_");
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    let mut main = String::new();
+    for i in 0..modules {
+        main.push_str(&format!("mod m{i};\n"));
+        std::fs::write(
+            root.join(format!("src/m{i}.rs")),
+            format!("pub fn f() -> usize {{ {i} }}\n"),
+        )
+        .unwrap();
+    }
+    main.push_str("fn main() {\n    let mut s = 0;\n");
+    for i in 0..modules {
+        main.push_str(&format!("    s += m{i}::f();\n"));
+    }
+    main.push_str("    println!(\"{s}\");\n}\n");
+    std::fs::write(root.join("src/main.rs"), main).unwrap();
+    for i in 0..data {
+        let dir = root.join(format!("data/d{}", i / 500));
+        if i % 500 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("data file {i}\n")).unwrap();
+    }
+    root.to_path_buf()
+}
+
+/// Copies of one crate, one per contender, so none turns another's no-op into work.
+fn copies(env: &TestEnv, name: &str, modules: usize, data: usize, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            crate_with(
+                &env.path().join(format!("projects/{name}-{i}")),
+                modules,
+                data,
+            )
+        })
+        .collect()
+}
+
+/// One edit of module 7 (its value changes, so the build really recompiles).
+fn edit(dir: &Path, round: usize) {
+    std::fs::write(
+        dir.join("src/m7.rs"),
+        format!("pub fn f() -> usize {{ {} }}\n", 7 + round),
+    )
+    .unwrap();
+}
+
+fn row(label: &str, d: Duration) {
+    println!("  {label:<34} {:>9}", ms(d));
+}
+
+/// P1': warm no-op `cargo build` of a tiny crate.
+pub fn p1_prime() {
+    println!("== P1': warm no-op `cargo build`, tiny crate (medians of {ROUNDS})");
+    let env = two_accounts();
+    for (worker, account) in [(0, "minimal account"), (1, "slow .bashrc (+50 ms)")] {
+        let dirs = copies(&env, &format!("p1p-{worker}"), 1, 0, 4);
+        let mux = script(&env, worker, &format!("p1p-{worker}-mux"), true);
+        let plain = script(&env, worker, &format!("p1p-{worker}-plain"), false);
+        let contenders = |dirs: &[PathBuf]| -> Vec<Command> {
+            vec![
+                rch_build(&env, &dirs[0], worker),
+                sh(&mux, &dirs[1]),
+                sh(&plain, &dirs[2]),
+                sh("cargo build -q", &dirs[3]),
+            ]
+        };
+        let mut samples = vec![Vec::new(); 4];
+        for round in 0..=ROUNDS {
+            for (i, c) in contenders(&dirs).into_iter().enumerate() {
+                let t = time(c);
+                if round > 0 {
+                    samples[i].push(t);
+                }
+            }
+        }
+        let m: Vec<Duration> = samples.into_iter().map(median).collect();
+        println!(" {account}:");
+        row("rch exec", m[0]);
+        row("script over a ControlMaster", m[1]);
+        row("script, no ControlMaster", m[2]);
+        row("local cargo", m[3]);
+        println!(
+            "  rch / script(CM) = {:.2}x (goal <= 0.5x); rch - local = {} (goal <= +30 ms)",
+            m[0].as_secs_f64() / m[1].as_secs_f64(),
+            ms(m[0].saturating_sub(m[3]))
+        );
+    }
+}
+
+/// P6: one-file edit in a 30-file crate with 5,000 data files.
+pub fn p6_one_file_edit() {
+    println!(
+        "== P6: one-file edit + `cargo build`, 30 files + 5,000 data files (medians of {ROUNDS})"
+    );
+    let env = two_accounts();
+    for (worker, account) in [(0, "minimal account"), (1, "slow .bashrc (+50 ms)")] {
+        let dirs = copies(&env, &format!("p6-{worker}"), 30, 5_000, 3);
+        let mux = script(&env, worker, &format!("p6-{worker}-mux"), true);
+        let mut samples = vec![Vec::new(); 3];
+        for round in 0..=ROUNDS {
+            for d in &dirs {
+                edit(d, round);
+            }
+            let cmds = vec![
+                rch_build(&env, &dirs[0], worker),
+                sh(&mux, &dirs[1]),
+                sh("cargo build -q", &dirs[2]),
+            ];
+            for (i, c) in cmds.into_iter().enumerate() {
+                let t = time(c);
+                if round > 0 {
+                    samples[i].push(t);
+                }
+            }
+        }
+        let m: Vec<Duration> = samples.into_iter().map(median).collect();
+        println!(" {account}:");
+        row("rch exec", m[0]);
+        row("script over a ControlMaster", m[1]);
+        row("local incremental cargo", m[2]);
+        println!(
+            "  rch / local = {:.2}x (goal <= 2.0x); overhead {}",
+            m[0].as_secs_f64() / m[2].as_secs_f64(),
+            ms(m[0].saturating_sub(m[2]))
+        );
+    }
+}
+
+/// P7: no-op overhead with 50,000 files beside 5,000 (minimal account).
+pub fn p7_many_files() {
+    println!(
+        "== P7: no-op `cargo build` overhead by tree size, minimal account (medians of {ROUNDS})"
+    );
+    let env = two_accounts();
+    let mut overheads = Vec::new();
+    for files in [5_000, 50_000] {
+        let dirs = copies(&env, &format!("p7-{files}"), 30, files, 2);
+        let mut samples = vec![Vec::new(); 2];
+        for round in 0..=ROUNDS {
+            let cmds = vec![rch_build(&env, &dirs[0], 0), sh("cargo build -q", &dirs[1])];
+            for (i, c) in cmds.into_iter().enumerate() {
+                let t = time(c);
+                if round > 0 {
+                    samples[i].push(t);
+                }
+            }
+        }
+        let m: Vec<Duration> = samples.into_iter().map(median).collect();
+        let overhead = m[0].saturating_sub(m[1]);
+        println!(
+            "  {files:>6} files: rch {} local {} overhead {}",
+            ms(m[0]),
+            ms(m[1]),
+            ms(overhead)
+        );
+        overheads.push(overhead);
+    }
+    println!(
+        "  overhead 50k / 5k = {:.2}x (goal <= 2x)",
+        overheads[1].as_secs_f64() / overheads[0].as_secs_f64().max(1e-6)
+    );
+}

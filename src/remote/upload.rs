@@ -1,0 +1,255 @@
+//! Getting a build's tree to the worker with as little work as it takes.
+//!
+//! The client remembers, per worker and build directory, the snapshot of its
+//! last successful push and a random token; the push wrote that token into
+//! the tree on the worker ([`super::sync::TOKEN_FILE`]). A build then:
+//! - pushes nothing when the snapshot is unchanged, and the run script
+//!   checks, in the same remote command as the build, that the worker still
+//!   holds the token (the tree there is ours, as we left it);
+//! - pushes only the changed and deleted paths when it changed, checked the
+//!   same way;
+//! - pushes the whole tree (rsync `--delete`) without a remembered push, or
+//!   when the check finds another tree there (another machine built the same
+//!   path, the directory was cleaned up), and then runs again.
+//!
+//! The remembered snapshot is forgotten before any push starts, so a push
+//! that fails half-way leaves "unknown" (the next build pushes in full),
+//! never a wrong "unchanged".
+
+use super::ssh::Connection;
+use super::sync;
+use super::RemoteFailure;
+use crate::tree::{self, Changes, Snapshot};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// How this build's tree gets to the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The whole tree, deleting what is gone.
+    Full,
+    /// Only these paths; the worker must hold our last push.
+    Changes(Changes),
+    /// Nothing; the worker must hold our last push.
+    Skip,
+}
+
+/// What the run script checks and writes before it starts the command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeCheck {
+    /// The tree's directory on the worker.
+    pub dir: String,
+    /// Run only when the worker holds this token (else report a stale tree).
+    pub expect: Option<String>,
+    /// Write this token once the check passed.
+    pub set: Option<String>,
+    /// Paths of the tree to delete once the check passed (gone locally).
+    pub delete: Vec<String>,
+}
+
+/// One build's upload to one build directory of one worker.
+pub struct Upload<'a> {
+    root: &'a Path,
+    remote_dir: &'a str,
+    state: PathBuf,
+    snapshot: Option<Snapshot>,
+    last: Option<(String, Snapshot)>,
+    plan: Plan,
+    token: String,
+}
+
+impl<'a> Upload<'a> {
+    /// Decide the plan from `snapshot` (the tree now; `None` when it could
+    /// not be walked) and what was remembered for `worker` and `remote_dir`.
+    pub fn prepare(
+        root: &'a Path,
+        worker: &str,
+        remote_dir: &'a str,
+        snapshot: Option<Snapshot>,
+    ) -> Upload<'a> {
+        let state = state_file(worker, remote_dir);
+        let last = snapshot.as_ref().and_then(|_| tree::load(&state));
+        let plan = plan(root, last.as_ref(), snapshot.as_ref());
+        let token = match (&plan, &last) {
+            (Plan::Skip, Some((token, _))) => token.clone(),
+            _ => new_token(),
+        };
+        Upload {
+            root,
+            remote_dir,
+            state,
+            snapshot,
+            last,
+            plan,
+            token,
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Push as planned.
+    pub async fn push(
+        &self,
+        conn: &Connection,
+        extra_excludes: &[String],
+    ) -> Result<(), RemoteFailure> {
+        match &self.plan {
+            Plan::Skip => Ok(()),
+            Plan::Changes(changes) => {
+                self.forget();
+                sync::push_changes(conn, self.root, self.remote_dir, &changes.changed).await
+            }
+            Plan::Full => self.push_full(conn, extra_excludes).await,
+        }
+    }
+
+    /// The worker holds another tree than we thought: push all of it.
+    pub async fn push_full(
+        &self,
+        conn: &Connection,
+        extra_excludes: &[String],
+    ) -> Result<(), RemoteFailure> {
+        self.forget();
+        let snapshot = self.snapshot.as_ref();
+        sync::push_full(conn, self.root, self.remote_dir, extra_excludes, snapshot).await
+    }
+
+    /// What the run script checks: after a planned push or skip, that the
+    /// worker holds our last token; after a full push nothing. `full` says a
+    /// full push has just been made.
+    pub fn check(&self, full: bool) -> TreeCheck {
+        let expect = match (&self.plan, &self.last) {
+            (Plan::Skip | Plan::Changes(_), Some((token, _))) if !full => Some(token.clone()),
+            _ => None,
+        };
+        let set = (full || self.plan != Plan::Skip).then(|| self.token.clone());
+        let delete = match &self.plan {
+            Plan::Changes(changes) if !full => utf8_paths(&changes.deleted).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        TreeCheck {
+            dir: self.remote_dir.to_string(),
+            expect,
+            set,
+            delete,
+        }
+    }
+
+    /// The command ran on the tree we pushed: remember it for the next
+    /// build. Errors only cost the next build a full push.
+    /// `full` says a full push was made after a stale check.
+    pub fn commit(&self, full: bool) {
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        if self.plan == Plan::Skip && !full {
+            return; // remembered as it is
+        }
+        if let Err(e) = tree::save(&self.state, &self.token, snapshot) {
+            tracing::debug!(error = %e, file = %self.state.display(), "cannot save the push snapshot");
+        }
+    }
+
+    /// Forget the remembered push (it is about to stop being true).
+    fn forget(&self) {
+        let _ = std::fs::remove_file(&self.state);
+    }
+}
+
+impl Plan {
+    /// One word for logs: `full`, `changes` or `skip`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Plan::Full => "full",
+            Plan::Changes(_) => "changes",
+            Plan::Skip => "skip",
+        }
+    }
+}
+
+/// The plan for `now` given the last push; see [`Plan`]. Deletions travel
+/// as arguments of the run script, so a deleted path that is not UTF-8 makes
+/// the push a full one.
+pub fn plan(root: &Path, last: Option<&(String, Snapshot)>, now: Option<&Snapshot>) -> Plan {
+    let (Some((_, before)), Some(now)) = (last, now) else {
+        return Plan::Full;
+    };
+    let changes = tree::changes(root, before, now);
+    if changes.is_empty() {
+        Plan::Skip
+    } else if utf8_paths(&changes.deleted).is_none() {
+        Plan::Full
+    } else {
+        Plan::Changes(changes)
+    }
+}
+
+/// The paths as strings, or `None` if one is not UTF-8.
+fn utf8_paths(paths: &[PathBuf]) -> Option<Vec<String>> {
+    paths
+        .iter()
+        .map(|p| p.to_str().map(str::to_string))
+        .collect()
+}
+
+/// Where the client remembers its last push to `remote_dir` on `worker`.
+pub fn state_file(worker: &str, remote_dir: &str) -> PathBuf {
+    let mut hasher = Sha256::new();
+    hasher.update(worker.as_bytes());
+    hasher.update([0]);
+    hasher.update(remote_dir.as_bytes());
+    let key: String = hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    crate::paths::cache_dir()
+        .join("pushed")
+        .join(format!("{key}.snap"))
+}
+
+/// 32 hex digits from the system's random source.
+fn new_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No random source: time and pid still differ between pushes.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_is_full_without_a_last_push_skip_when_unchanged_changes_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "a").unwrap();
+        let rules = tree::Rules::new(dir.path(), &[], true).unwrap();
+        let snap = tree::snapshot(&rules).unwrap();
+        assert_eq!(plan(dir.path(), None, Some(&snap)), Plan::Full);
+        let last = ("t".to_string(), snap.clone());
+        assert_eq!(plan(dir.path(), Some(&last), None), Plan::Full);
+        assert_eq!(plan(dir.path(), Some(&last), Some(&snap)), Plan::Skip);
+        std::fs::write(dir.path().join("b"), "b").unwrap();
+        let now = tree::snapshot(&rules).unwrap();
+        match plan(dir.path(), Some(&last), Some(&now)) {
+            Plan::Changes(c) => assert_eq!(c.changed, [PathBuf::from("b")]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_are_fresh() {
+        assert_ne!(new_token(), new_token());
+        assert_eq!(new_token().len(), 32);
+    }
+}
