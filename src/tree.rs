@@ -27,6 +27,12 @@ use std::path::{Path, PathBuf};
 /// filesystems with one- or two-second mtime granularity.
 pub const RACY_NS: i64 = 2_000_000_000;
 
+/// Racy files up to this size get a content hash; larger ones [`UNHASHED`].
+const HASH_LIMIT: u64 = 1 << 20;
+
+/// The hash of a racy file too large to read: it counts as changed.
+const UNHASHED: [u8; 16] = [0xff; 16];
+
 /// A project-local list of extra ignore patterns, `.gitignore` syntax.
 pub const IGNORE_FILE: &str = ".rchignore";
 
@@ -206,7 +212,13 @@ fn walk_children(
         }
         let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
         let hash = if kind == Kind::File && mtime_ns > now - RACY_NS {
-            content_hash(&path).ok()
+            // Reading a large fresh file on every build costs more than
+            // sending it once more: it counts as changed next time instead.
+            if meta.len() <= HASH_LIMIT {
+                content_hash(&path).ok()
+            } else {
+                Some(UNHASHED)
+            }
         } else {
             None
         };
@@ -334,6 +346,7 @@ fn differs(root: &Path, old: &Entry, new: &Entry) -> bool {
         return true;
     }
     match old.hash {
+        Some(UNHASHED) => true,
         // Racy last time: the stat may be equal although the content is not.
         Some(before) => {
             let now = new
