@@ -261,10 +261,20 @@ pub fn local_path(remote: &str, remote_dir: &str, local_root: &Path) -> Option<P
         &remote[at + dir.len() + 1..]
     };
     let rest = rest.strip_prefix('/')?;
-    if rest.split('/').any(|c| c == "..") {
-        return None;
+    // cargo reports paths as the build spelled them (`src/../target/...`
+    // when the target dir was given relative to a subdirectory): resolve
+    // `..` by name, refusing any that climbs out of the project.
+    let mut kept: Vec<&str> = Vec::new();
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                kept.pop()?;
+            }
+            name => kept.push(name),
+        }
     }
-    Some(local_root.join(rest))
+    Some(local_root.join(kept.join("/")))
 }
 
 /// Name and version from a package id: `path+file:///p/app#0.1.0` or
@@ -388,6 +398,10 @@ mod tests {
         );
         assert_eq!(local_path("/srv/b/other/x", "/srv/b/app-1", root), None);
         assert_eq!(local_path("/srv/b/app-1/../x", "/srv/b/app-1", root), None);
+        assert_eq!(
+            local_path("/srv/b/app-1/src/../target/x", "/srv/b/app-1", root),
+            Some(root.join("target/x"))
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!    `transfer.respect_gitignore`), except build inputs: a configured tree's
 //!    `Makefile`, `config.h`, `config.status`, and build directories that
 //!    hold `CMakeCache.txt`, `build.ninja`, `meson-private/` or
-//!    `config.status` are sent even when ignored.
+//!    `config.status` are sent even when ignored, whole (no `.gitignore`
+//!    applies inside them: meson writes one of `*` into its build dirs).
 //!
 //! A file whose mtime lies within [`RACY_NS`] of the moment the snapshot was
 //! taken may still change without its mtime moving on a coarse filesystem;
@@ -134,11 +135,12 @@ pub fn snapshot(rules: &Rules) -> std::io::Result<Snapshot> {
     let now = now_ns();
     let mut snap = Snapshot::default();
     let mut stack = Vec::new();
+    let git = rules.respect_gitignore;
     walk_dir(
         rules,
         &rules.root,
         Path::new(""),
-        &mut stack,
+        (&mut stack, git),
         now,
         &mut snap,
     )?;
@@ -154,15 +156,23 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// Walk `dir`; `git` says whether `.gitignore` rules apply there. They stop
+/// at a configured build directory: meson writes a `.gitignore` of `*` into
+/// its own, and CMake's or ninja's state files are what the worker's build
+/// runs from, so all of it is sent (the excludes and `.rchignore` still apply).
 fn walk_dir(
     rules: &Rules,
     dir: &Path,
     rel: &Path,
-    stack: &mut Vec<Gitignore>,
+    (stack, git): (&mut Vec<Gitignore>, bool),
     now: i64,
     snap: &mut Snapshot,
 ) -> std::io::Result<()> {
-    let pushed = rules.respect_gitignore;
+    if git && is_build_input(dir, true) {
+        let mut none = Vec::new();
+        return walk_children(rules, dir, rel, (&mut none, false), now, snap);
+    }
+    let pushed = git;
     if pushed {
         for name in GIT_IGNORE_FILES {
             let file = dir.join(name);
@@ -174,7 +184,7 @@ fn walk_dir(
             }
         }
     }
-    let result = walk_children(rules, dir, rel, stack, now, snap);
+    let result = walk_children(rules, dir, rel, (&mut *stack, git), now, snap);
     if pushed {
         stack.truncate(stack.len() - GIT_IGNORE_FILES.len());
     }
@@ -185,7 +195,7 @@ fn walk_children(
     rules: &Rules,
     dir: &Path,
     rel: &Path,
-    stack: &mut Vec<Gitignore>,
+    (stack, git): (&mut Vec<Gitignore>, bool),
     now: i64,
     snap: &mut Snapshot,
 ) -> std::io::Result<()> {
@@ -232,7 +242,7 @@ fn walk_children(
             hash,
         });
         if kind == Kind::Dir {
-            walk_dir(rules, &path, &rel_path, stack, now, snap)?;
+            walk_dir(rules, &path, &rel_path, (&mut *stack, git), now, snap)?;
         }
     }
     Ok(())
@@ -537,6 +547,30 @@ mod tests {
         let plain = snapshot(&Rules::new(root, &["target/"], false).unwrap()).unwrap();
         assert!(paths(&plain).contains(&"data/big.bin".to_string()));
         assert!(!paths(&plain).contains(&"local.txt".to_string()));
+    }
+
+    #[test]
+    fn a_build_dir_is_sent_whole_though_its_own_gitignore_says_star() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, ".gitignore", "*.o\n");
+        for f in [
+            "builddir/.gitignore",
+            "builddir/build.ninja",
+            "builddir/meson-private/coredata.dat",
+            "builddir/hello.o",
+        ] {
+            write(root, f, f);
+        }
+        write(root, "builddir/.gitignore", "*\n");
+        let snap = snapshot(&Rules::new(root, &[], true).unwrap()).unwrap();
+        for sent in [
+            "builddir/build.ninja",
+            "builddir/meson-private/coredata.dat",
+            "builddir/hello.o",
+        ] {
+            assert!(paths(&snap).contains(&sent.to_string()), "{sent}");
+        }
     }
 
     #[test]

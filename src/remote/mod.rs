@@ -12,8 +12,8 @@
 
 pub mod failure;
 pub mod layout;
-pub mod probe;
 pub mod mirror;
+pub mod probe;
 pub mod run;
 pub(crate) mod shell;
 pub mod slot;
