@@ -273,7 +273,7 @@ fn p4_daemon() {
             project: "/p".into(),
             command: "cargo build".into(),
             worker: Some("f1".into()),
-            outcome: "success".into(),
+            outcome: rch::protocol::JobOutcome::Success,
             exit_code: Some(0),
             ..Default::default()
         };

@@ -13,7 +13,9 @@ use crate::config::{Fallback, Loaded, WorkerConfig};
 use crate::envrules::OnMismatch;
 use crate::interrupt::{self, Interrupts};
 use crate::phases::Phase;
-use crate::protocol::{AttemptOutcome, Failover, JobReport, LeaseRequest, Request, Response};
+use crate::protocol::{
+    AttemptOutcome, Failover, JobOutcome, JobReport, LeaseRequest, Request, Response,
+};
 use crate::remote::{self, upload::Upload, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -256,6 +258,8 @@ struct Build<'a> {
     report: Vec<u8>,
     /// The build already ran again for a variable it read (once only).
     env_rerun: bool,
+    /// Why the daemon chose the last granted worker (the job's reason).
+    grant_why: String,
 }
 
 impl<'a> Build<'a> {
@@ -292,6 +296,7 @@ impl<'a> Build<'a> {
             env_rerun: false,
             remote_dir: String::new(),
             report: Vec::new(),
+            grant_why: String::new(),
         }
     }
 
@@ -356,7 +361,7 @@ impl<'a> Build<'a> {
     async fn interrupted(&mut self, signal: i32) -> (i32, Placement) {
         let code = interrupt::exit_code(signal);
         self.job.worker = self.current.clone();
-        self.job.outcome = "interrupted".into();
+        self.job.outcome = JobOutcome::Interrupted;
         self.job.exit_code = Some(code);
         self.job.reason = format!("interrupted by {}", interrupt::name(signal));
         let socket = crate::paths::socket_path();
@@ -395,7 +400,10 @@ impl<'a> Build<'a> {
             self.job.queue_ms += queued.elapsed().as_millis() as u64;
             self.job.phases.add(Phase::Lease, queued.elapsed());
             let worker = match answer {
-                Lease::Granted(w) => w,
+                Lease::Granted(w, why) => {
+                    self.grant_why = why;
+                    w
+                }
                 Lease::Local(reason) => return self.no_worker(Some(&mut client), reason).await,
             };
             let id = worker.id.clone();
@@ -405,7 +413,9 @@ impl<'a> Build<'a> {
             match attempt {
                 Attempt::Ran(code) => {
                     let outcome = AttemptOutcome::Success { exit_code: code };
-                    return self.settle(&mut client, id, outcome, "success", code).await;
+                    return self
+                        .settle(&mut client, id, outcome, JobOutcome::Success, code)
+                        .await;
                 }
                 // A problem on this machine: no worker is to blame, and no
                 // other worker would fare better.
@@ -421,7 +431,7 @@ impl<'a> Build<'a> {
                     let outcome = AttemptOutcome::Unknown;
                     let _ = client.call(Request::Release { outcome }).await;
                     if fail {
-                        self.job.outcome = "failed".into();
+                        self.job.outcome = JobOutcome::Failed;
                         self.job.exit_code = Some(crate::EXIT_UNAVAILABLE);
                         self.job.reason = line.clone();
                         self.finish(&mut client).await;
@@ -461,6 +471,7 @@ impl<'a> Build<'a> {
                     self.job.failovers.push(Failover {
                         worker: id.clone(),
                         reason: failure.message.clone(),
+                        kind: failure.kind,
                     });
                     self.exclude.push(id);
                 }
@@ -478,6 +489,7 @@ impl<'a> Build<'a> {
         self.job.failovers.push(Failover {
             worker: worker.clone(),
             reason: unfit.describe(&worker),
+            kind: FailureKind::MissingTool,
         });
         self.exclude.push(worker);
     }
@@ -490,6 +502,7 @@ impl<'a> Build<'a> {
         self.job.failovers.push(Failover {
             worker: worker.clone(),
             reason: failure.message,
+            kind: failure.kind,
         });
         self.exclude.push(worker);
     }
@@ -500,13 +513,13 @@ impl<'a> Build<'a> {
         client: &mut Client,
         worker: String,
         outcome: AttemptOutcome,
-        label: &str,
+        label: JobOutcome,
         code: i32,
     ) -> (i32, Placement) {
         let release = client.call(Request::Release { outcome });
         let _ = self.job.phases.time(Phase::Release, release).await;
         self.job.worker = Some(worker.clone());
-        self.job.outcome = label.into();
+        self.job.outcome = label;
         self.job.exit_code = Some(code);
         self.finish(client).await;
         (code, Placement::Remote(worker))
@@ -530,7 +543,7 @@ impl<'a> Build<'a> {
                     }
                     reply = client.recv().await.map_err(|e| e.to_string())?;
                 }
-                Response::Granted { worker, .. } => return Ok(Lease::Granted(worker)),
+                Response::Granted { worker, why, .. } => return Ok(Lease::Granted(worker, why)),
                 Response::Local { reason } => return Ok(Lease::Local(reason)),
                 Response::Error { message, .. } => return Err(message),
                 other => return Err(format!("unexpected answer {other:?}")),
@@ -764,10 +777,10 @@ impl<'a> Build<'a> {
         let reason = self.with_failovers(reason);
         let fail_closed = self.loaded.config.general.fallback == Fallback::Never;
         let code = if fail_closed {
-            self.job.outcome = "failed".into();
+            self.job.outcome = JobOutcome::Failed;
             crate::EXIT_UNAVAILABLE
         } else {
-            self.job.outcome = "local".into();
+            self.job.outcome = JobOutcome::Local;
             run_local(&self.req.argv, &self.req.cwd)
         };
         self.job.exit_code = Some(code);
@@ -799,6 +812,7 @@ impl<'a> Build<'a> {
         if self.job.reason.is_empty() {
             self.job.reason = match self.job.failovers.last() {
                 Some(f) => format!("after {} failed", f.worker),
+                None if !self.grant_why.is_empty() => self.grant_why.clone(),
                 None => "offloaded".into(),
             };
         }
@@ -839,7 +853,8 @@ fn run_args(argv: &[OsString]) -> Option<RunArgs> {
 }
 
 enum Lease {
-    Granted(WorkerConfig),
+    /// A worker, and why the daemon chose it.
+    Granted(WorkerConfig, String),
     Local(String),
 }
 

@@ -291,13 +291,11 @@ fn selector_for(report: &FleetReport, loaded: &Loaded, project: &str) -> Selecto
     selector
 }
 
-/// Would the breaker let a build through: closed, half-open, or open with
-/// its cooldown over (the next request turns it half-open).
+/// Would the breaker let a build through: the daemon's own admission
+/// ([`crate::breaker::Breaker::can_admit`]) as its report carries it, so a
+/// half-open worker whose probe is in flight is refused here as there.
 fn breaker_admits(w: &WorkerReport) -> bool {
-    match w.circuit.state.as_str() {
-        "open" => w.circuit.retry_in_secs == Some(0),
-        _ => true,
-    }
+    w.circuit.admits
 }
 
 fn worker_verdict(
@@ -341,6 +339,9 @@ fn worker_verdict(
 
 fn refusal(w: &WorkerReport, why: Option<select::Why>) -> String {
     match why {
+        Some(select::Why::Refused) if w.circuit.state == crate::breaker::State::HalfOpen => {
+            "half-open (probe in flight)".into()
+        }
         Some(select::Why::Refused) => match w.circuit.retry_in_secs {
             Some(s) => format!("circuit open (retry in {})", ui::time::duration(s)),
             None => "circuit open".into(),
@@ -368,13 +369,14 @@ mod tests {
             enabled: true,
             draining: false,
             circuit: CircuitReport {
-                state: state.into(),
+                state: serde_json::from_value(serde_json::json!(state)).unwrap(),
                 failures: 0,
                 since: None,
                 retry_in_secs: (state == "open").then_some(9),
                 last_error: None,
                 error_rate: None,
                 epoch: 0,
+                admits: state != "open",
             },
             last_build: None,
             latency_ms: None,
@@ -414,6 +416,18 @@ mod tests {
         assert_eq!(d.verdict, "would run on w2 (free slot, by priority)");
         assert_eq!(d.workers[0].why, "circuit open (retry in 9s)");
         assert!(d.workers[1].admits);
+    }
+
+    #[test]
+    fn a_half_open_worker_with_its_probe_in_flight_does_not_admit() {
+        let mut probing = worker("w1", "half_open", 0, 200);
+        probing.circuit.admits = false;
+        let d = diagnose(vec![probing, worker("w2", "closed", 0, 100)]);
+        assert_eq!(d.verdict, "would run on w2 (free slot, by priority)");
+        assert!(!d.workers[0].admits);
+        assert_eq!(d.workers[0].why, "half-open (probe in flight)");
+        let d = diagnose(vec![worker("w1", "half_open", 0, 200)]);
+        assert!(d.workers[0].admits, "a free probe permit admits");
     }
 
     #[test]

@@ -116,8 +116,7 @@ pub struct JobReport {
     pub command: String,
     /// Worker id, or `None` when it ran locally.
     pub worker: Option<String>,
-    /// `success`, `failed` (infra on every worker, fail-closed), `local`, `interrupted`.
-    pub outcome: String,
+    pub outcome: JobOutcome,
     pub exit_code: Option<i32>,
     /// Why it ran where it ran.
     pub reason: String,
@@ -132,10 +131,60 @@ pub struct JobReport {
     pub phases: crate::phases::Phases,
 }
 
+/// A worker a build left, and why: the failure, typed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failover {
     pub worker: String,
     pub reason: String,
+    #[serde(default)]
+    pub kind: FailureKind,
+}
+
+/// How a job ended, as recorded in its history.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// It ran on a worker; its exit code is the answer.
+    Success,
+    /// Infrastructure failed on every worker and fail-closed was asked.
+    Failed,
+    /// It ran on this machine.
+    #[default]
+    Local,
+    /// The user interrupted it.
+    Interrupted,
+}
+
+impl JobOutcome {
+    /// The snake_case name, as on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Success => "success",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Local => "local",
+            JobOutcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// The outcome a stored name stands for.
+    pub fn parse(name: &str) -> Option<JobOutcome> {
+        [
+            JobOutcome::Success,
+            JobOutcome::Failed,
+            JobOutcome::Local,
+            JobOutcome::Interrupted,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,7 +217,7 @@ pub enum Response {
         results: Vec<crate::daemon::report::ProbeResult>,
     },
     History(crate::daemon::report::WorkerHistory),
-    Event(serde_json::Value),
+    Event(crate::daemon::events::EventRecord),
     Metrics {
         text: String,
     },
@@ -177,6 +226,9 @@ pub enum Response {
         /// Known worker ids, when the error is an unknown worker.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         known_workers: Vec<String>,
+        /// The id asked for, when the error is that no such worker exists.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unknown_worker: Option<String>,
     },
 }
 

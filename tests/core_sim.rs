@@ -9,7 +9,7 @@
 
 use rch::breaker::{BreakerConfig, State};
 use rch::config::{Config, WorkerConfig};
-use rch::daemon::events::EventKind;
+use rch::daemon::events::Event;
 use rch::daemon::fleet::{Decision, Fleet, Output, ProbeJob};
 use rch::protocol::{AttemptOutcome, LeaseRequest, WorkerAction};
 use rch::remote::FailureKind;
@@ -261,7 +261,7 @@ impl World {
                 // Capabilities stay unknown: every worker fits every build.
                 Output::Learn { .. } => {}
                 Output::Persist(_) => {}
-                Output::Emit(event) => self.check_event(&event.kind),
+                Output::Emit(record) => self.check_event(&record.event),
             }
         }
         self.check_invariants();
@@ -297,9 +297,9 @@ impl World {
     }
 
     /// Transitions as events tell them must follow the breaker's diagram.
-    fn check_event(&mut self, kind: &EventKind) {
+    fn check_event(&mut self, kind: &Event) {
         let (id, to) = match kind {
-            EventKind::CircuitOpened {
+            Event::CircuitOpened {
                 worker,
                 failure_count,
                 threshold,
@@ -313,7 +313,7 @@ impl World {
                 self.opened_at.insert(worker.clone(), self.now);
                 (worker, State::Open)
             }
-            EventKind::CircuitHalfOpen { worker, .. } => {
+            Event::CircuitHalfOpen { worker, .. } => {
                 assert_eq!(
                     self.told[worker],
                     State::Open,
@@ -327,7 +327,7 @@ impl World {
                 );
                 (worker, State::HalfOpen)
             }
-            EventKind::CircuitClosed { worker, .. } => {
+            Event::CircuitClosed { worker, .. } => {
                 assert_eq!(
                     self.told[worker],
                     State::HalfOpen,
@@ -335,7 +335,7 @@ impl World {
                 );
                 (worker, State::Closed)
             }
-            EventKind::CircuitReset { worker } => (worker, State::Closed),
+            Event::CircuitReset { worker } => (worker, State::Closed),
             _ => return,
         };
         self.told.insert(id.clone(), to);

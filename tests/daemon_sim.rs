@@ -281,7 +281,7 @@ impl Sim {
             let mut events = Vec::new();
             loop {
                 match client.recv().await.unwrap() {
-                    Response::Event(e) => events.push(e),
+                    Response::Event(e) => events.push(serde_json::to_value(e).unwrap()),
                     Response::Ok => return events,
                     other => panic!("unexpected answer {other:?}"),
                 }

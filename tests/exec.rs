@@ -21,7 +21,7 @@ fn stderr(o: &Output) -> String {
 
 fn circuit(env: &TestEnv, id: &str) -> (String, u32) {
     let c = env.circuit(id);
-    (c.state, c.failures)
+    (c.state.to_string(), c.failures)
 }
 
 fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {

@@ -2,6 +2,7 @@
 
 use super::Global;
 use crate::client::Client;
+use crate::daemon::events::EventRecord;
 use crate::daemon::store::Store;
 use crate::paths;
 use crate::protocol::{Request, Response, WireError};
@@ -65,9 +66,9 @@ fn stored(out: &Output, limit: usize) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn print_event(out: &Output, e: &serde_json::Value) {
+fn print_event(out: &Output, e: &EventRecord) {
     if out.json {
-        println!("{e}");
+        println!("{}", e.to_json_line());
     } else {
         println!("{}", ui::events::event_line(e));
     }

@@ -44,7 +44,7 @@ pub fn run(args: TopArgs, global: &Global) -> anyhow::Result<i32> {
 
 /// What the loop hears besides keys.
 enum Heard {
-    Event(serde_json::Value),
+    Event(crate::daemon::events::EventRecord),
     /// The event stream ended (daemon stopped).
     StreamEnded,
     /// The answer to a reset or probe.

@@ -173,8 +173,13 @@ async fn connect() -> anyhow::Result<Client> {
 }
 
 /// Turn a daemon error into the CLI's: an unknown worker is a usage error.
-fn daemon_error(id: Option<&str>, message: String, known: Vec<String>) -> anyhow::Error {
-    if message.starts_with("unknown worker") || !known.is_empty() {
+fn daemon_error(
+    id: Option<&str>,
+    message: String,
+    known: Vec<String>,
+    unknown_worker: bool,
+) -> anyhow::Error {
+    if unknown_worker || !known.is_empty() {
         let id = id.unwrap_or("?");
         let known = if known.is_empty() {
             "no workers configured".to_string()
@@ -197,7 +202,13 @@ async fn expect_ok(id: Option<&str>, request: Request) -> anyhow::Result<()> {
         Response::Error {
             message,
             known_workers,
-        } => Err(daemon_error(id, message, known_workers)),
+            unknown_worker,
+        } => Err(daemon_error(
+            id,
+            message,
+            known_workers,
+            unknown_worker.is_some(),
+        )),
         other => Err(unexpected(other)),
     }
 }
@@ -261,7 +272,13 @@ async fn probe_one(id: &str) -> anyhow::Result<Vec<ProbeResult>> {
         Response::Error {
             message,
             known_workers,
-        } => Err(daemon_error(Some(id), message, known_workers)),
+            unknown_worker,
+        } => Err(daemon_error(
+            Some(id),
+            message,
+            known_workers,
+            unknown_worker.is_some(),
+        )),
         other => Err(unexpected(other)),
     }
 }
@@ -296,7 +313,13 @@ async fn worker_ids() -> anyhow::Result<Vec<String>> {
         Response::Error {
             message,
             known_workers,
-        } => Err(daemon_error(None, message, known_workers)),
+            unknown_worker,
+        } => Err(daemon_error(
+            None,
+            message,
+            known_workers,
+            unknown_worker.is_some(),
+        )),
         other => Err(unexpected(other)),
     }
 }
@@ -349,6 +372,7 @@ async fn gc(
                     Some(id),
                     String::new(),
                     config.worker_ids().iter().map(|s| s.to_string()).collect(),
+                    true,
                 ))
             }
         },
@@ -393,7 +417,15 @@ async fn history(out: &Output, id: String, limit: usize) -> anyhow::Result<i32> 
         Response::Error {
             message,
             known_workers,
-        } => return Err(daemon_error(Some(&id), message, known_workers)),
+            unknown_worker,
+        } => {
+            return Err(daemon_error(
+                Some(&id),
+                message,
+                known_workers,
+                unknown_worker.is_some(),
+            ))
+        }
         other => return Err(unexpected(other)),
     };
     if out.json {
@@ -417,6 +449,7 @@ mod tests {
             Some("w9"),
             "unknown worker \"w9\"".into(),
             vec!["w1".into(), "w2".into()],
+            true,
         );
         let usage = e.downcast_ref::<UsageError>().expect("usage error");
         assert_eq!(usage.0, "unknown worker \"w9\" (known: w1, w2)");
@@ -424,7 +457,7 @@ mod tests {
 
     #[test]
     fn other_errors_stay_plain() {
-        let e = daemon_error(Some("w1"), "disk full".into(), vec![]);
+        let e = daemon_error(Some("w1"), "disk full".into(), vec![], false);
         assert!(e.downcast_ref::<UsageError>().is_none());
     }
 
@@ -435,7 +468,7 @@ mod tests {
             ok: true,
             latency_ms: Some(7),
             error: None,
-            state: "closed".into(),
+            state: crate::breaker::State::Closed,
             capabilities: None,
         };
         assert_eq!(
@@ -447,7 +480,7 @@ mod tests {
             ok: false,
             latency_ms: None,
             error: Some("w1: refused".into()),
-            state: "open".into(),
+            state: crate::breaker::State::Open,
             capabilities: None,
         };
         assert_eq!(

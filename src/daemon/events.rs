@@ -1,13 +1,15 @@
-//! Events the daemon emits: stored, streamed to `rch events --follow`, and
-//! logged as structured tracing lines. Names and payloads are part of the
-//! user-facing contract.
+//! Events the daemon emits: stored, streamed to `rch events --follow`,
+//! counted by the metrics and logged as structured tracing lines. One typed
+//! [`Event`] from the core to the screen; its names and fields are part of
+//! the user-facing contract (each line is `{"event": <name>, <fields>, "at"}`).
 
-use serde::Serialize;
+use crate::remote::FailureKind;
+use serde::{Deserialize, Serialize};
 
 /// What happened. Serialized with an `event` field naming it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event")]
-pub enum EventKind {
+pub enum Event {
     #[serde(rename = "circuit.opened")]
     CircuitOpened {
         worker: String,
@@ -30,48 +32,108 @@ pub enum EventKind {
         worker: String,
         reason: String,
         to: String,
+        /// What failed on `worker` (events stored before kinds read `other`).
+        #[serde(default)]
+        kind: FailureKind,
     },
     #[serde(rename = "lease.queued")]
     LeaseQueued { reason: String, position: usize },
     #[serde(rename = "worker.changed")]
-    WorkerChanged { worker: String, action: String },
+    WorkerChanged {
+        worker: String,
+        action: crate::protocol::WorkerAction,
+    },
 }
 
-impl EventKind {
+impl Event {
     /// The worker the event is about, if any.
     pub fn worker(&self) -> Option<&str> {
         match self {
-            EventKind::CircuitOpened { worker, .. }
-            | EventKind::CircuitHalfOpen { worker, .. }
-            | EventKind::CircuitClosed { worker, .. }
-            | EventKind::CircuitReset { worker }
-            | EventKind::BuildFallback { worker, .. }
-            | EventKind::WorkerChanged { worker, .. } => Some(worker),
-            EventKind::LeaseQueued { .. } => None,
+            Event::CircuitOpened { worker, .. }
+            | Event::CircuitHalfOpen { worker, .. }
+            | Event::CircuitClosed { worker, .. }
+            | Event::CircuitReset { worker }
+            | Event::BuildFallback { worker, .. }
+            | Event::WorkerChanged { worker, .. } => Some(worker),
+            Event::LeaseQueued { .. } => None,
+        }
+    }
+
+    /// The event's name, as in its `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::CircuitOpened { .. } => "circuit.opened",
+            Event::CircuitHalfOpen { .. } => "circuit.half_open",
+            Event::CircuitClosed { .. } => "circuit.closed",
+            Event::CircuitReset { .. } => "circuit.reset",
+            Event::BuildFallback { .. } => "build.fallback",
+            Event::LeaseQueued { .. } => "lease.queued",
+            Event::WorkerChanged { .. } => "worker.changed",
         }
     }
 }
 
-/// An event with its time.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
+/// An event with its time, as stored, streamed and printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
     #[serde(flatten)]
-    pub kind: EventKind,
+    pub event: Event,
     /// RFC 3339.
     pub at: String,
 }
 
-impl Event {
-    pub fn new(kind: EventKind, now_ms: u64) -> Self {
-        Event {
-            kind,
+impl EventRecord {
+    pub fn new(event: Event, now_ms: u64) -> Self {
+        EventRecord {
+            event,
             at: super::clock::rfc3339(now_ms),
         }
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
+    /// One JSON object, the line `rch events --json` prints.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// One of each event, for tests that cover them all.
+#[cfg(test)]
+pub(crate) fn samples() -> Vec<Event> {
+    use crate::protocol::WorkerAction;
+    vec![
+        Event::CircuitOpened {
+            worker: "w1".into(),
+            failure_count: 3,
+            threshold: 3,
+            cooldown_seconds: 30,
+            reason: "w1: ssh connect refused".into(),
+        },
+        Event::CircuitHalfOpen {
+            worker: "w1".into(),
+            probe: true,
+        },
+        Event::CircuitClosed {
+            worker: "w1".into(),
+            recovery_time_seconds: 42,
+        },
+        Event::CircuitReset {
+            worker: "w1".into(),
+        },
+        Event::BuildFallback {
+            worker: "w1".into(),
+            reason: "w1: ssh connect refused".into(),
+            to: "w2".into(),
+            kind: FailureKind::ConnectRefused,
+        },
+        Event::LeaseQueued {
+            reason: "all admissible workers are busy".into(),
+            position: 2,
+        },
+        Event::WorkerChanged {
+            worker: "w2".into(),
+            action: WorkerAction::Drain,
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -80,17 +142,71 @@ mod tests {
 
     #[test]
     fn event_json_has_event_and_at() {
-        let e = Event::new(
-            EventKind::BuildFallback {
+        let e = EventRecord::new(
+            Event::BuildFallback {
                 worker: "w1".into(),
                 reason: "refused".into(),
                 to: "w2".into(),
+                kind: FailureKind::ConnectRefused,
             },
             0,
         );
-        let v = e.to_json();
+        let v: serde_json::Value = serde_json::from_str(&e.to_json_line()).unwrap();
         assert_eq!(v["event"], "build.fallback");
         assert_eq!(v["at"], "1970-01-01T00:00:00Z");
         assert_eq!(v["to"], "w2");
+        assert_eq!(v["kind"], "connect_refused");
+    }
+
+    #[test]
+    fn every_event_round_trips_with_its_contract_name() {
+        for event in samples() {
+            let record = EventRecord::new(event, 1_700_000_000_000);
+            let line = record.to_json_line();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["event"], record.event.name(), "{line}");
+            assert_eq!(v["at"], "2023-11-14T22:13:20Z");
+            let back: EventRecord = serde_json::from_str(&line).unwrap();
+            assert_eq!(back, record, "{line}");
+        }
+    }
+
+    #[test]
+    fn contract_fields_are_named_exactly() {
+        let names = |e: &Event| -> Vec<String> {
+            let v = serde_json::to_value(e).unwrap();
+            let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let s = samples();
+        assert_eq!(
+            names(&s[0]),
+            [
+                "cooldown_seconds",
+                "event",
+                "failure_count",
+                "reason",
+                "threshold",
+                "worker"
+            ]
+        );
+        assert_eq!(names(&s[1]), ["event", "probe", "worker"]);
+        assert_eq!(names(&s[2]), ["event", "recovery_time_seconds", "worker"]);
+        assert_eq!(names(&s[4]), ["event", "kind", "reason", "to", "worker"]);
+        assert_eq!(names(&s[5]), ["event", "position", "reason"]);
+    }
+
+    #[test]
+    fn a_fallback_stored_before_kinds_reads_as_other() {
+        let line = r#"{"event":"build.fallback","worker":"w1","reason":"x","to":"local","at":"1970-01-01T00:00:00Z"}"#;
+        let back: EventRecord = serde_json::from_str(line).unwrap();
+        assert!(matches!(
+            back.event,
+            Event::BuildFallback {
+                kind: FailureKind::Other,
+                ..
+            }
+        ));
     }
 }

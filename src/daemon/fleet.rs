@@ -13,8 +13,8 @@
 //! carries the outputs out, and a simulation drives this type directly.
 
 use super::clock::rfc3339;
-use super::events::{Event, EventKind};
-use super::metrics::Metrics;
+use super::events::{Event, EventRecord};
+use super::metrics::{Metrics, Placement};
 use super::report::{CircuitReport, FleetReport, LeaseReport, QueuedReport, WorkerReport};
 use super::store::WorkerFlags;
 use crate::breaker::{Breaker, Outcome, Permit, State, Transition};
@@ -87,7 +87,7 @@ pub enum Output {
     /// Save this state (the store executes it).
     Persist(Persist),
     /// Store and stream this event.
-    Emit(Event),
+    Emit(EventRecord),
 }
 
 /// State to save, as a snapshot: executing it twice is harmless.
@@ -322,7 +322,7 @@ impl Fleet {
                     },
                 );
                 self.emit(
-                    EventKind::LeaseQueued {
+                    Event::LeaseQueued {
                         reason: "all admissible workers are busy".into(),
                         position,
                     },
@@ -463,13 +463,10 @@ impl Fleet {
         let ids = self.targets(worker)?;
         for id in &ids {
             if let Some(b) = self.breakers.get_mut(id) {
-                let t = b.reset(now_ms);
+                b.reset(now_ms);
                 self.mark_breaker(id);
-                if t.is_some() {
-                    self.metrics.count_transition("reset");
-                }
             }
-            self.emit(EventKind::CircuitReset { worker: id.clone() }, now_ms);
+            self.emit(Event::CircuitReset { worker: id.clone() }, now_ms);
         }
         self.serve_waiters(now_ms);
         Ok(ids)
@@ -504,9 +501,9 @@ impl Fleet {
         self.probe_check = true;
         self.selector.reconfigure(self.worker_slots());
         self.emit(
-            EventKind::WorkerChanged {
+            Event::WorkerChanged {
                 worker: id.to_string(),
-                action: action.as_str().to_string(),
+                action,
             },
             now_ms,
         );
@@ -803,38 +800,30 @@ impl Fleet {
         self.mark_breaker(id);
         let cfg = &self.config.circuit;
         let kind = match t {
-            Transition::Opened { failures, reason } => {
-                self.metrics.count_transition("opened");
-                EventKind::CircuitOpened {
-                    worker: id.to_string(),
-                    failure_count: failures,
-                    threshold: cfg.failure_threshold,
-                    cooldown_seconds: cfg.open_cooldown_secs,
-                    reason,
-                }
-            }
-            Transition::HalfOpened => {
-                self.metrics.count_transition("half_opened");
-                EventKind::CircuitHalfOpen {
-                    worker: id.to_string(),
-                    probe,
-                }
-            }
-            Transition::Closed { recovery_ms } => {
-                self.metrics.count_transition("closed");
-                EventKind::CircuitClosed {
-                    worker: id.to_string(),
-                    recovery_time_seconds: recovery_ms / 1000,
-                }
-            }
+            Transition::Opened { failures, reason } => Event::CircuitOpened {
+                worker: id.to_string(),
+                failure_count: failures,
+                threshold: cfg.failure_threshold,
+                cooldown_seconds: cfg.open_cooldown_secs,
+                reason,
+            },
+            Transition::HalfOpened => Event::CircuitHalfOpen {
+                worker: id.to_string(),
+                probe,
+            },
+            Transition::Closed { recovery_ms } => Event::CircuitClosed {
+                worker: id.to_string(),
+                recovery_time_seconds: recovery_ms / 1000,
+            },
             Transition::Reset => return,
         };
         self.emit(kind, now_ms);
     }
 
-    fn emit(&mut self, kind: EventKind, now_ms: u64) {
+    fn emit(&mut self, event: Event, now_ms: u64) {
+        self.metrics.observe(&event);
         self.outputs
-            .push_back(Output::Emit(Event::new(kind, now_ms)));
+            .push_back(Output::Emit(EventRecord::new(event, now_ms)));
     }
 
     /// A breaker changed in a way worth saving at once (and worth a look
@@ -874,23 +863,23 @@ impl Fleet {
     pub fn handle_job(&mut self, now_ms: u64, job: &JobReport) {
         let to = job.worker.clone().unwrap_or_else(|| "local".into());
         let placement = if job.worker.is_some() {
-            "remote"
+            Placement::Remote
         } else {
-            "local"
+            Placement::Local
         };
-        self.metrics.count_build(&job.outcome, placement);
+        self.metrics.count_build(job.outcome, placement);
         for (i, fo) in job.failovers.iter().enumerate() {
             let next = job
                 .failovers
                 .get(i + 1)
                 .map(|n| n.worker.clone())
                 .unwrap_or_else(|| to.clone());
-            self.metrics.count_fallback(fallback_class(&fo.reason));
             self.emit(
-                EventKind::BuildFallback {
+                Event::BuildFallback {
                     worker: fo.worker.clone(),
                     reason: fo.reason.clone(),
                     to: next,
+                    kind: fo.kind,
                 },
                 now_ms,
             );
@@ -982,26 +971,6 @@ fn admits(
     breakers.get(id).is_some_and(|b| b.can_admit(cfg, now_ms))
 }
 
-/// A short, bounded label for a fallback reason (metrics labels stay few).
-fn fallback_class(reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    if r.contains("refused") {
-        "connect_refused"
-    } else if r.contains("timed out") || r.contains("timeout") {
-        "timeout"
-    } else if r.contains("permission denied") || r.contains("auth") {
-        "auth"
-    } else if r.contains("host key") {
-        "host_key"
-    } else if r.contains("rsync") || r.contains("transfer") || r.contains("remote dir") {
-        "transfer"
-    } else if r.contains("lost") {
-        "connection_lost"
-    } else {
-        "other"
-    }
-}
-
 fn selection_request(r: &LeaseRequest) -> select::LeaseRequest {
     select::LeaseRequest {
         project: r.project.clone(),
@@ -1015,18 +984,19 @@ fn selection_request(r: &LeaseRequest) -> select::LeaseRequest {
 pub fn circuit_report(b: Option<&Breaker>, config: &Config, now_ms: u64) -> CircuitReport {
     let Some(b) = b else {
         return CircuitReport {
-            state: State::Closed.as_str().into(),
+            state: State::Closed,
             failures: 0,
             since: None,
             retry_in_secs: None,
             last_error: None,
             error_rate: None,
             epoch: 0,
+            admits: true,
         };
     };
     let cfg = &config.circuit;
     CircuitReport {
-        state: b.state.as_str().into(),
+        state: b.state,
         failures: b.consecutive_failures,
         since: Some(rfc3339(b.since_ms)),
         retry_in_secs: if b.state == State::Open {
@@ -1037,5 +1007,6 @@ pub fn circuit_report(b: Option<&Breaker>, config: &Config, now_ms: u64) -> Circ
         last_error: b.last_error.clone(),
         error_rate: b.error_rate(cfg, now_ms),
         epoch: b.epoch,
+        admits: b.can_admit(cfg, now_ms),
     }
 }

@@ -1,10 +1,51 @@
-//! Counters and gauges of the daemon, rendered as Prometheus text.
+//! Counters and gauges of the daemon, rendered as Prometheus text. Every
+//! label comes from a typed value (an event, a job outcome, a failure kind).
 
+use super::events::Event;
+use crate::breaker::State;
+use crate::protocol::JobOutcome;
+use crate::remote::FailureKind;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Upper bounds (seconds) of the lease duration histogram.
 const LEASE_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0];
+
+/// A breaker transition, as the `kind` label counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TransitionKind {
+    Opened,
+    HalfOpened,
+    Closed,
+    Reset,
+}
+
+impl TransitionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Opened => "opened",
+            TransitionKind::HalfOpened => "half_opened",
+            TransitionKind::Closed => "closed",
+            TransitionKind::Reset => "reset",
+        }
+    }
+}
+
+/// Where a finished job ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Placement {
+    Remote,
+    Local,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Remote => "remote",
+            Placement::Local => "local",
+        }
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
@@ -14,40 +55,53 @@ pub struct Metrics {
     pub attempts_failed: u64,
     pub attempts_unknown: u64,
     pub probes: u64,
-    pub transitions: BTreeMap<String, u64>,
-    /// Finished jobs by (outcome, placement kind: remote|local).
-    pub builds: BTreeMap<(String, String), u64>,
-    /// Fallbacks by reason class.
-    pub fallbacks: BTreeMap<String, u64>,
+    transitions: BTreeMap<TransitionKind, u64>,
+    /// Finished jobs by outcome and placement.
+    builds: BTreeMap<(JobOutcome, Placement), u64>,
+    /// Fallbacks by what failed.
+    fallbacks: BTreeMap<FailureKind, u64>,
     lease_buckets: [u64; LEASE_BUCKETS.len()],
     lease_count: u64,
     lease_sum: f64,
 }
 
-/// One per-worker figure out of a [`Gauges::workers`] entry.
-type WorkerValue = fn(&(&str, u8, u32, u32)) -> u64;
+/// One worker's gauges, read at render time.
+#[derive(Debug, Clone)]
+pub struct WorkerGauge {
+    pub id: String,
+    pub state: State,
+    pub used: u32,
+    pub slots: u32,
+}
 
 /// Gauges read at render time.
-pub struct Gauges<'a> {
-    /// (worker, state as 0 closed / 1 half-open / 2 open, slots in use, slots)
-    pub workers: Vec<(&'a str, u8, u32, u32)>,
+pub struct Gauges {
+    pub workers: Vec<WorkerGauge>,
     pub queue_depth: usize,
 }
 
+/// One per-worker figure out of a [`WorkerGauge`].
+type WorkerValue = fn(&WorkerGauge) -> u64;
+
 impl Metrics {
-    pub fn count_transition(&mut self, kind: &str) {
-        *self.transitions.entry(kind.to_string()).or_default() += 1;
+    /// Count what an emitted event says (transitions, fallbacks).
+    pub fn observe(&mut self, event: &Event) {
+        let transition = match event {
+            Event::CircuitOpened { .. } => TransitionKind::Opened,
+            Event::CircuitHalfOpen { .. } => TransitionKind::HalfOpened,
+            Event::CircuitClosed { .. } => TransitionKind::Closed,
+            Event::CircuitReset { .. } => TransitionKind::Reset,
+            Event::BuildFallback { kind, .. } => {
+                *self.fallbacks.entry(*kind).or_default() += 1;
+                return;
+            }
+            Event::LeaseQueued { .. } | Event::WorkerChanged { .. } => return,
+        };
+        *self.transitions.entry(transition).or_default() += 1;
     }
 
-    pub fn count_build(&mut self, outcome: &str, placement: &str) {
-        *self
-            .builds
-            .entry((outcome.to_string(), placement.to_string()))
-            .or_default() += 1;
-    }
-
-    pub fn count_fallback(&mut self, reason: &str) {
-        *self.fallbacks.entry(reason.to_string()).or_default() += 1;
+    pub fn count_build(&mut self, outcome: JobOutcome, placement: Placement) {
+        *self.builds.entry((outcome, placement)).or_default() += 1;
     }
 
     pub fn observe_lease_secs(&mut self, secs: f64) {
@@ -67,19 +121,23 @@ impl Metrics {
             (
                 "rch_circuit_state",
                 "Circuit state per worker: 0 closed, 1 half_open, 2 open.",
-                |w| u64::from(w.1),
+                |w| match w.state {
+                    State::Closed => 0,
+                    State::HalfOpen => 1,
+                    State::Open => 2,
+                },
             ),
             ("rch_slots_in_use", "Slots leased per worker.", |w| {
-                u64::from(w.2)
+                u64::from(w.used)
             }),
             ("rch_slots_total", "Configured slots per worker.", |w| {
-                u64::from(w.3)
+                u64::from(w.slots)
             }),
         ];
         for (name, help, value) in per_worker {
             family(o, name, "gauge", help);
             for w in &gauges.workers {
-                let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", w.0, value(w));
+                let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", w.id, value(w));
             }
         }
         family(
@@ -96,6 +154,7 @@ impl Metrics {
             "Breaker transitions by kind.",
         );
         for (kind, n) in &self.transitions {
+            let kind = kind.as_str();
             let _ = writeln!(o, "rch_circuit_transitions_total{{kind=\"{kind}\"}} {n}");
         }
         family(
@@ -105,6 +164,7 @@ impl Metrics {
             "Finished builds by outcome and placement.",
         );
         for ((outcome, placement), n) in &self.builds {
+            let (outcome, placement) = (outcome.as_str(), placement.as_str());
             let _ = writeln!(
                 o,
                 "rch_builds_total{{outcome=\"{outcome}\",placement=\"{placement}\"}} {n}"
@@ -116,7 +176,8 @@ impl Metrics {
             "counter",
             "Builds that left a worker, by reason.",
         );
-        for (reason, n) in &self.fallbacks {
+        for (kind, n) in &self.fallbacks {
+            let reason = kind.as_str();
             let _ = writeln!(o, "rch_fallbacks_total{{reason=\"{reason}\"}} {n}");
         }
         family(o, "rch_leases_total", "counter", "Leases by result.");
@@ -191,7 +252,12 @@ mod tests {
         m.observe_lease_secs(0.02);
         m.observe_lease_secs(2.0);
         let text = m.render(&Gauges {
-            workers: vec![("w1", 2, 1, 4)],
+            workers: vec![WorkerGauge {
+                id: "w1".into(),
+                state: State::Open,
+                used: 1,
+                slots: 4,
+            }],
             queue_depth: 0,
         });
         assert!(text.contains("rch_lease_duration_seconds_bucket{le=\"0.05\"} 1"));

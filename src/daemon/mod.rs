@@ -23,7 +23,7 @@ pub mod store;
 use crate::config::Config;
 use anyhow::Context;
 use clock::Clock;
-use events::Event;
+use events::EventRecord;
 use fleet::{Decision, Fleet, Grant, Output, Persist, WaiterId};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -47,7 +47,7 @@ pub struct DaemonOptions {
 /// [`Output::Emit`]. The SQLite [`Store`] is one; a shared store is another.
 pub trait StateSink: Send {
     fn persist(&mut self, item: &Persist) -> anyhow::Result<()>;
-    fn record_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()>;
+    fn record_event(&mut self, at_ms: u64, event: &EventRecord) -> anyhow::Result<()>;
 }
 
 impl StateSink for Store {
@@ -58,7 +58,7 @@ impl StateSink for Store {
         }
     }
 
-    fn record_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()> {
+    fn record_event(&mut self, at_ms: u64, event: &EventRecord) -> anyhow::Result<()> {
         self.insert_event(at_ms, event)
     }
 }
@@ -85,7 +85,7 @@ pub struct Shared {
     store: Mutex<Store>,
     clock: Arc<dyn Clock>,
     config_source: ConfigSource,
-    events: broadcast::Sender<serde_json::Value>,
+    events: broadcast::Sender<EventRecord>,
     probes: mpsc::UnboundedSender<prober::Work>,
     timer_wake: Notify,
     /// Told each time a probe result reached the core.
@@ -98,7 +98,7 @@ pub struct Shared {
 #[derive(Default)]
 struct Deferred {
     persist: Vec<Persist>,
-    events: Vec<Event>,
+    events: Vec<EventRecord>,
     probes: Vec<prober::Work>,
 }
 
@@ -204,13 +204,13 @@ impl Shared {
                 tracing::error!(error = %e, "saving state");
             }
         }
-        for event in &deferred.events {
-            let json = event.to_json();
-            tracing::info!(target: "rch::event", event = %json, "{}", json["event"].as_str().unwrap_or(""));
-            if let Err(e) = sink.record_event(now, event) {
+        for event in deferred.events {
+            let line = event.to_json_line();
+            tracing::info!(target: "rch::event", event = %line, "{}", event.event.name());
+            if let Err(e) = sink.record_event(now, &event) {
                 tracing::error!(error = %e, "saving event");
             }
-            let _ = self.events.send(json);
+            let _ = self.events.send(event);
         }
     }
 

@@ -62,6 +62,15 @@ struct Saved<'a> {
     last_build_ms: Option<u64>,
 }
 
+/// A saved breaker as a daemon would resume it: the probes of a daemon that
+/// is gone are not in flight any more.
+fn idle(saved: Option<&Breaker>) -> Option<Breaker> {
+    saved.cloned().map(|mut b| {
+        b.probes_in_flight = 0;
+        b
+    })
+}
+
 fn worker_report(w: &WorkerConfig, saved: Saved, config: &Config, now_ms: u64) -> WorkerReport {
     WorkerReport {
         id: w.id.clone(),
@@ -72,7 +81,7 @@ fn worker_report(w: &WorkerConfig, saved: Saved, config: &Config, now_ms: u64) -
         priority: w.priority,
         enabled: saved.flags.enabled.unwrap_or(w.enabled),
         draining: saved.flags.draining,
-        circuit: circuit_report(saved.breaker, config, now_ms),
+        circuit: circuit_report(idle(saved.breaker).as_ref(), config, now_ms),
         last_build: saved.last_build_ms.map(rfc3339),
         latency_ms: None,
         capabilities: None,
@@ -118,7 +127,7 @@ mod tests {
             store.save_flags("w2", off).unwrap();
             let job = JobReport {
                 worker: Some("w1".into()),
-                outcome: "success".into(),
+                outcome: crate::protocol::JobOutcome::Success,
                 ..Default::default()
             };
             store.insert_job(5_000, &job).unwrap();

@@ -2,6 +2,9 @@
 //! `rch workers probe` and `rch workers history`, shared by the daemon (live)
 //! and the store (when the daemon is down).
 
+use super::events::EventRecord;
+use crate::breaker::State;
+use crate::protocol::JobOutcome;
 use serde::{Deserialize, Serialize};
 
 /// Jobs a fleet report carries (`rch status --jobs`).
@@ -51,7 +54,7 @@ pub struct WorkerReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CircuitReport {
     /// `closed`, `open` or `half_open`.
-    pub state: String,
+    pub state: State,
     /// Consecutive infrastructure failures.
     pub failures: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +67,15 @@ pub struct CircuitReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
     pub epoch: u64,
+    /// Whether the breaker lets a build through now, as the daemon's own
+    /// admission decides it (false for a half-open worker whose probes are
+    /// all in flight).
+    #[serde(default = "admits_by_default")]
+    pub admits: bool,
+}
+
+fn admits_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,7 +106,7 @@ pub struct JobRow {
     pub command: String,
     /// Worker id or `local`.
     pub placement: String,
-    pub outcome: String,
+    pub outcome: JobOutcome,
     pub exit_code: Option<i32>,
     pub reason: String,
     pub queue_ms: u64,
@@ -114,7 +126,7 @@ pub struct ProbeResult {
     pub latency_ms: Option<u64>,
     pub error: Option<String>,
     /// Breaker state after the probe.
-    pub state: String,
+    pub state: State,
     /// What the probe found the worker can build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<crate::caps::Capabilities>,
@@ -125,5 +137,5 @@ pub struct ProbeResult {
 pub struct WorkerHistory {
     pub worker: String,
     pub jobs: Vec<JobRow>,
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<EventRecord>,
 }

@@ -4,7 +4,7 @@
 //! breaker effect).
 
 use super::fleet::{Decision, ProbeJob};
-use super::metrics::Gauges;
+use super::metrics::{Gauges, WorkerGauge};
 use super::report::{DaemonInfo, FleetReport, ProbeResult, WorkerHistory};
 use super::{Answer, Shared};
 use crate::protocol::{
@@ -88,6 +88,7 @@ fn error(message: String) -> Response {
     Response::Error {
         message,
         known_workers: Vec::new(),
+        unknown_worker: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn unknown(e: super::fleet::UnknownWorker) -> Response {
     Response::Error {
         message: e.to_string(),
         known_workers: e.known,
+        unknown_worker: Some(e.id),
     }
 }
 
@@ -263,8 +265,7 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
                     Err(reason) => ProbeResult {
                         state: shared
                             .with_fleet(|f, _| f.state_of(&id))
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_default(),
+                            .unwrap_or(crate::breaker::State::Closed),
                         worker: id,
                         ok: false,
                         latency_ms: None,
@@ -315,7 +316,7 @@ async fn await_running_probe(shared: &Shared, id: String) -> ProbeResult {
         ok,
         latency_ms: if ok { latency_ms } else { None },
         error: if ok { None } else { last_error },
-        state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        state: state.unwrap_or(crate::breaker::State::Closed),
         capabilities,
     }
 }
@@ -340,7 +341,7 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
                     ok: false,
                     latency_ms: None,
                     error: Some(failure.message),
-                    state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    state: state.unwrap_or(crate::breaker::State::Closed),
                     capabilities: None,
                 };
             }
@@ -371,7 +372,7 @@ pub async fn run_probe(shared: &Shared, job: ProbeJob) -> ProbeResult {
         ok: result.is_ok() && unmet.is_none(),
         latency_ms: result.as_ref().ok().copied(),
         error: result.err().or(unmet),
-        state: state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        state: state.unwrap_or(crate::breaker::State::Closed),
         capabilities: caps,
     }
 }
@@ -458,21 +459,15 @@ pub fn metrics(shared: &Shared) -> String {
             .config()
             .workers
             .iter()
-            .map(|w| {
-                let state = match f.state_of(&w.id) {
-                    Some(crate::breaker::State::Open) => 2,
-                    Some(crate::breaker::State::HalfOpen) => 1,
-                    _ => 0,
-                };
-                let used = f.used(&w.id);
-                (w.id.clone(), state, used, w.slots)
+            .map(|w| WorkerGauge {
+                id: w.id.clone(),
+                state: f.state_of(&w.id).unwrap_or(crate::breaker::State::Closed),
+                used: f.used(&w.id),
+                slots: w.slots,
             })
-            .collect::<Vec<_>>();
+            .collect();
         let gauges = Gauges {
-            workers: workers
-                .iter()
-                .map(|(id, s, u, t)| (id.as_str(), *s, *u, *t))
-                .collect(),
+            workers,
             queue_depth: f.queue_len(),
         };
         f.metrics.render(&gauges)

@@ -3,10 +3,10 @@
 //! fails its integrity check is moved aside and replaced by a fresh one, so a
 //! broken file never keeps the daemon down.
 
-use super::events::Event;
+use super::events::EventRecord;
 use super::report::JobRow;
 use crate::breaker::Breaker;
-use crate::protocol::JobReport;
+use crate::protocol::{JobOutcome, JobReport};
 use anyhow::Context;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -202,7 +202,7 @@ impl Store {
                 project: r.get(2)?,
                 command: r.get(3)?,
                 placement: r.get(4)?,
-                outcome: r.get(5)?,
+                outcome: JobOutcome::parse(&r.get::<_, String>(5)?).unwrap_or_default(),
                 exit_code: r.get(6)?,
                 reason: r.get(7)?,
                 queue_ms: r.get::<_, i64>(8)? as u64,
@@ -251,23 +251,24 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn insert_event(&mut self, at_ms: u64, event: &Event) -> anyhow::Result<()> {
-        let body = serde_json::to_string(event)?;
-        let name = event.to_json()["event"].as_str().unwrap_or("").to_string();
+    pub fn insert_event(&mut self, at_ms: u64, record: &EventRecord) -> anyhow::Result<()> {
+        let body = serde_json::to_string(record)?;
         self.conn.execute(
             "INSERT INTO events(at_ms, event, worker, body) VALUES (?1, ?2, ?3, ?4)",
-            params![at_ms as i64, name, event.kind.worker(), body],
+            params![
+                at_ms as i64,
+                record.event.name(),
+                record.event.worker(),
+                body
+            ],
         )?;
         self.maybe_prune(1)?;
         Ok(())
     }
 
-    /// The last `limit` events (of `worker` when given), oldest first.
-    pub fn events(
-        &self,
-        worker: Option<&str>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<serde_json::Value>> {
+    /// The last `limit` events (of `worker` when given), oldest first. A row
+    /// this version cannot read (written by a newer rch) is skipped.
+    pub fn events(&self, worker: Option<&str>, limit: usize) -> anyhow::Result<Vec<EventRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT body FROM (SELECT id, body FROM events WHERE (?1 IS NULL OR worker = ?1)
              ORDER BY id DESC LIMIT ?2) ORDER BY id ASC",
@@ -275,7 +276,9 @@ impl Store {
         let rows = stmt.query_map(params![worker, limit as i64], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for body in rows {
-            out.push(serde_json::from_str(&body?)?);
+            if let Ok(record) = serde_json::from_str(&body?) {
+                out.push(record);
+            }
         }
         Ok(out)
     }
@@ -310,7 +313,7 @@ fn insert_job_row(conn: &Connection, at_ms: u64, job: &JobReport) -> rusqlite::R
             job.project,
             job.command,
             placement,
-            job.outcome,
+            job.outcome.as_str(),
             job.exit_code,
             job.reason,
             job.queue_ms as i64,
@@ -377,7 +380,7 @@ mod tests {
                 .unwrap();
             let job = JobReport {
                 worker: Some("w1".into()),
-                outcome: "success".into(),
+                outcome: JobOutcome::Success,
                 exit_code: Some(0),
                 ..Default::default()
             };

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// way to it; `Local` is a problem on this machine (rsync or ssh missing here,
 /// an unusable local path), which no worker is charged for and no other worker
 /// would fix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     Local,
@@ -31,6 +33,7 @@ pub enum FailureKind {
     /// The worker cannot run the build at the client's path: a routing
     /// fact (the build goes elsewhere), never a breaker charge.
     MirrorUnavailable,
+    #[default]
     Other,
 }
 

@@ -1,76 +1,59 @@
 //! Daemon events as one readable line each (`rch events`, `rch workers history`).
 
-use serde_json::Value;
+use crate::daemon::events::{Event, EventRecord};
 
 /// `2024-05-01T12:00:00Z  circuit.opened     w1: opened after 3 failures …`.
-pub fn event_line(event: &Value) -> String {
-    let at = str_field(event, "at");
-    let name = str_field(event, "event");
-    format!("{at}  {name:<18} {}", describe(name, event))
-}
-
-fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
+pub fn event_line(record: &EventRecord) -> String {
+    let name = record.event.name();
+    format!("{}  {name:<18} {}", record.at, describe(&record.event))
 }
 
 /// A reason without the leading `w1: ` the line already shows.
-fn reason<'a>(e: &'a Value, worker: &str) -> &'a str {
-    let text = str_field(e, "reason");
+fn reason<'a>(text: &'a str, worker: &str) -> &'a str {
     text.strip_prefix(worker)
         .and_then(|rest| rest.strip_prefix(": "))
         .unwrap_or(text)
 }
 
-fn num_field(v: &Value, key: &str) -> u64 {
-    v.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
-/// What happened, in words; unknown events show their fields as JSON.
-fn describe(name: &str, e: &Value) -> String {
-    let worker = str_field(e, "worker");
-    match name {
-        "circuit.opened" => format!(
-            "{worker}: opened after {} failures (threshold {}), cooldown {}s: {}",
-            num_field(e, "failure_count"),
-            num_field(e, "threshold"),
-            num_field(e, "cooldown_seconds"),
-            reason(e, worker)
+/// What happened, in words.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::CircuitOpened {
+            worker,
+            failure_count,
+            threshold,
+            cooldown_seconds,
+            reason: why,
+        } => format!(
+            "{worker}: opened after {failure_count} failures (threshold {threshold}), cooldown {cooldown_seconds}s: {}",
+            reason(why, worker)
         ),
-        "circuit.half_open" => {
-            let how = if e.get("probe").and_then(Value::as_bool).unwrap_or(false) {
-                "a probe"
-            } else {
-                "trial traffic"
-            };
+        Event::CircuitHalfOpen { worker, probe } => {
+            let how = if *probe { "a probe" } else { "trial traffic" };
             format!("{worker}: half_open, testing with {how}")
         }
-        "circuit.closed" => format!(
+        Event::CircuitClosed {
+            worker,
+            recovery_time_seconds,
+        } => format!(
             "{worker}: closed, recovered after {}",
-            super::time::duration(num_field(e, "recovery_time_seconds"))
+            super::time::duration(*recovery_time_seconds)
         ),
-        "circuit.reset" => format!("{worker}: reset to closed by the operator"),
-        "build.fallback" => format!(
-            "{worker} failed, build moved to {}: {}",
-            str_field(e, "to"),
-            reason(e, worker)
+        Event::CircuitReset { worker } => format!("{worker}: reset to closed by the operator"),
+        Event::BuildFallback {
+            worker,
+            reason: why,
+            to,
+            ..
+        } => format!(
+            "{worker} failed, build moved to {to}: {}",
+            reason(why, worker)
         ),
-        "lease.queued" => format!(
-            "queued at position {}: {}",
-            num_field(e, "position"),
-            str_field(e, "reason")
-        ),
-        "worker.changed" => format!("{worker}: {}", str_field(e, "action")),
-        _ => rest_as_json(e),
+        Event::LeaseQueued { reason, position } => {
+            format!("queued at position {position}: {reason}")
+        }
+        Event::WorkerChanged { worker, action } => format!("{worker}: {}", action.as_str()),
     }
-}
-
-fn rest_as_json(e: &Value) -> String {
-    let mut rest = e.clone();
-    if let Some(map) = rest.as_object_mut() {
-        map.remove("at");
-        map.remove("event");
-    }
-    rest.to_string()
 }
 
 #[cfg(test)]
@@ -78,12 +61,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn line(mut v: serde_json::Value) -> String {
+        if v.get("at").is_none() {
+            v["at"] = json!("2024-05-01T12:00:00Z");
+        }
+        event_line(&serde_json::from_value(v).unwrap())
+    }
+
     #[test]
     fn opened_reads_as_a_sentence() {
         let e = json!({"event": "circuit.opened", "at": "2024-05-01T12:00:00Z", "worker": "w1",
             "failure_count": 3, "threshold": 3, "cooldown_seconds": 30, "reason": "refused"});
         assert_eq!(
-            event_line(&e),
+            line(e),
             "2024-05-01T12:00:00Z  circuit.opened     w1: opened after 3 failures (threshold 3), cooldown 30s: refused"
         );
     }
@@ -113,17 +103,19 @@ mod tests {
             ),
         ];
         for (e, want) in cases {
-            assert!(
-                event_line(&e).ends_with(want),
-                "{} vs {want}",
-                event_line(&e)
-            );
+            let got = line(e);
+            assert!(got.ends_with(want), "{got} vs {want}");
         }
     }
 
     #[test]
-    fn unknown_event_keeps_its_fields() {
-        let e = json!({"event": "x.y", "at": "t", "n": 1});
-        assert!(event_line(&e).ends_with(r#"{"n":1}"#));
+    fn every_event_has_a_sentence_naming_its_worker() {
+        for event in crate::daemon::events::samples() {
+            let text = describe(&event);
+            if let Some(worker) = event.worker() {
+                assert!(text.starts_with(worker), "{text}");
+            }
+            assert!(!text.contains('{'), "{text}");
+        }
     }
 }

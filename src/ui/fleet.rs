@@ -5,6 +5,7 @@
 use super::table::{self, or_dash};
 use super::time as t;
 use super::Output;
+use crate::breaker::State;
 use crate::daemon::report::{CircuitReport, DaemonInfo, FleetReport, JobRow, WorkerReport};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -54,7 +55,7 @@ pub fn summary_line(workers: &[WorkerReport]) -> String {
         "workers"
     };
     let mut groups = Vec::new();
-    for state in ["closed", "half_open", "open"] {
+    for state in [State::Closed, State::HalfOpen, State::Open] {
         let members: Vec<&WorkerReport> = workers
             .iter()
             .filter(|w| w.circuit.state == state)
@@ -63,7 +64,7 @@ pub fn summary_line(workers: &[WorkerReport]) -> String {
             continue;
         }
         let mut group = format!("{} {state}", members.len());
-        if state != "closed" {
+        if state != State::Closed {
             let who: Vec<String> = members.iter().map(|w| who_and_when(w)).collect();
             group.push_str(&format!(" ({})", who.join("; ")));
         }
@@ -83,9 +84,9 @@ pub fn summary_line(workers: &[WorkerReport]) -> String {
 
 /// `w1, retry in 12s` for an open worker, `w2` otherwise.
 fn who_and_when(w: &WorkerReport) -> String {
-    match (w.circuit.state.as_str(), w.circuit.retry_in_secs) {
-        ("open", Some(0)) => format!("{}, retry due", w.id),
-        ("open", Some(s)) => format!("{}, retry in {}", w.id, t::duration(s)),
+    match (w.circuit.state, w.circuit.retry_in_secs) {
+        (State::Open, Some(0)) => format!("{}, retry due", w.id),
+        (State::Open, Some(s)) => format!("{}, retry in {}", w.id, t::duration(s)),
         _ => w.id.clone(),
     }
 }
@@ -106,7 +107,7 @@ fn mode(w: &WorkerReport) -> &'static str {
 pub fn open_warning(workers: &[WorkerReport], now: OffsetDateTime) -> Option<String> {
     let open: Vec<&WorkerReport> = workers
         .iter()
-        .filter(|w| w.circuit.state == "open")
+        .filter(|w| w.circuit.state == State::Open)
         .collect();
     if open.is_empty() {
         return None;
@@ -194,7 +195,7 @@ pub fn workers_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTime
         tbl.add_row(vec![
             comfy_table::Cell::new(&w.id),
             comfy_table::Cell::new(&w.host),
-            table::state_cell(out, &w.circuit.state),
+            table::state_cell(out, w.circuit.state),
             comfy_table::Cell::new(format!("{}/{}", w.used, w.slots)),
             comfy_table::Cell::new(w.priority),
             comfy_table::Cell::new(mode(w)),
@@ -234,14 +235,14 @@ pub fn circuits_table(out: &Output, workers: &[WorkerReport], now: OffsetDateTim
     );
     for w in workers {
         let c = &w.circuit;
-        let retry = match (c.state.as_str(), c.retry_in_secs) {
-            ("open", Some(0)) => "due".to_string(),
-            ("open", Some(s)) => t::duration(s),
+        let retry = match (c.state, c.retry_in_secs) {
+            (State::Open, Some(0)) => "due".to_string(),
+            (State::Open, Some(s)) => t::duration(s),
             _ => "-".to_string(),
         };
         tbl.add_row(vec![
             comfy_table::Cell::new(&w.id),
-            table::state_cell(out, &c.state),
+            table::state_cell(out, c.state),
             comfy_table::Cell::new(c.failures),
             comfy_table::Cell::new(or_dash(c.error_rate.map(|r| format!("{:.0}%", r * 100.0)))),
             comfy_table::Cell::new(or_dash(c.since.as_deref().map(|s| t::ago(s, now)))),
@@ -317,7 +318,7 @@ pub fn jobs_table(out: &Output, jobs: &[JobRow], now: OffsetDateTime) -> String 
             j.command.clone(),
             project_name(&j.project),
             j.placement.clone(),
-            j.outcome.clone(),
+            j.outcome.to_string(),
             or_dash(j.exit_code.map(|c| c.to_string())),
             or_dash(Some(j.reason.clone())),
             format!("{:.1}s", took as f64 / 1000.0),
@@ -423,13 +424,14 @@ mod tests {
 
     fn circuit(state: &str, failures: u32, retry: Option<u64>, err: Option<&str>) -> CircuitReport {
         CircuitReport {
-            state: state.into(),
+            state: serde_json::from_value(json!(state)).unwrap(),
             failures,
             since: Some("2024-05-01T12:00:00Z".into()),
             retry_in_secs: retry,
             last_error: err.map(String::from),
             error_rate: None,
             epoch: 1,
+            admits: state != "open",
         }
     }
 
@@ -586,7 +588,7 @@ mod tests {
                 project: "/home/u/proj".into(),
                 command: "cargo build".into(),
                 placement: "local".into(),
-                outcome: "local".into(),
+                outcome: crate::protocol::JobOutcome::Local,
                 exit_code: Some(0),
                 reason: "circuit open on w1".into(),
                 queue_ms: 0,

@@ -43,8 +43,16 @@ mod tests {
             worker: "w1".into(),
             jobs: vec![],
             events: vec![
-                json!({"event": "circuit.opened", "at": "a", "worker": "w1"}),
-                json!({"event": "circuit.closed", "at": "b", "worker": "w1"}),
+                serde_json::from_value(
+                    json!({"event": "circuit.opened", "at": "a", "worker": "w1",
+                    "failure_count": 3, "threshold": 3, "cooldown_seconds": 30, "reason": "x"}),
+                )
+                .unwrap(),
+                serde_json::from_value(
+                    json!({"event": "circuit.closed", "at": "b", "worker": "w1",
+                    "recovery_time_seconds": 1}),
+                )
+                .unwrap(),
             ],
         };
         let text = history_text(&Output::plain(), &h, OffsetDateTime::UNIX_EPOCH);

@@ -2,6 +2,7 @@
 //! only when colour is allowed.
 
 use super::Output;
+use crate::breaker::State;
 use comfy_table::{presets, Attribute, Cell, Color, ContentArrangement, Table};
 
 /// Narrower terminals get unwrapped rows rather than unreadable columns.
@@ -55,16 +56,15 @@ pub fn render(table: &Table) -> String {
 }
 
 /// A circuit state, coloured by severity when colour is allowed.
-pub fn state_cell(out: &Output, state: &str) -> Cell {
-    let cell = Cell::new(state);
+pub fn state_cell(out: &Output, state: State) -> Cell {
+    let cell = Cell::new(state.as_str());
     if !out.color {
         return cell;
     }
     match state {
-        "open" => cell.fg(Color::Red).add_attribute(Attribute::Bold),
-        "half_open" => cell.fg(Color::Yellow),
-        "closed" => cell.fg(Color::Green),
-        _ => cell,
+        State::Open => cell.fg(Color::Red).add_attribute(Attribute::Bold),
+        State::HalfOpen => cell.fg(Color::Yellow),
+        State::Closed => cell.fg(Color::Green),
     }
 }
 

@@ -8,6 +8,8 @@
 //! presses into [`Action`]s. The loop that feeds them lives in `cli::top`.
 
 use super::{events, fleet, time as t};
+use crate::breaker::State;
+use crate::daemon::events::EventRecord;
 use crate::daemon::report::{FleetReport, WorkerReport};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::crossterm::{cursor, execute, terminal};
@@ -16,7 +18,6 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use ratatui::Frame;
-use serde_json::Value;
 use std::collections::VecDeque;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -47,7 +48,7 @@ pub enum Action {
 pub struct View {
     pub report: FleetReport,
     /// Oldest first.
-    pub events: VecDeque<Value>,
+    pub events: VecDeque<EventRecord>,
     pub selected: usize,
     /// The answer to the last action (`w1: circuit reset`), or a connection problem.
     pub message: Option<String>,
@@ -61,7 +62,7 @@ impl View {
             .min(self.report.workers.len().saturating_sub(1));
     }
 
-    pub fn push_event(&mut self, event: Value) {
+    pub fn push_event(&mut self, event: EventRecord) {
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_front();
         }
@@ -112,7 +113,7 @@ fn header_lines(view: &View) -> Vec<Line<'static>> {
     let open: Vec<&str> = r
         .workers
         .iter()
-        .filter(|w| w.circuit.state == "open")
+        .filter(|w| w.circuit.state == State::Open)
         .map(|w| w.id.as_str())
         .collect();
     let health = match open.len() {
@@ -147,19 +148,19 @@ fn header_lines(view: &View) -> Vec<Line<'static>> {
 }
 
 /// The glyph and colour of a circuit state.
-fn state_style(state: &str) -> (&'static str, Color) {
+fn state_style(state: State) -> (&'static str, Color) {
     match state {
-        "open" => ("⊘", Color::Red),
-        "half_open" => ("◐", Color::Yellow),
-        _ => ("●", Color::Green),
+        State::Open => ("⊘", Color::Red),
+        State::HalfOpen => ("◐", Color::Yellow),
+        State::Closed => ("●", Color::Green),
     }
 }
 
 /// `⊘ open, retry in 12s`, `◐ half_open`, `● closed (draining)`.
 fn state_text(w: &WorkerReport) -> String {
-    let (glyph, _) = state_style(&w.circuit.state);
+    let (glyph, _) = state_style(w.circuit.state);
     let mut text = format!("{glyph} {}", w.circuit.state);
-    if w.circuit.state == "open" {
+    if w.circuit.state == State::Open {
         match w.circuit.retry_in_secs {
             Some(0) => text.push_str(", retry due"),
             Some(s) => text.push_str(&format!(", retry in {}", t::duration(s))),
@@ -181,7 +182,7 @@ fn draw_workers(frame: &mut Frame, area: Rect, view: &View) {
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let (_, color) = state_style(&w.circuit.state);
+            let (_, color) = state_style(w.circuit.state);
             let marker = if i == view.selected { "▶" } else { " " };
             let rate = w
                 .circuit
@@ -285,9 +286,9 @@ fn draw_events(frame: &mut Frame, area: Rect, view: &View) {
 }
 
 /// One event as its `rch events` line, the date dropped for width.
-pub fn event_text(e: &Value) -> String {
+pub fn event_text(e: &EventRecord) -> String {
     let line = events::event_line(e);
-    let at = e.get("at").and_then(Value::as_str).unwrap_or("");
+    let at = e.at.as_str();
     let rest = line.get(at.len()..).unwrap_or(&line).trim_start();
     let clock = at.get(11..19).unwrap_or(at);
     format!("{clock} {rest}")
@@ -424,13 +425,14 @@ mod tests {
             enabled: true,
             draining: false,
             circuit: CircuitReport {
-                state: state.into(),
+                state: serde_json::from_value(json!(state)).unwrap(),
                 failures: 3,
                 since: None,
                 retry_in_secs: retry,
                 last_error: error.map(String::from),
                 error_rate: Some(0.5),
                 epoch: 1,
+                admits: state != "open",
             },
             last_build: None,
             latency_ms: None,
@@ -482,9 +484,12 @@ mod tests {
             ..Default::default()
         });
         view.push_event(
-            json!({"event": "circuit.opened", "at": "2024-05-01T11:59:00Z",
+            serde_json::from_value(
+                json!({"event": "circuit.opened", "at": "2024-05-01T11:59:00Z",
             "worker": "w1", "failure_count": 3, "threshold": 3, "cooldown_seconds": 30,
             "reason": "w1: ssh connect refused (w1:22)"}),
+            )
+            .unwrap(),
         );
         view.select(Action::Down);
         let text = screen(&view);
