@@ -28,6 +28,7 @@
 //! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
 //! - [`remote`]: SSH master connections, where builds live on workers, rsync transfer, remote execution.
 //! - [`tree`]: the project tree as it is pushed: ignore rules, snapshots and what changed.
+//! - [`team`]: a team's shared fleet: breakers, slots and events through Redis.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
 //! - [`diagnose`]: why a command would run where it would (`rch diagnose`); pure.
 //! - [`fleet_report`]: the fleet for operator commands: the daemon's report, else the saved state.
@@ -66,6 +67,7 @@ pub mod remote;
 pub mod select;
 pub mod service;
 pub mod tree;
+pub mod team;
 pub mod ui;
 pub mod wrap;
 

@@ -8,6 +8,7 @@
 mod config_merge;
 pub mod formats;
 mod project;
+pub mod redis;
 
 use rch::lab::Lab;
 use std::ffi::OsString;
