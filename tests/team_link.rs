@@ -194,8 +194,11 @@ fn a_dead_redis_costs_one_timeout_then_nothing_and_is_rejoined() {
     });
     redis.restart();
     rt.block_on(async {
-        next_notice(&mut notices, |n| matches!(n, Notice::Resync)).await;
-        assert_eq!(team.health(), Health::Connected);
+        // The subscription and the command link each announce their return.
+        next_notice(&mut notices, |n| {
+            matches!(n, Notice::Resync) && team.health() == Health::Connected
+        })
+        .await;
         let back = team
             .breaker("w1", &BreakerConfig::default(), BreakerOp::Get, T0 + 2)
             .await;
