@@ -66,8 +66,8 @@ pub mod recorded;
 pub mod remote;
 pub mod select;
 pub mod service;
-pub mod tree;
 pub mod team;
+pub mod tree;
 pub mod ui;
 pub mod wrap;
 
