@@ -266,7 +266,7 @@ fn p4_daemon() {
     // 1,000 workers and 100k jobs of history.
     env.write_config(&fake_workers(999));
     {
-        let mut store = rch::daemon::store::Store::open(&env.path().join("state/rch/state.db"))
+        let mut store = rch::state::store::Store::open(&env.path().join("state/rch/state.db"))
             .unwrap()
             .store;
         let job = JobReport {

@@ -7,8 +7,8 @@ use crate::build_files::Layout;
 use crate::caps::Needs;
 use crate::classify::{Decision, Offload};
 use crate::config::{Fallback, Loaded};
-use crate::daemon::report::{FleetReport, WorkerReport};
 use crate::select::{self, Pick, Selector, WorkerSlots};
+use crate::state::report::{FleetReport, WorkerReport};
 use crate::ui;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -357,7 +357,7 @@ mod tests {
     use super::*;
     use crate::classify;
     use crate::config;
-    use crate::daemon::report::CircuitReport;
+    use crate::state::report::CircuitReport;
 
     fn worker(id: &str, state: &str, used: u32, priority: i64) -> WorkerReport {
         WorkerReport {

@@ -1,12 +1,12 @@
 //! The fleet for operator commands (`rch status`, `rch workers list`,
 //! `rch diagnose`): from the running daemon when it answers, else from the
-//! saved state ([`crate::daemon::offline`]). Never starts the daemon.
+//! saved state ([`crate::state::offline`]). Never starts the daemon.
 
 use crate::client::Client;
-use crate::daemon::clock::{Clock, SystemClock};
-use crate::daemon::offline;
-use crate::daemon::report::FleetReport;
+use crate::clock::{Clock, SystemClock};
 use crate::protocol::{Request, Response};
+use crate::state::offline;
+use crate::state::report::FleetReport;
 use crate::ui::Output;
 use crate::{config, paths};
 use std::path::Path;

@@ -519,7 +519,7 @@ pub async fn clean_targets(
 /// The history the daemon saved, `(worker, project root, last job ms)`;
 /// empty when there is none yet.
 pub fn saved_history() -> Vec<(String, String, u64)> {
-    crate::daemon::store::Store::open_readonly(&crate::paths::state_db())
+    crate::state::store::Store::open_readonly(&crate::paths::state_db())
         .and_then(|store| store.last_use_per_project())
         .unwrap_or_default()
 }

@@ -25,7 +25,9 @@
 //! - [`colours`]: what a remote build needs to colour its output as on this terminal.
 //! - [`cost`]: the cost rule that keeps tiny compiles (configure probes) local; pure.
 //! - [`gc`]: worker disk clean-up (`rch workers gc`, `max_disk_gb`, `cargo clean` on workers).
-//! - [`daemon`]: the daemon: socket server, leases and queue, prober, store, events.
+//! - [`daemon`]: the daemon: its sans-IO fleet core, and the socket server, timer and prober around it.
+//! - [`state`]: the fleet's state as daemon and client read it: events, reports, the SQLite store, the offline view.
+//! - [`clock`]: time as the daemon sees it (system or manual), RFC 3339 stamps.
 //! - [`remote`]: SSH master connections, where builds live on workers, rsync transfer, remote execution.
 //! - [`tree`]: the project tree as it is pushed: ignore rules, snapshots and what changed.
 //! - [`team`]: a team's shared fleet: breakers, slots and events through Redis.
@@ -46,6 +48,7 @@ pub mod cargo_run;
 pub mod classify;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod colours;
 pub mod config;
 pub mod cost;
@@ -66,6 +69,7 @@ pub mod recorded;
 pub mod remote;
 pub mod select;
 pub mod service;
+pub mod state;
 pub mod team;
 pub mod tree;
 pub mod ui;

@@ -212,12 +212,12 @@ pub enum Response {
         reason: String,
     },
     Ok,
-    Status(Box<crate::daemon::report::FleetReport>),
+    Status(Box<crate::state::report::FleetReport>),
     Probed {
-        results: Vec<crate::daemon::report::ProbeResult>,
+        results: Vec<crate::state::report::ProbeResult>,
     },
-    History(crate::daemon::report::WorkerHistory),
-    Event(crate::daemon::events::EventRecord),
+    History(crate::state::report::WorkerHistory),
+    Event(crate::state::events::EventRecord),
     Metrics {
         text: String,
     },

@@ -9,10 +9,10 @@
 
 use rch::breaker::{BreakerConfig, State};
 use rch::config::{Config, WorkerConfig};
-use rch::daemon::events::Event;
 use rch::daemon::fleet::{Decision, Fleet, Output, ProbeJob};
 use rch::protocol::{AttemptOutcome, LeaseRequest, WorkerAction};
 use rch::remote::FailureKind;
+use rch::state::events::Event;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 

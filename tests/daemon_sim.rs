@@ -10,12 +10,12 @@
 
 use rch::breaker::BreakerConfig;
 use rch::client::Client;
+use rch::clock::ManualClock;
 use rch::config::{Config, SshConfig, WorkerConfig};
-use rch::daemon::clock::ManualClock;
-use rch::daemon::report::CircuitReport;
 use rch::daemon::{self, DaemonOptions};
 use rch::protocol::{AttemptOutcome, LeaseRequest, Request, Response};
 use rch::remote::FailureKind;
+use rch::state::report::CircuitReport;
 use serde_json::Value;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -324,7 +324,7 @@ impl Sim {
     }
 
     fn now(&self) -> u64 {
-        use rch::daemon::clock::Clock;
+        use rch::clock::Clock;
         self.clock.now_ms()
     }
 }
@@ -362,7 +362,7 @@ fn assert_circuit(c: &CircuitReport, state: &str, failures: u32, epoch: u64) {
 }
 
 fn rfc3339(ms: u64) -> Option<String> {
-    Some(rch::daemon::clock::rfc3339(ms))
+    Some(rch::clock::rfc3339(ms))
 }
 
 /// Consecutive failures only: the error-rate rule never has enough samples.

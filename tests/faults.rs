@@ -5,8 +5,8 @@
 
 mod support;
 
-use rch::daemon::report::CircuitReport;
 use rch::protocol::{Request, Response};
+use rch::state::report::CircuitReport;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

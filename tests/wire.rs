@@ -2,15 +2,15 @@
 //! round-trips through its typed form unchanged, with the contract's names.
 
 use rch::breaker::State;
-use rch::daemon::events::{Event, EventRecord};
-use rch::daemon::report::{
-    CircuitReport, DaemonInfo, FleetReport, JobRow, LeaseReport, ProbeResult, QueuedReport,
-    WorkerHistory, WorkerReport,
-};
 use rch::protocol::{
     AttemptOutcome, Failover, JobOutcome, JobReport, Request, Response, WorkerAction,
 };
 use rch::remote::FailureKind;
+use rch::state::events::{Event, EventRecord};
+use rch::state::report::{
+    CircuitReport, DaemonInfo, FleetReport, JobRow, LeaseReport, ProbeResult, QueuedReport,
+    WorkerHistory, WorkerReport,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -2,7 +2,8 @@
 
 use super::Global;
 use crate::client::{self, Client};
-use crate::daemon::{self, clock::SystemClock, DaemonOptions};
+use crate::clock::SystemClock;
+use crate::daemon::{self, DaemonOptions};
 use crate::paths;
 use crate::protocol::{Request, Response};
 use clap::Subcommand;

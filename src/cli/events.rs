@@ -2,10 +2,10 @@
 
 use super::Global;
 use crate::client::Client;
-use crate::daemon::events::EventRecord;
-use crate::daemon::store::Store;
 use crate::paths;
 use crate::protocol::{Request, Response, WireError};
+use crate::state::events::EventRecord;
+use crate::state::store::Store;
 use crate::ui::{self, Output};
 use clap::Args;
 

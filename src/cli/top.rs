@@ -8,9 +8,9 @@
 use super::status::{self, StatusArgs};
 use super::Global;
 use crate::client::Client;
-use crate::daemon::report::FleetReport;
 use crate::paths;
 use crate::protocol::{Request, Response};
+use crate::state::report::FleetReport;
 use crate::ui::top::{self, Action, Screen, View};
 use clap::Args;
 use std::io::IsTerminal;
@@ -44,7 +44,7 @@ pub fn run(args: TopArgs, global: &Global) -> anyhow::Result<i32> {
 
 /// What the loop hears besides keys.
 enum Heard {
-    Event(crate::daemon::events::EventRecord),
+    Event(crate::state::events::EventRecord),
     /// The event stream ended (daemon stopped).
     StreamEnded,
     /// The answer to a reset or probe.

@@ -3,9 +3,9 @@
 
 use super::{Global, UsageError};
 use crate::client::Client;
-use crate::daemon::report::ProbeResult;
 use crate::paths;
 use crate::protocol::{Request, Response, WorkerAction};
+use crate::state::report::ProbeResult;
 use crate::ui::{self, progress::Spinners, Output};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -385,7 +385,7 @@ async fn gc(
         .map(|l| (l.worker, l.project))
         .collect();
     let usage = crate::gc::usage_by_worker(&crate::gc::saved_history(), &leases);
-    let now = crate::daemon::clock::Clock::now_ms(&crate::daemon::clock::SystemClock);
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     let older_than = Some(older_than_secs.saturating_mul(1000));
     let results =
         crate::gc::collect_all(&workers, &config.ssh, &usage, older_than, now, dry_run).await;

@@ -12,16 +12,16 @@
 //! server (`daemon/mod.rs`, `server.rs`, `prober.rs`) is the IO shell that
 //! carries the outputs out, and a simulation drives this type directly.
 
-use super::clock::rfc3339;
-use super::events::{Event, EventRecord};
 use super::metrics::{Metrics, Placement};
-use super::report::{CircuitReport, FleetReport, LeaseReport, QueuedReport, WorkerReport};
-use super::store::WorkerFlags;
 use crate::breaker::{Breaker, Outcome, Permit, State, Transition};
 use crate::caps::Capabilities;
+use crate::clock::rfc3339;
 use crate::config::{Config, WorkerConfig};
 use crate::protocol::{AttemptOutcome, JobReport, LeaseRequest, WorkerAction};
 use crate::select::{self, Pick, Selector, WorkerSlots};
+use crate::state::events::{Event, EventRecord};
+use crate::state::report::{CircuitReport, FleetReport, LeaseReport, QueuedReport, WorkerReport};
+use crate::state::store::WorkerFlags;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How often breakers changed only by routine successes are written.
@@ -906,7 +906,7 @@ impl Fleet {
                     priority: w.priority,
                     enabled: self.is_enabled(&w.id),
                     draining: flags.draining,
-                    circuit: circuit_report(self.breakers.get(&w.id), &self.config, now_ms),
+                    circuit: CircuitReport::of(self.breakers.get(&w.id), &self.config, now_ms),
                     last_build: self.last_build_ms.get(&w.id).map(|t| rfc3339(*t)),
                     latency_ms: self.latency(&w.id),
                     capabilities: self.caps.get(&w.id).cloned(),
@@ -977,36 +977,5 @@ fn selection_request(r: &LeaseRequest) -> select::LeaseRequest {
         worker: r.worker.clone(),
         exclude: r.exclude.clone(),
         needs: r.needs.clone(),
-    }
-}
-
-/// A breaker as `rch status --circuits` shows it.
-pub fn circuit_report(b: Option<&Breaker>, config: &Config, now_ms: u64) -> CircuitReport {
-    let Some(b) = b else {
-        return CircuitReport {
-            state: State::Closed,
-            failures: 0,
-            since: None,
-            retry_in_secs: None,
-            last_error: None,
-            error_rate: None,
-            epoch: 0,
-            admits: true,
-        };
-    };
-    let cfg = &config.circuit;
-    CircuitReport {
-        state: b.state,
-        failures: b.consecutive_failures,
-        since: Some(rfc3339(b.since_ms)),
-        retry_in_secs: if b.state == State::Open {
-            b.retry_in_ms(cfg, now_ms).map(|ms| ms.div_ceil(1000))
-        } else {
-            None
-        },
-        last_error: b.last_error.clone(),
-        error_rate: b.error_rate(cfg, now_ms),
-        epoch: b.epoch,
-        admits: b.can_admit(cfg, now_ms),
     }
 }

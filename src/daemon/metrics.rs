@@ -1,10 +1,10 @@
 //! Counters and gauges of the daemon, rendered as Prometheus text. Every
 //! label comes from a typed value (an event, a job outcome, a failure kind).
 
-use super::events::Event;
 use crate::breaker::State;
 use crate::protocol::JobOutcome;
 use crate::remote::FailureKind;
+use crate::state::events::Event;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 

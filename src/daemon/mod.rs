@@ -9,27 +9,22 @@
 //! probes the core asks for. It never touches a build's bytes: the client
 //! syncs, runs and streams; the daemon only hands out leases.
 
-pub mod clock;
-pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod metrics_http;
-pub mod offline;
 pub mod prober;
-pub mod report;
 pub mod server;
-pub mod store;
 
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::state::events::EventRecord;
+use crate::state::store::Store;
 use anyhow::Context;
-use clock::Clock;
-use events::EventRecord;
 use fleet::{Decision, Fleet, Grant, Output, Persist, WaiterId};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use store::Store;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 /// Reads the configuration the daemon should use (at start and on reload).

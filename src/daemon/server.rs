@@ -5,12 +5,12 @@
 
 use super::fleet::{Decision, ProbeJob};
 use super::metrics::{Gauges, WorkerGauge};
-use super::report::{DaemonInfo, FleetReport, ProbeResult, WorkerHistory};
 use super::{Answer, Shared};
 use crate::protocol::{
     read_line, write_line, Envelope, JobReport, LeaseRequest, Request, Response, WireError,
     PROTOCOL_VERSION,
 };
+use crate::state::report::{DaemonInfo, FleetReport, ProbeResult, WorkerHistory};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{BufReader, ReadHalf, WriteHalf};
@@ -242,7 +242,7 @@ fn status(shared: &Shared) -> FleetReport {
     };
     report.recent_jobs = shared
         .store()
-        .recent_jobs(None, super::report::RECENT_JOBS)
+        .recent_jobs(None, crate::state::report::RECENT_JOBS)
         .unwrap_or_default();
     report
 }

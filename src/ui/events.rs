@@ -1,6 +1,6 @@
 //! Daemon events as one readable line each (`rch events`, `rch workers history`).
 
-use crate::daemon::events::{Event, EventRecord};
+use crate::state::events::{Event, EventRecord};
 
 /// `2024-05-01T12:00:00Z  circuit.opened     w1: opened after 3 failures …`.
 pub fn event_line(record: &EventRecord) -> String {
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn every_event_has_a_sentence_naming_its_worker() {
-        for event in crate::daemon::events::samples() {
+        for event in crate::state::events::samples() {
             let text = describe(&event);
             if let Some(worker) = event.worker() {
                 assert!(text.starts_with(worker), "{text}");

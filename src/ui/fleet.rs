@@ -6,7 +6,7 @@ use super::table::{self, or_dash};
 use super::time as t;
 use super::Output;
 use crate::breaker::State;
-use crate::daemon::report::{CircuitReport, DaemonInfo, FleetReport, JobRow, WorkerReport};
+use crate::state::report::{CircuitReport, DaemonInfo, FleetReport, JobRow, WorkerReport};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use time::OffsetDateTime;

@@ -1,7 +1,7 @@
 //! `rch workers history ID`: a worker's recent jobs and breaker transitions.
 
 use super::{events, fleet, Output};
-use crate::daemon::report::WorkerHistory;
+use crate::state::report::WorkerHistory;
 use time::OffsetDateTime;
 
 /// Transitions oldest first, then the jobs newest first.

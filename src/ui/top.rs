@@ -9,8 +9,8 @@
 
 use super::{events, fleet, time as t};
 use crate::breaker::State;
-use crate::daemon::events::EventRecord;
-use crate::daemon::report::{FleetReport, WorkerReport};
+use crate::state::events::EventRecord;
+use crate::state::report::{FleetReport, WorkerReport};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::crossterm::{cursor, execute, terminal};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -411,7 +411,7 @@ fn restore() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::report::{CircuitReport, DaemonInfo, LeaseReport};
+    use crate::state::report::{CircuitReport, DaemonInfo, LeaseReport};
     use ratatui::backend::TestBackend;
     use serde_json::json;
 

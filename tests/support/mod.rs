@@ -30,7 +30,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     /// The running daemon's live report of the fleet (`Request::Status`).
-    pub fn fleet(&self) -> rch::daemon::report::FleetReport {
+    pub fn fleet(&self) -> rch::state::report::FleetReport {
         use rch::protocol::{Request, Response};
         let socket = self.socket();
         block_on(async {
@@ -45,7 +45,7 @@ impl TestEnv {
     }
 
     /// One worker's circuit in the daemon's live report.
-    pub fn circuit(&self, id: &str) -> rch::daemon::report::CircuitReport {
+    pub fn circuit(&self, id: &str) -> rch::state::report::CircuitReport {
         self.fleet()
             .workers
             .into_iter()

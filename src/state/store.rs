@@ -198,7 +198,7 @@ impl Store {
         let rows = stmt.query_map(params![worker, limit as i64], |r| {
             Ok(JobRow {
                 id: r.get(0)?,
-                at: super::clock::rfc3339(r.get::<_, i64>(1)? as u64),
+                at: crate::clock::rfc3339(r.get::<_, i64>(1)? as u64),
                 project: r.get(2)?,
                 command: r.get(3)?,
                 placement: r.get(4)?,

@@ -86,7 +86,7 @@ impl EventRecord {
     pub fn new(event: Event, now_ms: u64) -> Self {
         EventRecord {
             event,
-            at: super::clock::rfc3339(now_ms),
+            at: crate::clock::rfc3339(now_ms),
         }
     }
 

@@ -3,7 +3,9 @@
 //! and the store (when the daemon is down).
 
 use super::events::EventRecord;
-use crate::breaker::State;
+use crate::breaker::{Breaker, State};
+use crate::clock::rfc3339;
+use crate::config::Config;
 use crate::protocol::JobOutcome;
 use serde::{Deserialize, Serialize};
 
@@ -138,4 +140,37 @@ pub struct WorkerHistory {
     pub worker: String,
     pub jobs: Vec<JobRow>,
     pub events: Vec<EventRecord>,
+}
+
+impl CircuitReport {
+    /// A breaker as `rch status --circuits` shows it.
+    pub fn of(b: Option<&Breaker>, config: &Config, now_ms: u64) -> CircuitReport {
+        let Some(b) = b else {
+            return CircuitReport {
+                state: State::Closed,
+                failures: 0,
+                since: None,
+                retry_in_secs: None,
+                last_error: None,
+                error_rate: None,
+                epoch: 0,
+                admits: true,
+            };
+        };
+        let cfg = &config.circuit;
+        CircuitReport {
+            state: b.state,
+            failures: b.consecutive_failures,
+            since: Some(rfc3339(b.since_ms)),
+            retry_in_secs: if b.state == State::Open {
+                b.retry_in_ms(cfg, now_ms).map(|ms| ms.div_ceil(1000))
+            } else {
+                None
+            },
+            last_error: b.last_error.clone(),
+            error_rate: b.error_rate(cfg, now_ms),
+            epoch: b.epoch,
+            admits: b.can_admit(cfg, now_ms),
+        }
+    }
 }

@@ -3,11 +3,10 @@
 //! read without writing (the same [`FleetReport`] a running daemon serves,
 //! minus what only it knows: slots in use, leases, queue, probe latency).
 
-use super::clock::rfc3339;
-use super::fleet::circuit_report;
-use super::report::{DaemonInfo, FleetReport, WorkerReport};
+use super::report::{CircuitReport, DaemonInfo, FleetReport, WorkerReport};
 use super::store::{Store, WorkerFlags};
 use crate::breaker::Breaker;
+use crate::clock::rfc3339;
 use crate::config::{Config, WorkerConfig};
 use std::path::Path;
 
@@ -81,7 +80,7 @@ fn worker_report(w: &WorkerConfig, saved: Saved, config: &Config, now_ms: u64) -
         priority: w.priority,
         enabled: saved.flags.enabled.unwrap_or(w.enabled),
         draining: saved.flags.draining,
-        circuit: circuit_report(idle(saved.breaker).as_ref(), config, now_ms),
+        circuit: CircuitReport::of(idle(saved.breaker).as_ref(), config, now_ms),
         last_build: saved.last_build_ms.map(rfc3339),
         latency_ms: None,
         capabilities: None,
