@@ -106,9 +106,6 @@ pub async fn push_full(
 ) -> Result<(), RemoteFailure> {
     let mut args = rsync_base_args(conn);
     args.push("--delete".into());
-    // Compare mtimes to the nanosecond: an edit that keeps a file's size
-    // within the same second must still be sent.
-    args.push("--modify-window=-1".into());
     args.push(format!("--rsync-path=mkdir -p -- {} && rsync", quote(remote_dir)).into());
     push_excludes(&mut args, DEFAULT_EXCLUDES.iter().copied());
     push_excludes(&mut args, [TOKEN_ANCHORED].into_iter());
@@ -225,7 +222,15 @@ fn rsync_base_args(conn: &Connection) -> Vec<OsString> {
         "ssh -S {} -o ControlMaster=no -o BatchMode=yes",
         quote(&control)
     );
-    vec!["-a".into(), "-e".into(), ssh.into()]
+    // Compare mtimes to the nanosecond, both ways: an edit, or a relink on
+    // the worker, that keeps a file's size within the same second must
+    // still be sent.
+    vec![
+        "-a".into(),
+        "--modify-window=-1".into(),
+        "-e".into(),
+        ssh.into(),
+    ]
 }
 
 fn push_excludes<'a>(args: &mut Vec<OsString>, patterns: impl Iterator<Item = &'a str>) {
