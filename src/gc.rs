@@ -18,9 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::Path;
 
-/// Default age after which `rch workers gc` removes a project directory.
-pub const DEFAULT_OLDER_THAN_SECS: u64 = 14 * 24 * 3600;
-
 /// One project directory on a worker, as listed there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDir {

@@ -38,41 +38,43 @@
 //! - [`service`]: the systemd user unit for the daemon.
 //! - [`wrap`]: shell wrappers (shims) that send build tools through `rch exec`.
 //! - [`hook`]: the coding-agent PreToolUse hook and its settings entry.
+//!
+//! Modules the binary, the tests or the benchmarks use are public; the rest are private to the crate.
 
 pub mod breaker;
-pub mod build;
-pub mod build_files;
+mod build;
+mod build_files;
 pub mod caps;
-pub mod cargo_layout;
-pub mod cargo_run;
+mod cargo_layout;
+mod cargo_run;
 pub mod classify;
 pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod colours;
+mod colours;
 pub mod config;
-pub mod cost;
+mod cost;
 pub mod daemon;
-pub mod diagnose;
-pub mod envcheck;
+mod diagnose;
+mod envcheck;
 pub mod envrules;
-pub mod fleet_report;
-pub mod gc;
-pub mod hook;
-pub mod interrupt;
+mod fleet_report;
+mod gc;
+mod hook;
+mod interrupt;
 pub mod lab;
 pub mod needs;
-pub mod paths;
-pub mod phases;
+mod paths;
+mod phases;
 pub mod protocol;
-pub mod recorded;
+mod recorded;
 pub mod remote;
 pub mod select;
-pub mod service;
+mod service;
 pub mod state;
 pub mod team;
-pub mod tree;
-pub mod ui;
+mod tree;
+mod ui;
 pub mod wrap;
 
 /// Exit code when a command could run nowhere it was allowed to (EX_TEMPFAIL).

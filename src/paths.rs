@@ -15,14 +15,6 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// The user config file: `RCH_CONFIG`, else `$XDG_CONFIG_HOME/rch/config.toml`.
-pub fn user_config_file() -> PathBuf {
-    if let Some(p) = std::env::var_os("RCH_CONFIG") {
-        return PathBuf::from(p);
-    }
-    config_dir().join("config.toml")
-}
-
 /// `$XDG_CONFIG_HOME/rch`.
 pub fn config_dir() -> PathBuf {
     project_dirs()

@@ -1,84 +1,17 @@
 //! `rch config` end to end: the built binary with an isolated home, XDG
 //! directories and working directory, plus property tests of the parser.
 
-#[path = "support/formats.rs"]
-mod formats;
+mod support;
+
+use support::formats;
+use support::sandbox::Sandbox;
 
 use proptest::prelude::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 const STARTER: &str = include_str!("../config/config.toml");
 const PROJECT_EXAMPLE: &str = include_str!("../config/project.toml");
-
-/// A throwaway home with a project tree `proj/sub` to run rch in.
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        let sandbox = Sandbox {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        std::fs::create_dir_all(sandbox.cwd()).expect("project dir");
-        sandbox
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn home(&self) -> PathBuf {
-        self.root().join("home")
-    }
-
-    fn config_home(&self) -> PathBuf {
-        self.home().join(".config")
-    }
-
-    fn state_home(&self) -> PathBuf {
-        self.home().join(".local/state")
-    }
-
-    fn cwd(&self) -> PathBuf {
-        self.root().join("proj/sub")
-    }
-
-    fn user_file(&self) -> PathBuf {
-        self.config_home().join("rch/config.toml")
-    }
-
-    fn project_file(&self) -> PathBuf {
-        self.root().join("proj/.rch/config.toml")
-    }
-
-    fn lab_file(&self) -> PathBuf {
-        self.state_home().join("rch/lab/config.toml")
-    }
-
-    fn write(&self, path: &Path, text: &str) {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, text).expect("write");
-    }
-
-    fn rch(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rch"));
-        cmd.args(args)
-            .current_dir(self.cwd())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.config_home())
-            .env("XDG_STATE_HOME", self.state_home())
-            .env("XDG_CACHE_HOME", self.home().join(".cache"))
-            .env("XDG_DATA_HOME", self.home().join(".local/share"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run rch")
-    }
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -19,8 +19,9 @@
 //!
 //! A failure names the file and line of each offending example.
 
-#[path = "support/formats.rs"]
-mod formats;
+mod support;
+
+use support::formats;
 
 use clap::Parser;
 use rch::cli::Cli;

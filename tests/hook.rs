@@ -2,6 +2,8 @@
 //! on stdout, always exit 0; and `rch hook install|uninstall|status` on a
 //! real settings file.
 
+mod support;
+
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,11 +26,7 @@ fn hook(home: &Path, stdin: &[u8]) -> Output {
 
 fn rch(home: &Path) -> Command {
     let mut cmd = Command::new(RCH);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("RCH_") {
-            cmd.env_remove(name);
-        }
-    }
+    support::sandbox::strip_rch_env(&mut cmd);
     cmd.env("HOME", home).env_remove("CLAUDE_CONFIG_DIR");
     cmd
 }

@@ -48,7 +48,8 @@ impl Output {
         }
     }
 
-    /// Plain text, no terminal, no colour: what a pipe gets.
+    /// Plain text, no terminal, no colour: what a pipe gets (tests).
+    #[cfg(test)]
     pub fn plain() -> Output {
         Output {
             json: false,

@@ -9,6 +9,7 @@ mod config_merge;
 pub mod formats;
 mod project;
 pub mod redis;
+pub mod sandbox;
 
 use rch::lab::Lab;
 use std::ffi::OsString;
@@ -145,12 +146,7 @@ impl TestEnv {
 
     /// Put the isolated environment on any command.
     pub fn apply_env(&self, cmd: &mut Command) {
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("RCH_") && name != "RCH_LOG" {
-                cmd.env_remove(name.as_ref());
-            }
-        }
+        sandbox::strip_rch_env(cmd);
         cmd.envs(self.env_vars());
     }
 
