@@ -16,7 +16,7 @@ use crate::phases::Phase;
 use crate::protocol::{
     AttemptOutcome, Failover, JobOutcome, JobReport, LeaseRequest, Request, Response,
 };
-use crate::remote::{self, upload::Upload, FailureKind, RemoteFailure, Target};
+use crate::remote::{self, input::Input, upload::Upload, FailureKind, RemoteFailure, Target};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -173,15 +173,33 @@ fn cannot_start(program: &OsString, err: &std::io::Error) -> i32 {
 
 /// Run the command here, stdio inherited; 128+N when it dies by signal N.
 pub fn run_local(argv: &[OsString], cwd: &Path) -> i32 {
+    run_local_with(argv, cwd, None)
+}
+
+/// [`run_local`]; when rch already took from stdin for a remote attempt,
+/// the command reads its input from rch, from the first byte.
+fn run_local_with(argv: &[OsString], cwd: &Path, input: Option<&Input>) -> i32 {
     let Some((program, args)) = argv.split_first() else {
         return crate::EXIT_USAGE;
     };
-    let status = std::process::Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .env(INSIDE_VAR, "1")
-        .status();
-    match status {
+    let mut command = std::process::Command::new(program);
+    command.args(args).current_dir(cwd).env(INSIDE_VAR, "1");
+    let Some(input) = input.filter(|i| i.started()) else {
+        return match command.status() {
+            Ok(s) => exit_code(s),
+            Err(e) => cannot_start(program, &e),
+        };
+    };
+    let mut child = match command.stdin(std::process::Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return cannot_start(program, &e),
+    };
+    if let Some(pipe) = child.stdin.take() {
+        let input = input.clone();
+        // Detached: it may wait on a stdin that never ends; exit ends it.
+        std::thread::spawn(move || input.copy_to(pipe));
+    }
+    match child.wait() {
         Ok(s) => exit_code(s),
         Err(e) => cannot_start(program, &e),
     }
@@ -260,6 +278,8 @@ struct Build<'a> {
     env_rerun: bool,
     /// Why the daemon chose the last granted worker (the job's reason).
     grant_why: String,
+    /// The build's stdin, when it has one to read (a pipe or a file).
+    input: Option<Input>,
 }
 
 impl<'a> Build<'a> {
@@ -278,7 +298,10 @@ impl<'a> Build<'a> {
             withheld = %env.withheld_line(),
             "environment for the worker"
         );
+        // `cargo run`'s stdin is the program's, which runs here.
+        let input = (offload.kind != Kind::Run).then(Input::detect).flatten();
         Build {
+            input,
             loaded,
             req,
             run_args: (offload.kind == Kind::Run)
@@ -769,19 +792,26 @@ impl<'a> Build<'a> {
             env,
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
             tree: None,
+            input: self.input.clone(),
         }
     }
 
     /// No worker can take the build: run locally, or fail closed (exit 75).
     async fn no_worker(&mut self, client: Option<&mut Client>, reason: String) -> (i32, Placement) {
-        let reason = self.with_failovers(reason);
-        let fail_closed = self.loaded.config.general.fallback == Fallback::Never;
+        let mut reason = self.with_failovers(reason);
+        // Past what rch kept of it, the input cannot be given to the command
+        // again: running it here would silently feed it the rest only.
+        let spent = self.input.as_ref().is_some_and(|i| !i.whole());
+        if spent && !reason.contains(remote::run::STDIN_SPENT) {
+            reason = format!("{reason}; {}", remote::run::STDIN_SPENT);
+        }
+        let fail_closed = spent || self.loaded.config.general.fallback == Fallback::Never;
         let code = if fail_closed {
             self.job.outcome = JobOutcome::Failed;
             crate::EXIT_UNAVAILABLE
         } else {
             self.job.outcome = JobOutcome::Local;
-            run_local(&self.req.argv, &self.req.cwd)
+            run_local_with(&self.req.argv, &self.req.cwd, self.input.as_ref())
         };
         self.job.exit_code = Some(code);
         self.job.reason = reason.clone();

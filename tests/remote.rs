@@ -96,6 +96,7 @@ fn spec(dir: &str, argv: &[&str]) -> RunSpec {
         env: Vec::new(),
         timeout: Duration::from_secs(30),
         tree: None,
+        input: None,
     }
 }
 

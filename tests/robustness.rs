@@ -424,3 +424,156 @@ fn a_socket_of_another_user_is_refused_before_a_byte_is_sent() {
         let _ = child.wait();
     }
 }
+
+/// Bytes of every value, then pseudo-random ones: `len` in all.
+fn binary_input(len: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..=255u8).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while bytes.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+/// `rch exec -- make TARGET` with `stdin`, in a process group of its own.
+fn spawn_with_stdin(env: &TestEnv, dir: &Path, target: &str, stdin: Stdio) -> Child {
+    env.rch_in(dir)
+        .args(["exec", "--", "make", target])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawning rch")
+}
+
+#[test]
+fn piped_stdin_reaches_the_remote_command_byte_exact_and_never_holds_a_build() {
+    use std::io::Write;
+    let env = TestEnv::new(1);
+    let once = env.exchange_dir().join("once");
+    let makefile = format!(
+        "echo:\n\t@cat\n\
+         none:\n\t@echo no-input\n\
+         hold:\n\t@cat >/dev/null\n\
+         replay:\n\t@cat > got.bin; if [ ! -e {once} ]; then touch {once}; sleep 300; fi; cat got.bin\n",
+        once = once.display()
+    );
+    let project = make_project(&env, "stdin", &makefile);
+    let ran_on_w1 = |out: &Output| {
+        assert_eq!(out.status.code(), Some(0), "{}", describe(out));
+        assert!(stderr(out).contains("rch: ran on w1"), "{}", describe(out));
+    };
+
+    // echo HELLO | rch exec -- make
+    let mut job = spawn_with_stdin(&env, &project, "echo", Stdio::piped());
+    job.stdin.take().unwrap().write_all(b"HELLO\n").unwrap();
+    let out = wait_output(job, Duration::from_secs(60));
+    ran_on_w1(&out);
+    assert_eq!(out.stdout, b"HELLO\n");
+
+    // Every byte value and several MiB, from a file.
+    let data = binary_input(6 << 20);
+    let file = env.path().join("input.bin");
+    std::fs::write(&file, &data).unwrap();
+    let copy = env.path().join("copy.bin");
+    let out = wait_output(
+        spawn_to_file(&env, &project, "echo", &file, &copy),
+        Duration::from_secs(60),
+    );
+    ran_on_w1(&out);
+    assert_same_file(&copy, &data);
+
+    // A pipe the caller leaves open: a build that does not read it ends.
+    let mut job = spawn_with_stdin(&env, &project, "none", Stdio::piped());
+    let open = job.stdin.take();
+    let out = wait_output(job, Duration::from_secs(60));
+    ran_on_w1(&out);
+    assert_eq!(out.stdout, b"no-input\n");
+    drop(open);
+
+    // /dev/null (what rch_in gives) and a terminal are not input: `cat`
+    // reads nothing and ends.
+    let out = rch_in(&env, &project, &["exec", "--", "make", "echo"]);
+    ran_on_w1(&out);
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let mut script = Command::new("script");
+    env.apply_env(&mut script);
+    let rch = env!("CARGO_BIN_EXE_rch");
+    let job = script
+        .args(["-qec", &format!("{rch} exec -- make echo"), "/dev/null"])
+        .current_dir(&project)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let out = wait_output(job, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rch: ran on w1"),
+        "{}",
+        describe(&out)
+    );
+
+    // Ctrl-C while the remote command waits for more input.
+    let mut job = spawn_with_stdin(&env, &project, "hold", Stdio::piped());
+    let mut open = job.stdin.take().unwrap();
+    open.write_all(b"partial").unwrap();
+    let reading = || worker_process(&env, "w1", &["cat"]).is_some();
+    wait_for("cat to run on w1", Duration::from_secs(30), reading);
+    let out = interrupt(job, Signal::SIGINT);
+    assert_eq!(out.status.code(), Some(130), "{}", describe(&out));
+    wait_for("the remote cat to end", Duration::from_secs(15), || {
+        !reading()
+    });
+    drop(open);
+    assert_eq!(worker_failures(&env, "w1"), 0, "an interrupt was charged");
+
+    // The connection is lost after the command read its input: the build
+    // runs again (here, the only worker gone) with all of it from byte one.
+    let job = spawn_to_file(&env, &project, "replay", &file, &copy);
+    wait_for("the first run to read", Duration::from_secs(60), || {
+        once.exists()
+    });
+    env.lab.kill_sessions("w1").unwrap();
+    let out = wait_output(job, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("re-running the build elsewhere"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("rch: ran locally"),
+        "{}",
+        describe(&out)
+    );
+    assert_same_file(&copy, &data);
+}
+
+/// [`spawn_with_stdin`] reading the file `input`, its stdout going to `output`.
+fn spawn_to_file(env: &TestEnv, dir: &Path, target: &str, input: &Path, output: &Path) -> Child {
+    let mut job = env.rch_in(dir);
+    job.args(["exec", "--", "make", target])
+        .stdin(std::fs::File::open(input).unwrap())
+        .stdout(std::fs::File::create(output).unwrap())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    job.spawn().expect("spawning rch")
+}
+
+fn assert_same_file(path: &Path, want: &[u8]) {
+    let got = std::fs::read(path).unwrap();
+    let first_difference = got.iter().zip(want).position(|(a, b)| a != b);
+    assert!(
+        got == want,
+        "{} bytes came back, {} sent; first difference at {first_difference:?}",
+        got.len(),
+        want.len()
+    );
+}

@@ -1,7 +1,8 @@
 //! The remote side of a build: SSH master connections ([`ssh`]), where a
 //! build lives on a worker ([`layout`], [`slot`]), rsync transfer over the
 //! masters ([`sync`]), what each build pushes ([`upload`]), remote
-//! execution ([`run`], with its out-of-band status in [`status`]), the
+//! execution ([`run`], with its out-of-band status in [`status`] and the
+//! build's stdin in [`input`]), the
 //! worker probe ([`probe`]) and builds at the client's own path ([`mirror`]).
 //!
 //! Two leaves sit under them: [`shell`] (quoting and the login-shell command)
@@ -11,6 +12,7 @@
 //! and `layout`; nothing under `remote/` imports a sibling that imports it.
 
 pub mod failure;
+pub mod input;
 pub mod layout;
 pub mod mirror;
 pub mod probe;

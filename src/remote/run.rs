@@ -3,12 +3,15 @@
 //! The command runs in a login shell of the worker's user (so its `~/.profile`
 //! PATH applies) through a fixed script. User arguments and environment travel
 //! only as positional parameters and are never parsed by any shell. The script
-//! starts the command in its own session with stdin from /dev/null, and a
-//! watcher kills that whole process group when the ssh channel's stdin reaches
-//! EOF: the client keeps stdin open for the whole run, so a timeout, a killed
-//! client or a lost connection all leave nothing running on the worker.
+//! starts the command in its own session with stdin from /dev/null, or from
+//! the client's stdin when that is the build's input ([`input`]), relayed
+//! in frames over the channel; and a watcher kills that whole process group
+//! when the ssh channel's stdin reaches EOF: the client keeps the channel
+//! open for the whole run (also after its own stdin ended), so a timeout, a
+//! killed client or a lost connection all leave nothing running on the worker.
 
 use super::failure::{FailureKind, RemoteFailure};
+use super::input::{self, Input};
 use super::shell::login_shell_command;
 use super::ssh::Connection;
 use super::status::{self, Record, SetupFault, StatusFilter};
@@ -30,6 +33,8 @@ pub struct RunSpec {
     /// Checked and written before the command starts, in the same remote
     /// command: whether the worker still holds the tree we pushed.
     pub tree: Option<TreeCheck>,
+    /// The build's stdin, when it has one to read (else /dev/null).
+    pub input: Option<Input>,
 }
 
 /// How a run ended. `result` is `Ok(code)` with the command's own exit code
@@ -69,7 +74,8 @@ fn is_exportable(name: &str) -> bool {
 
 /// The fixed script: `$1` is the directory, `$2` the tree's directory, `$3`
 /// the token the tree must hold (or empty), `$4` the token to write there (or
-/// empty), `$5` a count N and N paths of the tree to delete, then `K=V`
+/// empty), `$5` non-empty when the command's stdin follows on the channel in
+/// [`input`]'s frames, `$6` a count N and N paths of the tree to delete, then `K=V`
 /// pairs, `--`, the command. A tree without the expected token is reported
 /// as `setup:tree:stale` before anything is touched.
 /// The first line of its stdin is the run's nonce; it reports on stderr in
@@ -85,6 +91,12 @@ fn is_exportable(name: &str) -> bool {
 /// KILL short; before that, TERM ends it at once (it sits in the `read` builtin).
 /// When it fires right at the start, it first waits for the command to have
 /// made its own process group, which setsid does just after the fork.
+///
+/// With input, the command reads a FIFO in a private temp dir, and the
+/// watcher first relays the frames into it (one `dd` per frame, reading
+/// exactly that many bytes), closes it at the end frame (the command reads
+/// EOF) and only then watches for the channel's end. A command that does not
+/// read its stdin is never held by it: when it ends, the relay is killed.
 fn run_script() -> String {
     format!(
         "IFS= read -r nonce || exit 125\n{}\n{RUN_BODY}",
@@ -93,7 +105,7 @@ fn run_script() -> String {
 }
 
 /// The part of the run script after the nonce and the report functions.
-const RUN_BODY: &str = r#"dir=$1; tree=$2; expect=$3; token=$4; ndelete=$5; shift 5
+const RUN_BODY: &str = r#"dir=$1; tree=$2; expect=$3; token=$4; input=$5; ndelete=$6; shift 6
 case $tree in /*|'') ;; *) tree=$HOME/$tree ;; esac
 if [ -n "$expect" ]; then
   have=; read -r have 2>/dev/null <"$tree/.rch-sync"
@@ -118,9 +130,31 @@ fi
 command -v setsid >/dev/null 2>&1 || setup_failed other 'setsid not found on worker'
 command -v "$1" >/dev/null 2>&1 || setup_failed tool "$1"
 exec 3<&0
-setsid "$@" </dev/null 3<&- &
+if [ -n "$input" ]; then
+  pipedir=$(mktemp -d "${TMPDIR:-/tmp}/rch-in.XXXXXX" 2>/dev/null) && mkfifo "$pipedir/in" 2>/dev/null ||
+    setup_failed other 'cannot make a pipe for stdin'
+  full=; dd iflag=fullblock count=0 </dev/null >/dev/null 2>&1 && full=1
+  setsid "$@" <"$pipedir/in" 3<&- &
+else
+  setsid "$@" </dev/null 3<&- &
+fi
 child=$!
 (
+  if [ -n "$input" ]; then
+    relay=
+    trap 'kill "$relay" 2>/dev/null; exit 0' TERM
+    exec 4>"$pipedir/in"
+    rm -rf "$pipedir"
+    while IFS= read -r n; do
+      case $n in 0|''|*[!0-9]*) break ;; esac
+      if [ -n "$full" ]; then dd bs="$n" count=1 iflag=fullblock <&3 >&4 2>/dev/null &
+      else dd bs=1 count="$n" <&3 >&4 2>/dev/null &
+      fi
+      relay=$!; wait "$relay"
+    done
+    exec 4>&-
+    trap - TERM
+  fi
   while read -r _; do :; done
   trap '' TERM
   n=0
@@ -135,6 +169,7 @@ exec 3<&-
 wait "$child"
 status=$?
 kill "$watcher" 2>/dev/null
+[ -z "$input" ] || rm -rf "$pipedir"
 report_exit "$status"
 exit "$status""#;
 
@@ -151,16 +186,21 @@ pub async fn run_to(
     stdout: impl AsyncWrite + Unpin,
     stderr: impl AsyncWrite + Unpin,
 ) -> RunReport {
+    let local = |detail: String| {
+        RunReport::failed(
+            false,
+            RemoteFailure::new(FailureKind::Local, conn.worker_id(), detail),
+        )
+    };
     let command = match remote_command(spec) {
         Ok(c) => c,
-        Err(detail) => {
-            return RunReport::failed(
-                false,
-                RemoteFailure::new(FailureKind::Local, conn.worker_id(), detail),
-            )
-        }
+        Err(detail) => return local(detail),
     };
-    let execution = execute(conn, command, &spec.dir, stdout, stderr);
+    let reader = match spec.input.as_ref().map(Input::reader) {
+        Some(None) => return local(STDIN_SPENT.to_string()),
+        reader => reader.flatten(),
+    };
+    let execution = execute(conn, command, &spec.dir, reader, stdout, stderr);
     match tokio::time::timeout(spec.timeout, execution).await {
         Ok(report) => report,
         // The timed-out future held the ssh child; dropping it killed the
@@ -176,6 +216,10 @@ pub async fn run_to(
     }
 }
 
+/// Why a build cannot run again: it read more stdin than rch keeps.
+pub const STDIN_SPENT: &str =
+    "its stdin was already read past what rch keeps to give it again (64 MiB)";
+
 /// The full remote command string, or why the spec cannot be sent verbatim.
 fn remote_command(spec: &RunSpec) -> Result<String, String> {
     if spec.argv.is_empty() {
@@ -187,6 +231,7 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
         check.dir,
         check.expect.unwrap_or_default(),
         check.set.unwrap_or_default(),
+        if spec.input.is_some() { "1" } else { "" }.to_string(),
         check.delete.len().to_string(),
     ];
     args.extend(check.delete);
@@ -211,6 +256,7 @@ async fn execute(
     conn: &Connection,
     command: String,
     dir: &str,
+    input: Option<input::Reader>,
     out: impl AsyncWrite + Unpin,
     err: impl AsyncWrite + Unpin,
 ) -> RunReport {
@@ -237,10 +283,26 @@ async fn execute(
         let _ = stdin.flush().await;
     }
     let mut filter = StatusFilter::new(&nonce);
-    let (_, stderr_mid_line) = tokio::join!(
-        pump(child.stdout.take(), out),
-        pump_stderr(child.stderr.take(), err, &mut filter),
-    );
+    let (from_out, from_err) = (child.stdout.take(), child.stderr.take());
+    let pumps =
+        async { tokio::join!(pump(from_out, out), pump_stderr(from_err, err, &mut filter)) };
+    // The input goes along until the command's output ends (the run is
+    // over): a command that never reads it does not wait for it.
+    let (_, stderr_mid_line) = match (input, stdin.as_mut()) {
+        (Some(reader), Some(pipe)) => {
+            let feed = async {
+                if let Err(e) = input::send(reader, pipe).await {
+                    tracing::debug!(error = %e, "sending stdin to the worker");
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                done = pumps => done,
+                () = feed => unreachable!("the feed never ends"),
+            }
+        }
+        _ => pumps.await,
+    };
     let status = child.wait().await;
     drop(stdin);
     let first = filter.records().first().cloned();
@@ -387,6 +449,7 @@ mod tests {
             env: vec![("RCH_X".into(), "1".into()), ("A".into(), "b c".into())],
             timeout: Duration::from_secs(1),
             tree: None,
+            input: None,
         };
         let cmd = remote_command(&spec).unwrap();
         let words = shlex::split(&cmd).unwrap();
@@ -397,6 +460,7 @@ mod tests {
             [
                 "rch",
                 "d",
+                "",
                 "",
                 "",
                 "",
