@@ -262,6 +262,7 @@ impl World {
                 Output::Learn { .. } => {}
                 Output::Persist(_) => {}
                 Output::Emit(record) => self.check_event(&record.event),
+                Output::Team(_) => {}
             }
         }
         self.check_invariants();

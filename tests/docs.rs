@@ -53,6 +53,7 @@ const ENV_VARS: &[&str] = &[
     "RCH_DISABLE",
     "RCH_REQUIRE_REMOTE",
     "RCH_WORKER",
+    "RCH_REDIS_PASSWORD",
 ];
 
 fn repo() -> PathBuf {

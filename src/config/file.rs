@@ -177,6 +177,10 @@ impl Reader<'_> {
             let value = self.value(&path, child_key, child, spec.kind)?;
             layer.settings.push(Setting { path, value });
         }
+        if name == "team" && table.contains_key("redis_url") && !table.contains_key("name") {
+            let problem = "redis_url needs a name (the team's namespace), e.g. name = \"backend\"";
+            return Err(self.error(key.span(), "team.name", problem));
+        }
         Ok(())
     }
 

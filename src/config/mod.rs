@@ -35,6 +35,7 @@ pub struct Config {
     pub transfer: TransferConfig,
     pub env: crate::envrules::EnvConfig,
     pub cost: crate::cost::CostConfig,
+    pub team: TeamConfig,
     pub workers: Vec<WorkerConfig>,
 }
 
@@ -129,6 +130,49 @@ impl Default for TransferConfig {
             exclude: Vec::new(),
             respect_gitignore: true,
         }
+    }
+}
+
+/// `[team]`: daemons with the same `name` share breakers, slots and events
+/// through Redis. Off while `redis_url` is absent.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamConfig {
+    /// `redis://` or `rediss://` URL; may carry a password, never printed.
+    pub redis_url: Option<String>,
+    /// The team's namespace: keys are `rch:{name}:...`.
+    pub name: Option<String>,
+    /// Bound on every Redis call; past it the daemon uses its local state.
+    pub timeout_ms: u64,
+}
+
+impl Default for TeamConfig {
+    fn default() -> Self {
+        TeamConfig {
+            redis_url: None,
+            name: None,
+            timeout_ms: 200,
+        }
+    }
+}
+
+impl std::fmt::Debug for TeamConfig {
+    // Debug output reaches logs: the URL goes out with its password masked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TeamConfig")
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(crate::team::url::masked),
+            )
+            .field("name", &self.name)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+impl TeamConfig {
+    /// The URL and name when the team link is configured.
+    pub fn link(&self) -> Option<(&str, &str)> {
+        Some((self.redis_url.as_deref()?, self.name.as_deref()?))
     }
 }
 

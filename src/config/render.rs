@@ -11,7 +11,7 @@ use toml_edit::{DocumentMut, Item};
 pub fn to_toml(loaded: &Loaded, with_origins: bool) -> String {
     // `toml` writes sections as `[tables]`, the way people write config files;
     // it only fails on values TOML cannot hold, which validation rejects.
-    let plain = toml::to_string(&loaded.config).unwrap_or_default();
+    let plain = toml::to_string(&shown(&loaded.config)).unwrap_or_default();
     let mut out = match plain.parse::<DocumentMut>() {
         Ok(mut doc) if with_origins => {
             annotate(&mut doc, loaded);
@@ -36,7 +36,7 @@ pub fn to_toml(loaded: &Loaded, with_origins: bool) -> String {
 /// The effective configuration as JSON; with origins it is
 /// `{"config": ..., "origins": {"key.path": "origin", ...}}`.
 pub fn to_json(loaded: &Loaded, with_origins: bool) -> Json {
-    let config = serde_json::to_value(&loaded.config).unwrap_or(Json::Null);
+    let config = serde_json::to_value(shown(&loaded.config)).unwrap_or(Json::Null);
     if !with_origins {
         return config;
     }
@@ -49,6 +49,15 @@ pub fn to_json(loaded: &Loaded, with_origins: bool) -> Json {
         })
         .collect();
     json!({ "config": config, "origins": origins })
+}
+
+/// The configuration as it may be printed: the team URL's password masked.
+fn shown(config: &super::Config) -> super::Config {
+    let mut config = config.clone();
+    if let Some(url) = &mut config.team.redis_url {
+        *url = crate::team::url::masked(url);
+    }
+    config
 }
 
 /// `section.key` for every scalar and list key, plus `workers`.
@@ -149,6 +158,26 @@ mod tests {
             Config::default()
         );
         assert!(text.contains("failure_threshold = 3  # default"), "{text}");
+    }
+
+    #[test]
+    fn the_team_password_is_never_shown() {
+        let mut config = Config::default();
+        config.team.redis_url = Some("rediss://team:hunter2@r.example:6380/1".into());
+        config.team.name = Some("backend".into());
+        let loaded = loaded_with(config);
+        let text = to_toml(&loaded, true);
+        let json = to_json(&loaded, false).to_string();
+        let debug = format!("{:?}", loaded.config);
+        for shown in [&text, &json, &debug] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("rediss://team:***@r.example:6380/1"),
+                "{shown}"
+            );
+        }
+        let back = parse_str(&text, Path::new("/s.toml")).unwrap();
+        assert_eq!(back.team.name.as_deref(), Some("backend"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Kind {
     Positive,
     /// `true`, `false`, or the string `"auto"`.
     AutoBool,
+    /// A `redis://` or `rediss://` URL.
+    RedisUrl,
 }
 
 /// One key of a section.
@@ -104,6 +106,18 @@ pub const COST: &[Key] = &[
     key("local_compile_patterns", Kind::TextList),
 ];
 
+pub const TEAM: &[Key] = &[
+    key("redis_url", Kind::RedisUrl),
+    key("name", Kind::Id),
+    key(
+        "timeout_ms",
+        Kind::Int {
+            min: 1,
+            max: 60_000,
+        },
+    ),
+];
+
 /// The keys of one `[[workers]]` entry.
 pub const WORKER: &[Key] = &[
     key("id", Kind::Id),
@@ -140,6 +154,7 @@ pub const SECTIONS: &[(&str, &[Key])] = &[
     ("transfer", TRANSFER),
     ("env", ENV),
     ("cost", COST),
+    ("team", TEAM),
 ];
 
 /// Name of the worker list at the top level.
@@ -207,6 +222,7 @@ pub fn expectation(kind: Kind) -> String {
         Kind::Fraction => "a number".to_string(),
         Kind::Choice(options) => format!("one of {}", quoted_list(options)),
         Kind::Text | Kind::Id | Kind::Address => "a string".to_string(),
+        Kind::RedisUrl => "a redis:// or rediss:// URL".to_string(),
         Kind::TextList => "an array of strings".to_string(),
         Kind::Positive => "a number greater than 0".to_string(),
         Kind::AutoBool => "\"auto\", true or false".to_string(),
@@ -244,6 +260,9 @@ pub fn check(kind: Kind, value: &Value) -> Result<Json, Problem> {
         (Kind::Positive, Value::Integer(i)) => check_positive(*i.value() as f64),
         (Kind::AutoBool, Value::Boolean(b)) => Ok(Json::Bool(*b.value())),
         (Kind::AutoBool, Value::String(s)) => check_choice(s.value(), &["auto"]),
+        (Kind::RedisUrl, Value::String(s)) => crate::team::url::check(s.value())
+            .map(|_| Json::from(s.value().as_str()))
+            .map_err(Problem::whole),
         _ => Err(wrong_type()),
     }
 }
@@ -425,6 +444,14 @@ mod tests {
         assert_eq!(top, sections);
         let worker = serde_json::to_value(crate::config::WorkerConfig::new("a", "b")).unwrap();
         assert_eq!(json_keys(&worker), schema_keys(WORKER));
+    }
+
+    #[test]
+    fn redis_urls_are_checked_without_echoing_the_password() {
+        assert!(check(Kind::RedisUrl, &value("\"redis://r.example:6379/0\"")).is_ok());
+        assert!(check(Kind::RedisUrl, &value("\"rediss://:pw@r.example\"")).is_ok());
+        let bad = check(Kind::RedisUrl, &value("\"http://:secret@r.example\"")).unwrap_err();
+        assert!(!bad.message.contains("secret"), "{}", bad.message);
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::state::report::{CircuitReport, FleetReport, LeaseReport, QueuedReport
 use crate::state::store::WorkerFlags;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+mod team;
+pub use team::{probe_permit_ttl_ms, TeamOp};
+
 /// How often breakers changed only by routine successes are written.
 pub const LAZY_PERSIST_MS: u64 = 2_000;
 
@@ -88,6 +91,9 @@ pub enum Output {
     Persist(Persist),
     /// Store and stream this event.
     Emit(EventRecord),
+    /// Carry this out on the team's shared breaker (with `[team]`), then
+    /// answer with the team's state, or [`Fleet::team_unavailable`].
+    Team(TeamOp),
 }
 
 /// State to save, as a snapshot: executing it twice is harmless.
@@ -156,6 +162,8 @@ pub struct Fleet {
     /// A breaker changed: look for due probes at once.
     probe_check: bool,
     pub metrics: Metrics,
+    /// The team link as the core sees it; `None` without `[team]`.
+    team: Option<team::TeamView>,
 }
 
 impl Fleet {
@@ -190,6 +198,7 @@ impl Fleet {
             agent: None,
             probe_check: true,
             metrics: Metrics::default(),
+            team: None,
         };
         fleet.reconfigure(config, now_ms);
         fleet
@@ -208,6 +217,7 @@ impl Fleet {
             }
         }
         self.config = config;
+        self.configure_team();
         self.selector.reconfigure(self.worker_slots());
         self.serve_waiters(now_ms);
     }
@@ -291,8 +301,9 @@ impl Fleet {
         let sel_req = selection_request(&request);
         let pick = {
             let (breakers, cfg) = (&self.breakers, &self.config.circuit);
+            let team = self.team_connected();
             self.selector
-                .pick(&sel_req, &|id| admits(breakers, cfg, id, now_ms))
+                .pick(&sel_req, &|id| admits(breakers, cfg, id, now_ms, team))
         };
         match pick {
             Pick::Worker(id) => {
@@ -394,7 +405,21 @@ impl Fleet {
             return;
         };
         let id = active.worker.clone();
-        if let Some(breaker) = self.breakers.get_mut(&id) {
+        let counted = match outcome {
+            AttemptOutcome::Success { .. } => Some(Outcome::Success),
+            AttemptOutcome::Failure { kind, message } if kind.is_worker_fault() => {
+                Some(Outcome::Failure(message.clone()))
+            }
+            _ => None,
+        };
+        if let Some(outcome) = counted.filter(|_| self.team_connected()) {
+            // The team's breaker counts it; its answer is adopted.
+            self.outputs.push_back(Output::Team(TeamOp::Record {
+                worker: id.clone(),
+                permit: active.permit,
+                outcome,
+            }));
+        } else if let Some(breaker) = self.breakers.get_mut(&id) {
             let cfg = &self.config.circuit;
             // A success on a healthy closed breaker only adds a window sample:
             // persist it lazily, not on the path of every release.
@@ -465,6 +490,11 @@ impl Fleet {
             if let Some(b) = self.breakers.get_mut(id) {
                 b.reset(now_ms);
                 self.mark_breaker(id);
+            }
+            if self.team_connected() {
+                let worker = id.clone();
+                self.outputs
+                    .push_back(Output::Team(TeamOp::Reset { worker }));
             }
             self.emit(Event::CircuitReset { worker: id.clone() }, now_ms);
         }
@@ -544,7 +574,7 @@ impl Fleet {
         let queue = self.waiting.values().map(|w| w.deadline_ms).min();
         let lazy =
             (!self.lazy_breakers.is_empty()).then_some(self.last_lazy_flush_ms + LAZY_PERSIST_MS);
-        [queue, lazy, self.next_cooldown_end()]
+        [queue, lazy, self.next_probe_due()]
             .into_iter()
             .flatten()
             .min()
@@ -571,10 +601,26 @@ impl Fleet {
     }
 
     fn cooldown_due(&self, now_ms: u64) -> bool {
-        self.next_cooldown_end().is_some_and(|t| t <= now_ms)
+        self.next_probe_due().is_some_and(|t| t <= now_ms)
+    }
+
+    /// When the next probe is due: a cooldown's end, or with the team
+    /// connected, the next time a team probe permit is to be asked for.
+    fn next_probe_due(&self) -> Option<u64> {
+        if self.team_connected() {
+            self.next_team_probe()
+        } else {
+            self.next_cooldown_end()
+        }
     }
 
     fn start_due_probes(&mut self, now_ms: u64) {
+        if self.team_connected() {
+            // The team's permit decides which daemon probes.
+            self.ask_team_probes(now_ms);
+            self.probe_check = false;
+            return;
+        }
         let ids: Vec<String> = self.config.workers.iter().map(|w| w.id.clone()).collect();
         for id in ids {
             if !self.is_enabled(&id) {
@@ -628,7 +674,9 @@ impl Fleet {
     /// without touching the breaker.
     pub fn abandon_probe(&mut self, job: &ProbeJob, now_ms: u64) {
         self.probing.remove(&job.worker);
-        if let Some(b) = self.breakers.get_mut(&job.worker) {
+        if let Some(op) = self.team_probe_op(&job.worker, job.permit, None) {
+            self.outputs.push_back(Output::Team(op));
+        } else if let Some(b) = self.breakers.get_mut(&job.worker) {
             b.abandon(job.permit);
         }
         self.metrics.probes += 1;
@@ -646,7 +694,14 @@ impl Fleet {
             }
             Err(msg) => Outcome::Failure(msg.clone()),
         };
-        if let Some(b) = self.breakers.get_mut(&job.worker) {
+        let outcome = match self.team_probe_op(&job.worker, job.permit, Some(outcome.clone())) {
+            Some(op) => {
+                self.outputs.push_back(Output::Team(op));
+                None
+            }
+            None => Some(outcome),
+        };
+        if let (Some(outcome), Some(b)) = (outcome, self.breakers.get_mut(&job.worker)) {
             let t = b.record(&self.config.circuit, now_ms, job.permit, outcome);
             self.mark_breaker(&job.worker);
             self.note_transition(&job.worker, t, true, now_ms);
@@ -688,8 +743,9 @@ impl Fleet {
         while !self.waiting.is_empty() {
             let served = {
                 let (breakers, cfg) = (&self.breakers, &self.config.circuit);
+                let team = self.team_connected();
                 self.selector
-                    .serve_next(&|id| admits(breakers, cfg, id, now_ms))
+                    .serve_next(&|id| admits(breakers, cfg, id, now_ms, team))
             };
             let Some((waiter, pick)) = served else {
                 return;
@@ -798,6 +854,7 @@ impl Fleet {
     fn note_transition(&mut self, id: &str, t: Option<Transition>, probe: bool, now_ms: u64) {
         let Some(t) = t else { return };
         self.mark_breaker(id);
+        self.note_opened_away(id, &t);
         let cfg = &self.config.circuit;
         let kind = match t {
             Transition::Opened { failures, reason } => Event::CircuitOpened {
@@ -962,13 +1019,23 @@ impl Fleet {
     }
 }
 
+/// Whether `id`'s breaker lets a build through. With the team's breakers
+/// deciding, only a closed circuit does: the team's one half-open probe is
+/// the prober's, on the team's permit.
 fn admits(
     breakers: &HashMap<String, Breaker>,
     cfg: &crate::breaker::BreakerConfig,
     id: &str,
     now_ms: u64,
+    team: bool,
 ) -> bool {
-    breakers.get(id).is_some_and(|b| b.can_admit(cfg, now_ms))
+    breakers.get(id).is_some_and(|b| {
+        if team {
+            b.state == State::Closed
+        } else {
+            b.can_admit(cfg, now_ms)
+        }
+    })
 }
 
 fn selection_request(r: &LeaseRequest) -> select::LeaseRequest {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod prober;
 pub mod server;
+pub mod team;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -87,6 +88,8 @@ pub struct Shared {
     probe_done: Notify,
     shutdown: Notify,
     started_ms: u64,
+    /// The team link, with `[team]`.
+    team: Option<team::TeamLink>,
 }
 
 /// Outputs to carry out once the core's lock is released.
@@ -95,6 +98,7 @@ struct Deferred {
     persist: Vec<Persist>,
     events: Vec<EventRecord>,
     probes: Vec<prober::Work>,
+    team: Vec<fleet::TeamOp>,
 }
 
 impl Shared {
@@ -165,6 +169,7 @@ impl Shared {
                     Output::Learn { worker } => deferred.probes.push(prober::Work::Learn(worker)),
                     Output::Persist(p) => deferred.persist.push(p),
                     Output::Emit(e) => deferred.events.push(e),
+                    Output::Team(op) => deferred.team.push(op),
                 }
             }
             let next = d.fleet.poll_timeout();
@@ -189,6 +194,11 @@ impl Shared {
         for work in deferred.probes {
             let _ = self.probes.send(work);
         }
+        if let Some(link) = &self.team {
+            for op in deferred.team {
+                let _ = link.work.send(team::Work::Op(op));
+            }
+        }
         if deferred.persist.is_empty() && deferred.events.is_empty() {
             return;
         }
@@ -205,6 +215,9 @@ impl Shared {
             if let Err(e) = sink.record_event(now, &event) {
                 tracing::error!(error = %e, "saving event");
             }
+            if let Some(link) = &self.team {
+                let _ = link.work.send(team::Work::Publish(event.clone()));
+            }
             let _ = self.events.send(event);
         }
     }
@@ -218,6 +231,11 @@ impl Shared {
         self.with_fleet(|f, now| f.reconfigure(config, now));
         tracing::info!("configuration reloaded");
         Ok(())
+    }
+
+    /// The team link as `rch status` shows it, with `[team]`.
+    pub fn team_report(&self) -> Option<crate::team::TeamReport> {
+        self.team.as_ref().map(|l| l.team.report(crate::clock::rfc3339))
     }
 
     pub fn request_shutdown(&self) {
@@ -277,11 +295,17 @@ impl Drop for Listening {
 /// Run the daemon until a shutdown request or SIGTERM/SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (listener, guard) = bind(&opts.socket)?;
-    let (shared, probe_jobs) = open_state(opts)?;
+    let (shared, probe_jobs, team_work) = open_state(opts)?;
     let shared = Arc::new(shared);
     tracing::info!(socket = %guard.socket.display(), pid = std::process::id(), "rch daemon listening");
     let timer = tokio::spawn(timer(shared.clone()));
     let prober = tokio::spawn(prober::run(shared.clone(), probe_jobs));
+    let team = match (&shared.team, team_work) {
+        (Some(link), Some(work)) => {
+            Some(team::start(shared.clone(), link.team.clone(), work).await)
+        }
+        _ => None,
+    };
     let metrics_listen = shared.with_fleet(|f, _| f.config().daemon.metrics_listen.clone());
     let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
@@ -292,6 +316,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     prober.abort();
     signals.abort();
     disk.abort();
+    if let Some(t) = team {
+        t.abort();
+    }
     if let Some(h) = http {
         h.abort();
     }
@@ -300,10 +327,19 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     result
 }
 
-fn open_state(
-    opts: DaemonOptions,
-) -> anyhow::Result<(Shared, mpsc::UnboundedReceiver<prober::Work>)> {
+/// The daemon's state, the prober's work queue and the team task's.
+type Opened = (
+    Shared,
+    mpsc::UnboundedReceiver<prober::Work>,
+    Option<mpsc::UnboundedReceiver<team::Work>>,
+);
+
+fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
     let config = (opts.config)()?;
+    let (team, team_work) = match team::open(&config) {
+        Some((link, work)) => (Some(link), Some(work)),
+        None => (None, None),
+    };
     let opened = Store::open(&opts.db)?;
     if let Some(aside) = &opened.moved_aside {
         tracing::warn!(moved_to = %aside.display(), "state database was unreadable; started fresh");
@@ -343,8 +379,9 @@ fn open_state(
         probe_done: Notify::new(),
         shutdown: Notify::new(),
         started_ms: now,
+        team,
     };
-    Ok((shared, probe_jobs))
+    Ok((shared, probe_jobs, team_work))
 }
 
 /// Take the single-instance lock and bind the socket (0700 dir, 0600 socket).

@@ -234,6 +234,7 @@ fn record_job(shared: &Shared, job: &JobReport) {
 
 fn status(shared: &Shared) -> FleetReport {
     let mut report = shared.with_fleet(|f, now| f.report(now));
+    report.team = shared.team_report();
     report.daemon = DaemonInfo {
         running: true,
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -80,6 +80,10 @@ pub struct EventRecord {
     pub event: Event,
     /// RFC 3339.
     pub at: String,
+    /// `user@host:pid` of the team's daemon it came from; absent for this
+    /// daemon's own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl EventRecord {
@@ -87,6 +91,7 @@ impl EventRecord {
         EventRecord {
             event,
             at: crate::clock::rfc3339(now_ms),
+            origin: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub struct FleetReport {
     pub queue: Vec<QueuedReport>,
     /// The most recent jobs, newest first.
     pub recent_jobs: Vec<JobRow>,
+    /// The team link, when `[team]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<crate::team::TeamReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

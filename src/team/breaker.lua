@@ -6,7 +6,7 @@
 --
 -- KEYS[1]  the breaker state (JSON, the serde form of the pure breaker)
 -- KEYS[2]  probe permits in flight (sorted set: token -> expiry, unix ms)
--- ARGV[1]  operation: get | admit | probe_now | record | abandon | tick | reset | report_open
+-- ARGV[1]  operation: get | admit | probe_now | record | abandon | tick | reset | seed | report_open
 -- ARGV[2]  now (unix ms)
 -- ARGV[3]  breaker config (JSON)
 -- ARGV[4]  operation arguments (JSON)
@@ -231,6 +231,14 @@ elseif op == 'abandon' then
 elseif op == 'reset' then
   enter_closed()
   transition = 'reset'
+elseif op == 'seed' then
+  -- Redis lost the team's state (restarted empty): this daemon's state
+  -- becomes the team's. A state the team already has wins.
+  if not raw then
+    b = args.breaker
+    if type(b.window) ~= 'table' then b.window = {} end
+    epoch_before = -1
+  end
 elseif op == 'report_open' then
   -- A daemon that opened this circuit while it could not reach the team:
   -- a closed team breaker opens with its count; otherwise the team's state wins.

@@ -58,6 +58,9 @@ pub enum BreakerOp {
     Tick,
     /// `Breaker::reset`.
     Reset,
+    /// Read the state; when the team has none (Redis restarted empty), this
+    /// breaker becomes the team's.
+    Seed(Box<Breaker>),
     /// This daemon opened the circuit while the team was out of reach: a
     /// closed team breaker opens; any other team state wins.
     ReportOpen { failures: u32, reason: String },
@@ -439,6 +442,7 @@ fn op_args(op: &BreakerOp) -> (&'static str, serde_json::Value) {
             ("abandon", json!({"permit": permit, "token": token}))
         }
         BreakerOp::Tick => ("tick", json!({})),
+        BreakerOp::Seed(breaker) => ("seed", json!({ "breaker": breaker })),
         BreakerOp::Reset => ("reset", json!({})),
         BreakerOp::ReportOpen { failures, reason } => (
             "report_open",

@@ -5,7 +5,12 @@ use crate::state::events::{Event, EventRecord};
 /// `2024-05-01T12:00:00Z  circuit.opened     w1: opened after 3 failures …`.
 pub fn event_line(record: &EventRecord) -> String {
     let name = record.event.name();
-    format!("{}  {name:<18} {}", record.at, describe(&record.event))
+    let line = format!("{}  {name:<18} {}", record.at, describe(&record.event));
+    match &record.origin {
+        // A team event from another daemon says where it came from.
+        Some(origin) => format!("{line}  [{origin}]"),
+        None => line,
+    }
 }
 
 /// A reason without the leading `w1: ` the line already shows.

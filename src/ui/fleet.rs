@@ -43,6 +43,17 @@ pub fn daemon_line(info: &DaemonInfo) -> String {
     format!("rch daemon: running ({})", parts.join(", "))
 }
 
+/// `team: backend via redis://r:6379/0 (connected)`, or since when it is
+/// unavailable and that the daemon decides alone meanwhile.
+pub fn team_line(team: &crate::team::TeamReport) -> String {
+    let link = match &team.unavailable_since {
+        None if team.connected => "(connected)".to_string(),
+        Some(since) => format!("unavailable since {since}, using local breakers"),
+        None => "unavailable, using local breakers".to_string(),
+    };
+    format!("team: {} via {} {link}", team.name, team.url)
+}
+
 /// `3 workers: 2 closed, 1 open (w1, retry in 12s)`.
 pub fn summary_line(workers: &[WorkerReport]) -> String {
     if workers.is_empty() {
@@ -355,11 +366,18 @@ pub fn status_text(
     let detailed = overview && out.verbose > 0;
     let mut blocks = Vec::new();
     if overview {
-        blocks.push(format!(
-            "{}\n{}",
-            daemon_line(&report.daemon),
-            summary_line(&report.workers)
-        ));
+        let team = report.team.as_ref().map(team_line);
+        blocks.push(
+            [
+                Some(daemon_line(&report.daemon)),
+                team,
+                Some(summary_line(&report.workers)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        );
     } else if !report.daemon.running {
         blocks.push(daemon_line(&report.daemon));
     }
@@ -400,6 +418,9 @@ pub fn status_json(report: &FleetReport, sections: Sections) -> Value {
     let mut root = Map::new();
     if sections.is_overview() {
         root.insert("daemon".into(), json!(report.daemon));
+        if let Some(team) = &report.team {
+            root.insert("team".into(), json!(team));
+        }
         root.insert("summary".into(), json!(summary_line(&report.workers)));
         root.insert("workers".into(), json!(report.workers));
         root.insert("circuits".into(), circuits_json(&report.workers));

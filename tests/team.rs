@@ -1,0 +1,273 @@
+//! A team's daemons sharing one fleet through a real redis-server, with real
+//! sshd workers: a circuit opened by one daemon is open for the other at
+//! once, team events reach the other daemon's `rch events --follow` with
+//! their origin, and a Redis killed mid-run stops no build, then the team
+//! converges when it is back.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::redis::RedisServer;
+use support::TestEnv;
+
+/// A second daemon of the same user and config, with its own socket and state.
+struct Other<'a> {
+    env: &'a TestEnv,
+    dir: PathBuf,
+}
+
+impl<'a> Other<'a> {
+    fn new(env: &'a TestEnv, name: &str) -> Other<'a> {
+        let dir = env.path().join(name);
+        for sub in ["state", "cache"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join("run"))
+            .unwrap();
+        Other { env, dir }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/rch/rch.sock")
+    }
+
+    fn rch(&self, args: &[&str]) -> Command {
+        let mut cmd = self.env.rch();
+        cmd.env("RCH_SOCKET", self.socket())
+            .env("XDG_STATE_HOME", self.dir.join("state"))
+            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
+            .env("XDG_CACHE_HOME", self.dir.join("cache"))
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.rch(args).output().expect("running rch")
+    }
+}
+
+impl Drop for Other<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .rch(&["daemon", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn status_at(socket: &Path) -> rch::daemon::report::FleetReport {
+    use rch::protocol::{Request, Response};
+    support::block_on(async {
+        let mut client = rch::client::Client::connect(socket)
+            .await
+            .expect("daemon up");
+        match client.call(Request::Status).await.expect("status") {
+            Response::Status(report) => *report,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    })
+}
+
+fn circuit_at(socket: &Path, id: &str) -> rch::daemon::report::CircuitReport {
+    status_at(socket)
+        .workers
+        .into_iter()
+        .find(|w| w.id == id)
+        .expect("worker")
+        .circuit
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn build(cmd: &mut Command) -> (Output, Duration) {
+    let t = Instant::now();
+    let out = cmd
+        .args(["exec", "--", "cargo", "check"])
+        .output()
+        .expect("rch exec");
+    (out, t.elapsed())
+}
+
+/// `rch events --follow --json` of a daemon, its lines sent to a channel.
+fn follow(mut cmd: Command) -> (std::process::Child, mpsc::Receiver<serde_json::Value>) {
+    let mut child = cmd
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rch events --follow");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn team_config(redis: &RedisServer) -> String {
+    format!(
+        "[ssh]\nconnect_timeout_secs = 2\n\n[circuit]\nopen_cooldown_secs = 600\n\n\
+         [team]\nredis_url = \"{}\"\nname = \"t\"\ntimeout_ms = 200\n\n\
+         [[workers]]\nid = \"w1\"\npriority = 200\n",
+        redis.url()
+    )
+}
+
+/// A daemon's log, for assertion messages.
+fn log_of(state: &Path) -> String {
+    std::fs::read_to_string(state.join("rch/daemon.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_circuit_opened_by_one_daemon_is_open_for_the_team_and_redis_down_stops_no_build() {
+    let env = TestEnv::new(2);
+    let mut redis = RedisServer::start(&env.path().join("redis"));
+    env.write_config(&team_config(&redis));
+    let b = Other::new(&env, "b");
+    assert!(b.run(&["daemon", "start"]).status.success());
+    assert!(env
+        .rch()
+        .args(["daemon", "start"])
+        .status()
+        .unwrap()
+        .success());
+    let (mut follower, events) = follow(b.rch(&[]));
+    let a_log = || log_of(&env.path().join("state"));
+    let _pit = env.lab.tarpit("w1").unwrap();
+
+    // Daemon A pays w1's connect timeout three times; the third opens it.
+    // Each build is of a project new to the fleet: a project's later builds
+    // prefer the worker that built it last (w2 here), not w1.
+    let mut first = Duration::ZERO;
+    for i in 0..3 {
+        let project = env.project(&format!("a{i}"));
+        let (out, took) = build(&mut env.rch_in(&project));
+        assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+        if i == 0 {
+            first = took;
+        }
+    }
+    let opened = Instant::now();
+    assert!(
+        support::wait_for(Duration::from_secs(1), || env.circuit("w1").state == "open"),
+        "A did not open w1: {:?}\nteam breaker: {}\nA's log:\n{}",
+        env.circuit("w1"),
+        redis.cli(&["GET", "rch:{t}:breaker:w1"]),
+        a_log()
+    );
+    assert!(
+        support::wait_for(Duration::from_secs(1), || circuit_at(&b.socket(), "w1")
+            .state
+            == "open"),
+        "daemon B did not see w1 open within 1 s"
+    );
+    assert!(opened.elapsed() < Duration::from_secs(2));
+
+    // B's build of a project new to it goes to w2 at once, without trying w1.
+    let mut cmd = b.rch(&[]);
+    cmd.current_dir(env.project("b0"));
+    let (out, took) = build(&mut cmd);
+    assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+    assert!(took < first, "B paid w1's timeout: {took:?} vs {first:?}");
+    let (ca, cb) = (env.circuit("w1"), circuit_at(&b.socket(), "w1"));
+    assert_eq!((ca.failures, ca.epoch), (cb.failures, cb.epoch));
+
+    // B's follower heard A's circuit.opened, with where it came from.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let heard = std::iter::from_fn(|| {
+        events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    })
+    .find(|e| e["event"] == "circuit.opened" && e["worker"] == "w1")
+    .expect("circuit.opened from A in B's events");
+    let origin = heard["origin"].as_str().unwrap_or_default().to_string();
+    assert!(origin.contains('@'), "{heard}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // B's own history holds only its own events.
+    let stored = b.run(&["events", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&stored.stdout).contains("\"origin\""),
+        "{}",
+        support::describe(&stored)
+    );
+
+    // The team link shows in status; keys are the team's namespace only.
+    let shown = env.rch().args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        text.contains(&format!("team: t via {} (connected)", redis.url())),
+        "{text}"
+    );
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.lines().all(|k| k.starts_with("rch:{t}:")), "{keys}");
+    assert!(keys.contains("rch:{t}:events"), "{keys}");
+
+    // Redis dies: builds keep running, each daemon says it decides alone.
+    redis.kill();
+    for who in [env.rch(), b.rch(&[])] {
+        let mut who = who;
+        let (out, took) = build(&mut who);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+        assert!(took < first, "{took:?}");
+    }
+    let team_json = || {
+        let json = env.rch().args(["status", "--json"]).output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        json["team"].clone()
+    };
+    assert!(
+        support::wait_for(Duration::from_secs(5), || team_json()["connected"] == false),
+        "{}",
+        team_json()
+    );
+    let shown =
+        String::from_utf8_lossy(&env.rch().args(["status"]).output().unwrap().stdout).into_owned();
+    assert!(
+        shown.contains("unavailable since") && shown.contains("using local breakers"),
+        "{shown}"
+    );
+    assert_eq!(
+        a_log().matches("team redis unavailable").count(),
+        1,
+        "said once:\n{}",
+        a_log()
+    );
+
+    // Back, empty: the daemons' state becomes the team's again, and agrees.
+    redis.restart();
+    assert!(support::wait_for(Duration::from_secs(15), || {
+        status_at(&env.socket()).team.is_some_and(|t| t.connected)
+            && status_at(&b.socket()).team.is_some_and(|t| t.connected)
+    }));
+    assert!(
+        support::wait_for(Duration::from_secs(5), || {
+            let (a, b) = (env.circuit("w1"), circuit_at(&b.socket(), "w1"));
+            a.state == "open" && b.state == "open" && a.epoch == b.epoch
+        }),
+        "{}",
+        redis.cli(&["GET", "rch:{t}:breaker:w1"])
+    );
+    assert!(redis
+        .cli(&["GET", "rch:{t}:breaker:w1"])
+        .contains("\"open\""));
+}
