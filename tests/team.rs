@@ -270,4 +270,22 @@ fn a_circuit_opened_by_one_daemon_is_open_for_the_team_and_redis_down_stops_no_b
     assert!(redis
         .cli(&["GET", "rch:{t}:breaker:w1"])
         .contains("\"open\""));
+
+    // w1 recovers; B's operator probe goes through the team's breaker, the
+    // team's prober finishes the recovery, and both daemons see it closed.
+    env.lab.revive("w1").unwrap();
+    let probed = b.run(&["workers", "probe", "w1"]);
+    assert!(probed.status.success(), "{}", support::describe(&probed));
+    assert!(
+        support::wait_for(Duration::from_secs(20), || {
+            env.circuit("w1").state == "closed" && circuit_at(&b.socket(), "w1").state == "closed"
+        }),
+        "{:?} {:?} {}",
+        env.circuit("w1"),
+        circuit_at(&b.socket(), "w1"),
+        redis.cli(&["GET", "rch:{t}:breaker:w1"])
+    );
+    assert!(redis
+        .cli(&["GET", "rch:{t}:breaker:w1"])
+        .contains("\"closed\""));
 }

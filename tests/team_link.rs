@@ -205,3 +205,32 @@ fn a_dead_redis_costs_one_timeout_then_nothing_and_is_rejoined() {
         assert_eq!(back.unwrap().breaker.state, State::Closed);
     });
 }
+
+#[test]
+fn a_rediss_url_makes_a_tls_link_that_fails_open_against_plain_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        // The scheme is accepted and a TLS client built (no "not supported").
+        let url = format!("rediss://:secret@127.0.0.1:{}/0", redis.port);
+        let team = Team::new(&url, "t", Duration::from_millis(300)).expect("TLS client");
+        let report = team.report(|_| "then".into());
+        assert_eq!(
+            report.url,
+            format!("rediss://:***@127.0.0.1:{}/0", redis.port)
+        );
+        // A plain-TCP server cannot complete the TLS handshake: unavailable,
+        // within the timeout, never an error that stops the caller.
+        team.start(T0).await;
+        assert_eq!(team.health(), Health::Down { since_ms: T0 });
+        let started = Instant::now();
+        assert_eq!(
+            team.breaker("w1", &BreakerConfig::default(), BreakerOp::Get, T0 + 1)
+                .await
+                .map(|r| r.breaker.state),
+            Err(Unavailable)
+        );
+        assert!(started.elapsed() < Duration::from_millis(50));
+    });
+}

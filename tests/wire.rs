@@ -175,8 +175,16 @@ fn every_report_round_trips() {
         .into_iter()
         .map(job_row)
         .collect(),
+        team: Some(rch::team::TeamReport {
+            name: "backend".into(),
+            url: "redis://:***@r.example:6379/0".into(),
+            connected: false,
+            unavailable_since: Some("2023-11-14T22:13:20Z".into()),
+            origin: "dev@box:42".into(),
+        }),
     };
     let v = round_trip(&report);
+    assert_eq!(v["team"]["connected"], false);
     assert_eq!(v["workers"][1]["circuit"]["state"], "open");
     assert_eq!(v["workers"][2]["circuit"]["state"], "half_open");
     assert_eq!(v["recent_jobs"][3]["outcome"], "interrupted");

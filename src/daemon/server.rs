@@ -258,7 +258,11 @@ async fn probe(shared: &Arc<Shared>, worker: Option<&str>) -> Response {
         .map(|id| {
             let shared = shared.clone();
             tokio::spawn(async move {
-                match shared.with_fleet(|f, now| f.probe_now(&id, now)) {
+                let start = match super::team::probe_now(&shared, &id).await {
+                    Some(start) => start,
+                    None => shared.with_fleet(|f, now| f.probe_now(&id, now)),
+                };
+                match start {
                     Ok(job) => run_probe(&shared, job).await,
                     Err(_) if shared.with_fleet(|f, _| f.probe_in_flight(&id)) => {
                         await_running_probe(&shared, id).await

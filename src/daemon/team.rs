@@ -231,3 +231,45 @@ fn forward(shared: &Shared, event: serde_json::Value) {
         Err(e) => tracing::debug!(error = %e, "unreadable team event skipped"),
     }
 }
+
+/// An operator's probe of `worker` (`rch workers probe`), through the team's
+/// breaker: an open worker skips its cooldown there, and the result counts
+/// for the team. `None` when the team does not decide now (probe locally).
+pub async fn probe_now(
+    shared: &Shared,
+    worker: &str,
+) -> Option<Result<super::fleet::ProbeJob, String>> {
+    let link = shared.team.as_ref()?;
+    let (cfg, ttl) = shared.with_fleet(|f, _| {
+        (f.team_connected() && f.known(worker).is_ok())
+            .then(|| (f.config().circuit.clone(), probe_permit_ttl_ms(f.config())))
+    })?;
+    let call = BreakerOp::ProbeNow {
+        token: token(&link.team, worker),
+        permit_ttl_ms: ttl,
+    };
+    let reply = match breaker(shared, &link.team, worker, &cfg, call).await {
+        Ok(reply) => reply,
+        Err(Unavailable) => {
+            shared.with_fleet(|f, now| {
+                f.team_unavailable(
+                    now,
+                    TeamOp::Admit {
+                        worker: worker.to_string(),
+                    },
+                )
+            });
+            return None;
+        }
+    };
+    Some(shared.with_fleet(|f, now| match reply.admission {
+        Some(Ok(permit)) => {
+            Ok(f.team_probe_now(now, worker, reply.breaker, reply.transition, permit))
+        }
+        Some(Err(refusal)) => {
+            f.adopt_team_breaker(now, worker, reply.breaker, reply.transition);
+            Err(refusal.reason)
+        }
+        None => Err("no answer from the team".into()),
+    }))
+}

@@ -160,6 +160,9 @@ impl Team {
     /// for Redis). Call it inside the daemon's tokio runtime.
     pub fn new(url: &str, name: &str, timeout: Duration) -> anyhow::Result<Arc<Team>> {
         let shown_url = url::masked(url);
+        // rediss:// needs a process-wide TLS crypto provider; installing it
+        // again (a second team link, a test) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client =
             open_client(url).map_err(|e| anyhow::anyhow!("team redis URL {shown_url}: {e}"))?;
         let link = link::Link::new(client.clone(), timeout)

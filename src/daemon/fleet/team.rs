@@ -230,6 +230,28 @@ impl Fleet {
         }
     }
 
+    /// The team granted an operator's probe (`rch workers probe`): run it
+    /// on the team's permit.
+    pub fn team_probe_now(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        breaker: Breaker,
+        transition: Option<Transition>,
+        permit: Permit,
+    ) -> ProbeJob {
+        self.adopt_team_breaker(now_ms, id, breaker, transition);
+        if let Some(team) = self.team.as_mut() {
+            team.probing.insert(id.to_string());
+            team.retry_at.remove(id);
+        }
+        self.probing.insert(id.to_string());
+        ProbeJob {
+            worker: id.to_string(),
+            permit,
+        }
+    }
+
     /// A probe's result (or its abandonment) on a team permit: the team's
     /// breaker counts it. `None`: the probe was local.
     pub(super) fn team_probe_op(
