@@ -64,7 +64,7 @@ impl Drop for Other<'_> {
     }
 }
 
-fn status_at(socket: &Path) -> rch::daemon::report::FleetReport {
+fn status_at(socket: &Path) -> rch::state::report::FleetReport {
     use rch::protocol::{Request, Response};
     support::block_on(async {
         let mut client = rch::client::Client::connect(socket)
@@ -77,7 +77,7 @@ fn status_at(socket: &Path) -> rch::daemon::report::FleetReport {
     })
 }
 
-fn circuit_at(socket: &Path, id: &str) -> rch::daemon::report::CircuitReport {
+fn circuit_at(socket: &Path, id: &str) -> rch::state::report::CircuitReport {
     status_at(socket)
         .workers
         .into_iter()

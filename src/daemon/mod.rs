@@ -235,7 +235,9 @@ impl Shared {
 
     /// The team link as `rch status` shows it, with `[team]`.
     pub fn team_report(&self) -> Option<crate::team::TeamReport> {
-        self.team.as_ref().map(|l| l.team.report(crate::clock::rfc3339))
+        self.team
+            .as_ref()
+            .map(|l| l.team.report(crate::clock::rfc3339))
     }
 
     pub fn request_shutdown(&self) {

@@ -16,11 +16,11 @@
 //! [`Fleet::team_unavailable`]: super::fleet::Fleet::team_unavailable
 //! [`Fleet::team_rejoin`]: super::fleet::Fleet::team_rejoin
 
-use crate::state::events::EventRecord;
 use super::fleet::{probe_permit_ttl_ms, TeamOp};
 use super::Shared;
 use crate::breaker::BreakerConfig;
 use crate::config::Config;
+use crate::state::events::EventRecord;
 use crate::team::{BreakerOp, BreakerReply, Health, Notice, Team, Unavailable};
 use std::sync::Arc;
 use std::time::Duration;
