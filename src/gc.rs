@@ -388,54 +388,6 @@ pub async fn collect_all(
     results.into_iter().map(|(_, id, r)| (id, r)).collect()
 }
 
-/// How often the daemon checks the workers that have a `max_disk_gb`.
-const DISK_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// The daemon's background task: at start and then every
-/// [`DISK_CHECK_INTERVAL`], bring each worker with a `max_disk_gb` under
-/// it, least recently used project first, never one that is building.
-pub async fn enforce_disk_limits(shared: std::sync::Arc<crate::daemon::Shared>) {
-    loop {
-        let (config, leases, now_ms) = shared.with_fleet(|fleet, now| {
-            let leases: Vec<(String, String)> = fleet
-                .report(now)
-                .leases
-                .into_iter()
-                .map(|l| (l.worker, l.project))
-                .collect();
-            (fleet.config().clone(), leases, now)
-        });
-        let limited: Vec<WorkerConfig> = config
-            .workers
-            .iter()
-            .filter(|w| w.enabled && w.max_disk_gb.is_some())
-            .cloned()
-            .collect();
-        if !limited.is_empty() {
-            let history = shared.store().last_use_per_project().unwrap_or_default();
-            let usage = usage_by_worker(&history, &leases);
-            for (worker, result) in
-                collect_all(&limited, &config.ssh, &usage, None, now_ms, false).await
-            {
-                match result {
-                    Ok(done) if !done.removed.is_empty() => tracing::info!(
-                        worker = %worker,
-                        removed = done.removed.len(),
-                        freed_bytes = done.freed_bytes,
-                        kept_bytes = done.kept_bytes,
-                        "max_disk_gb: removed the least recently used project dirs"
-                    ),
-                    Ok(_) => {}
-                    Err(failure) => {
-                        tracing::warn!(worker = %worker, error = %failure, "max_disk_gb: check failed")
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(DISK_CHECK_INTERVAL).await;
-    }
-}
-
 /// Whether `argv` is a plain `cargo clean` (cargo's global options allowed,
 /// nothing after `clean` but `-q`/`-v`): it cleans the whole target dir, so
 /// the workers' copies go too. A narrower clean (`-p`, `--release`, ...)

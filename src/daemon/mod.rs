@@ -9,6 +9,7 @@
 //! probes the core asks for. It never touches a build's bytes: the client
 //! syncs, runs and streams; the daemon only hands out leases.
 
+mod disk;
 pub mod fleet;
 pub mod metrics;
 pub mod metrics_http;
@@ -311,7 +312,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let metrics_listen = shared.with_fleet(|f, _| f.config().daemon.metrics_listen.clone());
     let http = metrics_listen.map(|addr| tokio::spawn(metrics_http::serve(addr, shared.clone())));
     let signals = tokio::spawn(watch_signals(shared.clone()));
-    let disk = tokio::spawn(crate::gc::enforce_disk_limits(shared.clone()));
+    let disk = tokio::spawn(disk::enforce_disk_limits(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
     shared.with_fleet(|f, now| f.flush_lazy(now));
     timer.abort();
