@@ -6,6 +6,7 @@
 //! build moves on; only a build's own exit code is its answer.
 
 use crate::build_files::{Layout, RemoteDir};
+use crate::cargo_report::{self, Ask, Report};
 use crate::cargo_run::{self, RunArgs};
 use crate::classify::{self, Kind, Offload};
 use crate::client::Client;
@@ -270,16 +271,22 @@ struct Build<'a> {
     env: crate::envrules::EnvPlan,
     /// `cargo run` taken apart: the remote build and the local program.
     run_args: Option<RunArgs>,
-    /// The project's directory on the worker of the last attempt.
+    /// Where the last attempt's build saw its project on the worker (the
+    /// paths in cargo's report start there).
     remote_dir: String,
-    /// The command's stdout, when rch reads it (cargo's artifact report).
-    report: Vec<u8>,
+    /// Whether the remote cargo reports its artifacts, and where the option
+    /// goes; `None` for commands that bring nothing back or are not cargo.
+    ask: Option<Ask>,
+    /// cargo's report of the last run, when asked for.
+    report: Report,
     /// The build already ran again for a variable it read (once only).
     env_rerun: bool,
     /// Why the daemon chose the last granted worker (the job's reason).
     grant_why: String,
     /// The build's stdin, when it has one to read (a pipe or a file).
     input: Option<Input>,
+    /// The last remote cargo coloured its status lines.
+    colour: bool,
 }
 
 impl<'a> Build<'a> {
@@ -293,6 +300,7 @@ impl<'a> Build<'a> {
         };
         let needs = crate::needs::needs(&req.argv, &req.cwd, offload.tool);
         let env = crate::envrules::plan(std::env::vars_os(), &loaded.config.env);
+        let ask = report_ask(req, &offload);
         tracing::debug!(
             forwarded = %env.forwarded_names().join(" "),
             withheld = %env.withheld_line(),
@@ -318,8 +326,10 @@ impl<'a> Build<'a> {
             env,
             env_rerun: false,
             remote_dir: String::new(),
-            report: Vec::new(),
+            ask,
+            report: Report::default(),
             grant_why: String::new(),
+            colour: false,
         }
     }
 
@@ -333,8 +343,8 @@ impl<'a> Build<'a> {
     /// `cargo run` built on `worker`: run the program here, from cargo's
     /// report. Becomes the program; returns only when it cannot start it.
     fn run_here(&self, worker: &str, run: &RunArgs) -> i32 {
-        let found =
-            cargo_run::find_program(&self.report, &run.wanted, &self.remote_dir, &self.root);
+        let map = |remote: &str| self.layout.local_path(remote, &self.remote_dir);
+        let found = cargo_run::find_program(&self.report, &run.wanted, map);
         match found {
             Ok(program) => {
                 let shown = program
@@ -633,13 +643,11 @@ impl<'a> Build<'a> {
             let report = loop {
                 let mut spec = self.run_spec(&place, home.as_deref());
                 spec.tree = Some(upload.check(full));
-                self.report.clear();
-                let capture = self.run_args.is_some().then_some(&mut self.report);
-                let report = self
-                    .job
-                    .phases
-                    .time(Phase::Run, run_command(&conn, &spec, capture))
-                    .await;
+                let reads = self.reads_report();
+                let run = run_command(&conn, &spec, reads);
+                let (report, cargo) = self.job.phases.time(Phase::Run, run).await;
+                self.report = Report::parse(&cargo);
+                self.colour = cargo_colour(&spec.argv, &spec.env);
                 if !report.stale_tree || full {
                     break report;
                 }
@@ -653,7 +661,10 @@ impl<'a> Build<'a> {
                 full = true;
             };
             self.stderr_mid_line = report.stderr_mid_line;
-            self.remote_dir = remote_dir.clone();
+            self.remote_dir = match &place.mirrored_at {
+                Some(at) => at.to_string_lossy().into_owned(),
+                None => remote_dir.clone(),
+            };
             self.job.run_ms += t.elapsed().as_millis() as u64;
             let code = match report.result {
                 Ok(code) => code,
@@ -677,14 +688,67 @@ impl<'a> Build<'a> {
         if code == 0 {
             let t = Instant::now();
             let mirrored = place.mirrored_at.is_some();
-            let pull = self.layout.pull(&self.offload.artifacts, mirrored);
+            let pull = self.artifact_pull(mirrored);
             let pulled = remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes);
             if let Err(f) = self.job.phases.time(Phase::Pull, pulled).await {
                 return failed(f, true);
             }
             self.job.return_ms += t.elapsed().as_millis() as u64;
+            self.print_test_executables();
         }
         Attempt::Ran(code)
+    }
+
+    /// Whether the remote command prints cargo's JSON report on stdout.
+    fn reads_report(&self) -> bool {
+        self.run_args.is_some() || matches!(self.ask, Some(Ask::At(_)))
+    }
+
+    /// What comes back after the build: the artifacts cargo reported, or,
+    /// when its report cannot say (the user shaped cargo's output, a build
+    /// script of the project ran, a mirrored build a local cargo reuses),
+    /// the whole output directory.
+    fn artifact_pull(&self, mirrored: bool) -> remote::Pull {
+        let whole = self.layout.pull(&self.offload.artifacts, mirrored);
+        if mirrored || !matches!(whole, remote::Pull::Dir { .. }) {
+            return whole;
+        }
+        let reported = match &self.ask {
+            Some(Ask::Not(why)) if self.run_args.is_none() => Err(why.clone()),
+            _ => self.report.user_files().and_then(|files| {
+                let artifacts = &self.offload.artifacts;
+                self.layout
+                    .reported_pull(artifacts, &self.remote_dir, &files)
+            }),
+        };
+        match reported {
+            Ok(pull) => pull,
+            Err(why) => {
+                tracing::debug!(reason = %why, "bringing back the whole output directory");
+                whole
+            }
+        }
+    }
+
+    /// `cargo test --no-run` lists the test binaries it built; with its
+    /// report on stdout it does not, so rch prints the same lines, with
+    /// the paths here.
+    fn print_test_executables(&self) {
+        if !matches!(self.offload.kind, Kind::Test | Kind::Bench) || !self.reads_report() {
+            return;
+        }
+        let (quiet, verbose) = cargo_verbosity(&self.req.argv);
+        if quiet {
+            return;
+        }
+        for test in self.report.test_executables() {
+            let Some(local) = self.layout.local_path(&test.remote, &self.remote_dir) else {
+                continue;
+            };
+            let line =
+                cargo_report::executable_line(&test, &local, &self.req.cwd, verbose, self.colour);
+            eprintln!("{line}");
+        }
     }
 
     /// The tree as it would be pushed now; `None` when it cannot be walked
@@ -755,9 +819,10 @@ impl<'a> Build<'a> {
             .cwd
             .strip_prefix(&self.root)
             .unwrap_or(Path::new(""));
-        let base = match &self.run_args {
-            Some(run) => run.build_argv.clone(),
-            None => self.req.argv.clone(),
+        let base = match (&self.run_args, &self.ask) {
+            (Some(run), _) => run.build_argv.clone(),
+            (None, Some(ask)) => cargo_report::with_report(&self.req.argv, ask),
+            (None, None) => self.req.argv.clone(),
         };
         let terminal = crate::colours::Terminal::detect();
         let argv = crate::colours::argv(self.offload.tool, terminal, &base);
@@ -863,16 +928,73 @@ fn claim_slot(worker: &str, project_home: &str) -> Option<remote::slot::Slot> {
     }
 }
 
-/// Run `spec`, streaming its output, or keeping its stdout in `capture`.
+/// Run `spec`, streaming its output; with `report`, cargo's JSON messages
+/// on stdout are kept (and returned) instead of shown.
 async fn run_command(
     conn: &remote::Connection,
     spec: &remote::RunSpec,
-    capture: Option<&mut Vec<u8>>,
-) -> remote::RunReport {
-    match capture {
-        Some(buffer) => remote::run_to(conn, spec, buffer, tokio::io::stderr()).await,
-        None => remote::run(conn, spec).await,
+    report: bool,
+) -> (remote::RunReport, Vec<u8>) {
+    if !report {
+        return (remote::run(conn, spec).await, Vec::new());
     }
+    let mut filter = cargo_report::ReportFilter::new(tokio::io::stdout());
+    let run = remote::run_to(conn, spec, &mut filter, tokio::io::stderr()).await;
+    let rest = filter.finish();
+    if !rest.is_empty() {
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&rest);
+        let _ = std::io::stdout().flush();
+    }
+    (run, std::mem::take(&mut filter.report))
+}
+
+/// Whether a remote cargo build reports its artifacts (only builds whose
+/// outputs come back, other than `cargo run`, which asks by itself).
+fn report_ask(req: &ExecRequest, offload: &Offload) -> Option<Ask> {
+    let builds = offload.tool == classify::Tool::Cargo
+        && offload.kind != Kind::Run
+        && matches!(offload.artifacts, classify::Artifacts::CargoTarget { .. });
+    builds.then(|| cargo_report::ask(&req.argv, offload.kind))
+}
+
+/// Whether cargo coloured its status lines: its `--color`, else
+/// `CARGO_TERM_COLOR` as the worker got it (on the worker stderr is no terminal).
+fn cargo_colour(argv: &[OsString], env: &[(String, String)]) -> bool {
+    let words: Vec<&str> = argv.iter().filter_map(|a| a.to_str()).collect();
+    let options = words.iter().position(|w| *w == "--").unwrap_or(words.len());
+    let mut chosen = None;
+    for (i, word) in words[..options].iter().enumerate() {
+        if let Some(value) = word.strip_prefix("--color=") {
+            chosen = Some(value);
+        } else if *word == "--color" {
+            chosen = words.get(i + 1).copied();
+        }
+    }
+    let from_env = || {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == "CARGO_TERM_COLOR")
+            .map(|(_, v)| v.as_str())
+    };
+    chosen.or_else(from_env) == Some("always")
+}
+
+/// cargo's `-q` and `-v` (or `CARGO_TERM_QUIET`/`_VERBOSE`) in `argv`.
+fn cargo_verbosity(argv: &[OsString]) -> (bool, bool) {
+    let words: Vec<&str> = argv.iter().filter_map(|a| a.to_str()).collect();
+    let options = words.iter().take_while(|w| **w != "--");
+    let (mut quiet, mut verbose) = (false, false);
+    for word in options {
+        quiet |= matches!(*word, "-q" | "--quiet");
+        verbose |= *word == "--verbose"
+            || (word.len() > 1 && word.starts_with('-') && word[1..].bytes().all(|b| b == b'v'));
+    }
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| v == "true");
+    (
+        quiet || set("CARGO_TERM_QUIET"),
+        verbose || set("CARGO_TERM_VERBOSE"),
+    )
 }
 
 /// `cargo run`'s arguments taken apart (the classification accepted them).

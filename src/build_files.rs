@@ -168,6 +168,48 @@ impl Layout {
         }
     }
 
+    /// Where a file the worker names (absolute, in the build's tree at
+    /// `remote_dir`) is here: under the synced root, or, below the worker's
+    /// target dir, under the local target dir. `None`: outside the tree.
+    pub fn local_path(&self, remote: &str, remote_dir: &str) -> Option<PathBuf> {
+        let local = crate::cargo_report::local_path(remote, remote_dir, &self.root)?;
+        if let Some(cargo) = &self.cargo {
+            if let Ok(rest) = local.strip_prefix(cargo.workspace.join("target")) {
+                return Some(cargo.target.join(rest));
+            }
+        }
+        Some(local)
+    }
+
+    /// What comes back when cargo's report names the user's `files` (paths
+    /// on the worker): those files alone, from the build's output dir.
+    /// `Err` when one lies outside it (the report does not describe the
+    /// output dir: bring it back whole).
+    pub fn reported_pull(
+        &self,
+        artifacts: &Artifacts,
+        remote_dir: &str,
+        files: &[String],
+    ) -> Result<crate::remote::Pull, String> {
+        use crate::remote::Pull;
+        let Pull::Dir { from, to, .. } = self.pull(artifacts, false) else {
+            return Err("the build has no output directory".into());
+        };
+        let mut wanted = Vec::with_capacity(files.len());
+        for file in files {
+            let rel = self
+                .local_path(file, remote_dir)
+                .and_then(|local| local.strip_prefix(&to).ok().map(Path::to_path_buf))
+                .ok_or_else(|| format!("{file} is outside the output directory"))?;
+            wanted.push(rel);
+        }
+        Ok(Pull::Files {
+            from,
+            to,
+            files: wanted,
+        })
+    }
+
     /// The environment a remote cargo build needs: its target dir inside the
     /// worker's copy of the workspace, relative to the build's directory.
     pub fn remote_env(&self, cwd: &Path) -> Vec<(String, String)> {
@@ -298,5 +340,45 @@ mod tests {
             cargo_output_subdir("out/x86/release"),
             Path::new("x86/release")
         );
+    }
+
+    #[test]
+    fn reported_files_come_back_from_the_output_dir_into_the_local_target_dir() {
+        use crate::remote::Pull;
+        let layout = Layout {
+            root: "/p".into(),
+            widened: false,
+            cargo: Some(CargoDirs {
+                workspace: "/p/ws".into(),
+                target: "/t".into(),
+            }),
+            recorded: None,
+        };
+        let artifacts = Artifacts::CargoTarget {
+            dir: "target/release".into(),
+        };
+        let remote = "/h/b/p-1";
+        let pull = layout.reported_pull(
+            &artifacts,
+            remote,
+            &[
+                "/h/b/p-1/ws/target/release/app".into(),
+                "/h/b/p-1/ws/sub/../target/release/examples/ex".into(),
+            ],
+        );
+        assert_eq!(
+            pull,
+            Ok(Pull::Files {
+                from: "ws/target/release".into(),
+                to: "/t/release".into(),
+                files: vec!["app".into(), "examples/ex".into()],
+            })
+        );
+        assert_eq!(
+            layout.local_path("/h/b/p-1/ws/Cargo.toml", remote),
+            Some(PathBuf::from("/p/ws/Cargo.toml"))
+        );
+        let outside = ["/h/b/p-1/ws/out/app".to_string()];
+        assert!(layout.reported_pull(&artifacts, remote, &outside).is_err());
     }
 }

@@ -9,12 +9,10 @@
 //! report names (`compiler-artifact` messages with an `executable`), never a
 //! path guessed from target names.
 
-use cargo_metadata::{Artifact, Message, TargetKind};
+use crate::cargo_report::{Report, MESSAGE_FORMAT};
+use cargo_metadata::{Artifact, TargetKind};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-
-/// The message format asked of the remote `cargo build`.
-const MESSAGE_FORMAT: &str = "--message-format=json-render-diagnostics";
 
 /// Options of `cargo run` that take a value (as `--opt value` or `--opt=value`).
 const WITH_VALUE: &[&str] = &[
@@ -168,30 +166,26 @@ pub struct Program {
     pub version: String,
 }
 
-/// Find the executable `wanted` names in cargo's JSON `report` (stdout of the
-/// remote build). Remote paths are mapped under `local_root` by cutting them
-/// at `remote_dir`, the project's directory on the worker.
+/// Find the executable `wanted` names in cargo's `report` of the remote
+/// build. `map` turns a path on the worker into the path here (`None`: it is
+/// outside the project).
 pub fn find_program(
-    report: &[u8],
+    report: &Report,
     wanted: &Wanted,
-    remote_dir: &str,
-    local_root: &Path,
+    map: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<Program, String> {
-    let runnable: Vec<Artifact> = Message::parse_stream(report)
-        .filter_map(Result::ok)
-        .filter_map(|m| match m {
-            Message::CompilerArtifact(a) if a.executable.is_some() => Some(a),
-            _ => None,
-        })
+    let runnable: Vec<&Artifact> = report
+        .artifacts()
+        .filter(|a| a.executable.is_some())
         .filter(|a| is_wanted(a, wanted))
         .collect();
     let chosen = match runnable.as_slice() {
-        [one] => one,
+        [one] => *one,
         [] => return Err("cargo reported no binary to run".into()),
-        several => pick_default_run(several, remote_dir, local_root)?,
+        several => pick_default_run(several, &map)?,
     };
     let map = |remote: &str| {
-        local_path(remote, remote_dir, local_root)
+        map(remote)
             .ok_or_else(|| format!("{remote} is outside the project's directory on the worker"))
     };
     let (package, version) = package_of(&chosen.package_id.repr);
@@ -217,9 +211,8 @@ fn is_wanted(artifact: &Artifact, wanted: &Wanted) -> bool {
 /// Several binaries: cargo runs the package's `default-run`, if all come from
 /// one package that names one.
 fn pick_default_run<'a>(
-    several: &'a [Artifact],
-    remote_dir: &str,
-    local_root: &Path,
+    several: &[&'a Artifact],
+    map: impl Fn(&str) -> Option<PathBuf>,
 ) -> Result<&'a Artifact, String> {
     let ambiguous = || {
         let names: Vec<&str> = several.iter().map(|a| a.target.name.as_str()).collect();
@@ -232,11 +225,12 @@ fn pick_default_run<'a>(
     if several.iter().any(|a| &a.manifest_path != manifest) {
         return Err(ambiguous());
     }
-    let local = local_path(manifest.as_str(), remote_dir, local_root).ok_or_else(ambiguous)?;
+    let local = map(manifest.as_str()).ok_or_else(ambiguous)?;
     let default = default_run(&local).ok_or_else(ambiguous)?;
     several
         .iter()
         .find(|a| a.target.name == default)
+        .copied()
         .ok_or_else(ambiguous)
 }
 
@@ -246,35 +240,6 @@ fn default_run(manifest: &Path) -> Option<String> {
     let doc: toml::Table = text.parse().ok()?;
     let package = doc.get("package")?.as_table()?;
     Some(package.get("default-run")?.as_str()?.to_string())
-}
-
-/// `remote` (an absolute path on the worker) under `local_root`: the part
-/// after the project's directory on the worker (relative to the remote home
-/// when `remote_dir` is relative).
-pub fn local_path(remote: &str, remote_dir: &str, local_root: &Path) -> Option<PathBuf> {
-    let dir = remote_dir.trim_end_matches('/');
-    let dir = dir.strip_prefix("./").unwrap_or(dir);
-    let rest = if dir.starts_with('/') {
-        remote.strip_prefix(dir)?
-    } else {
-        let at = remote.find(&format!("/{dir}/"))?;
-        &remote[at + dir.len() + 1..]
-    };
-    let rest = rest.strip_prefix('/')?;
-    // cargo reports paths as the build spelled them (`src/../target/...`
-    // when the target dir was given relative to a subdirectory): resolve
-    // `..` by name, refusing any that climbs out of the project.
-    let mut kept: Vec<&str> = Vec::new();
-    for part in rest.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                kept.pop()?;
-            }
-            name => kept.push(name),
-        }
-    }
-    Some(local_root.join(kept.join("/")))
 }
 
 /// Name and version from a package id: `path+file:///p/app#0.1.0` or
@@ -382,29 +347,6 @@ mod tests {
     }
 
     #[test]
-    fn remote_paths_map_under_the_local_root() {
-        let root = Path::new("/home/me/app");
-        assert_eq!(
-            local_path(
-                "/home/w/.cache/rch/builds/app-0123/target/debug/app",
-                ".cache/rch/builds/app-0123",
-                root
-            ),
-            Some(root.join("target/debug/app"))
-        );
-        assert_eq!(
-            local_path("/srv/b/app-1/target/x", "/srv/b/app-1/", root),
-            Some(root.join("target/x"))
-        );
-        assert_eq!(local_path("/srv/b/other/x", "/srv/b/app-1", root), None);
-        assert_eq!(local_path("/srv/b/app-1/../x", "/srv/b/app-1", root), None);
-        assert_eq!(
-            local_path("/srv/b/app-1/src/../target/x", "/srv/b/app-1", root),
-            Some(root.join("target/x"))
-        );
-    }
-
-    #[test]
     fn the_report_names_the_program() {
         let artifact = |name: &str, kind: &str, exe: bool| {
             let exe = if exe {
@@ -424,19 +366,15 @@ mod tests {
         ]
         .join("\n");
         let root = Path::new("/l");
-        let p = find_program(report.as_bytes(), &Wanted::Default, "/r/app-1", root).unwrap();
+        let map = |r: &str| crate::cargo_report::local_path(r, "/r/app-1", root);
+        let report = Report::parse(report.as_bytes());
+        let p = find_program(&report, &Wanted::Default, map).unwrap();
         assert_eq!(p.path, root.join("target/debug/app"));
         assert_eq!(p.manifest, root.join("Cargo.toml"));
         assert_eq!((p.package.as_str(), p.version.as_str()), ("app", "0.2.0"));
-        let p = find_program(
-            report.as_bytes(),
-            &Wanted::Example("demo".into()),
-            "/r/app-1",
-            root,
-        )
-        .unwrap();
+        let p = find_program(&report, &Wanted::Example("demo".into()), map).unwrap();
         assert_eq!(p.path, root.join("target/debug/demo"));
-        assert!(find_program(b"", &Wanted::Default, "/r/app-1", root).is_err());
+        assert!(find_program(&Report::parse(b""), &Wanted::Default, map).is_err());
     }
 
     #[test]

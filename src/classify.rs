@@ -311,9 +311,15 @@ fn classify_cargo_subcommand(subcommand: &str, args: &[&str]) -> Decision {
     if let Some(reason) = flags.refusal(subcommand) {
         return local(reason);
     }
+    // `cargo test --no-run` builds test binaries for the user to run: they
+    // come back; a test run's outputs stay on the worker.
+    let is_test = matches!(subcommand, "test" | "t" | "bench");
     let artifacts = match kind {
         Kind::Build | Kind::Run => Artifacts::CargoTarget {
-            dir: flags.output_dir(),
+            dir: flags.output_dir(false),
+        },
+        Kind::Test | Kind::Bench if is_test && flags.no_run => Artifacts::CargoTarget {
+            dir: flags.output_dir(kind == Kind::Bench),
         },
         _ => Artifacts::None,
     };
@@ -331,6 +337,7 @@ struct CargoFlags<'a> {
     target_dir: Option<&'a str>,
     fix: bool,
     open: bool,
+    no_run: bool,
 }
 
 impl<'a> CargoFlags<'a> {
@@ -356,6 +363,7 @@ impl<'a> CargoFlags<'a> {
             "--release" | "-r" => self.release = true,
             "--fix" => self.fix = true,
             "--open" => self.open = true,
+            "--no-run" => self.no_run = true,
             _ => {}
         }
         if let Some((value, used)) = option_value(args, i, "--profile") {
@@ -388,10 +396,11 @@ impl<'a> CargoFlags<'a> {
         None
     }
 
-    /// The directory a `cargo build` with these flags writes its outputs to.
-    fn output_dir(&self) -> String {
+    /// The directory a `cargo build` with these flags writes its outputs to
+    /// (`bench`: a `cargo bench`, whose default profile is `bench`).
+    fn output_dir(&self, bench: bool) -> String {
         let base = self.target_dir.map_or("target", normalize_dir);
-        let profile = profile_dir(self.release, self.profile);
+        let profile = profile_dir(self.release || bench, self.profile);
         match (self.target, self.several_targets) {
             (Some(_), true) => base.to_string(),
             (Some(target), false) => format!("{base}/{}/{profile}", target_name(target)),

@@ -21,6 +21,7 @@
 //! - [`build`]: the path of one build: lease, sync, run, return, release, fail over.
 //! - [`phases`]: where a build's time went: its phases, timed and traced.
 //! - [`interrupt`]: SIGINT/SIGTERM/SIGHUP during a build, and the exit code a shell reports.
+//! - [`cargo_report`]: cargo's JSON report of a remote build: kept off the terminal, read for the artifacts, the program, the test binaries.
 //! - [`cargo_run`]: `cargo run` built on a worker and run here (arguments split, program found in cargo's report).
 //! - [`colours`]: what a remote build needs to colour its output as on this terminal.
 //! - [`cost`]: the cost rule that keeps tiny compiles (configure probes) local; pure.
@@ -46,6 +47,7 @@ mod build;
 mod build_files;
 pub mod caps;
 mod cargo_layout;
+mod cargo_report;
 mod cargo_run;
 pub mod classify;
 pub mod cli;

@@ -230,6 +230,23 @@ const CARGO: &[(&str, Want)] = &[
         "cargo test --release",
         Offload(Tool::Cargo, Kind::Test, None),
     ),
+    // --no-run: the test binaries are the artifacts (a bench builds with `bench`).
+    (
+        "cargo test --no-run",
+        Offload(Tool::Cargo, Kind::Test, Some("target/debug")),
+    ),
+    (
+        "cargo bench --no-run",
+        Offload(Tool::Cargo, Kind::Bench, Some("target/release")),
+    ),
+    (
+        "cargo test -- --no-run",
+        Offload(Tool::Cargo, Kind::Test, None),
+    ),
+    (
+        "cargo nextest run --no-run",
+        Offload(Tool::Cargo, Kind::Test, None),
+    ),
     (
         "cargo build --manifest-path sub/Cargo.toml",
         Offload(Tool::Cargo, Kind::Build, Some("target/debug")),

@@ -153,6 +153,154 @@ fn cargo_run_builds_on_the_worker_and_runs_the_program_here() {
     );
 }
 
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// A workspace with a bin (and its example and integration test) using a
+/// library of the workspace, and a cdylib.
+fn artifact_workspace(dir: &Path) {
+    let write = |rel: &str, text: &str| {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        "Cargo.toml",
+        "[workspace]\nmembers = [\"app\", \"util\", \"plug\"]\nresolver = \"2\"\n",
+    );
+    let package = |name: &str| {
+        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n")
+    };
+    write("util/Cargo.toml", &package("util"));
+    write(
+        "util/src/lib.rs",
+        "pub fn word() -> &'static str { \"util\" }\n",
+    );
+    write(
+        "app/Cargo.toml",
+        &format!(
+            "{}\n[dependencies]\nutil = {{ path = \"../util\" }}\n",
+            package("app")
+        ),
+    );
+    write(
+        "app/src/main.rs",
+        "fn main() { println!(\"app uses {}\", util::word()); }\n",
+    );
+    write(
+        "app/examples/demo.rs",
+        "fn main() { println!(\"demo\"); }\n",
+    );
+    write("app/tests/it.rs", "#[test]\nfn works() {}\n");
+    write(
+        "plug/Cargo.toml",
+        &format!("{}\n[lib]\ncrate-type = [\"cdylib\"]\n", package("plug")),
+    );
+    write(
+        "plug/src/lib.rs",
+        "#[no_mangle]\npub extern \"C\" fn plug() -> i32 { 7 }\n",
+    );
+}
+
+#[test]
+fn only_the_artifacts_cargo_reports_for_the_user_come_back() {
+    let env = TestEnv::new(1);
+    let ws = env.path().join("projects/ws");
+    artifact_workspace(&ws);
+    let target = ws.join("target/debug");
+
+    let build = [
+        "cargo",
+        "build",
+        "--workspace",
+        "--lib",
+        "--bins",
+        "--examples",
+    ];
+    let out = exec_with(&env, &ws, &build, "", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("Compiling app"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("rch: ran on w1"),
+        "{}",
+        describe(&out)
+    );
+    // The report stayed with rch; the user's stdout is what cargo's would be.
+    assert_eq!(stdout(&out), "", "{}", describe(&out));
+    for artifact in ["app", "examples/demo", "libplug.so"] {
+        assert!(
+            target.join(artifact).is_file(),
+            "{artifact}: {}",
+            describe(&out)
+        );
+    }
+    let app = Command::new(target.join("app")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "app uses util\n");
+    // Libraries only cargo itself links (and its bookkeeping) stay there.
+    assert_eq!(
+        files_ending(&ws.join("target"), ".rlib"),
+        Vec::<String>::new()
+    );
+    assert!(!target.join(".fingerprint").exists());
+
+    // cargo test --no-run: the test binaries come back, listed as cargo lists them.
+    let out = exec_with(
+        &env,
+        &ws,
+        &["cargo", "test", "--no-run", "-p", "app"],
+        "",
+        &[],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stderr(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("  Executable tests/it.rs (target/debug/deps/it-"))
+        .unwrap_or_else(|| panic!("no Executable line: {}", describe(&out)));
+    assert!(
+        text.contains("  Executable unittests src/main.rs (target/debug/deps/app-"),
+        "{}",
+        describe(&out)
+    );
+    let binary = line.rsplit_once('(').unwrap().1.trim_end_matches(')');
+    let listed = Command::new(ws.join(binary))
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("works: test"));
+
+    // The user's own message format: their JSON on stdout, the whole output
+    // directory back (the report is theirs, not rch's), said in the debug log.
+    let json = ["cargo", "build", "--message-format=json"];
+    let out = exec_with(&env, &ws, &json, "", &[("RCH_LOG", "rch=debug")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("\"compiler-artifact\""),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("bringing back the whole output directory"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!files_ending(&target.join("deps"), ".rlib").is_empty());
+}
+
 /// Run `command_line` under `script`, whose pty makes rch's stdout and
 /// stderr a terminal (as in an interactive shell); returns what it printed.
 fn on_terminal(env: &TestEnv, dir: &Path, command_line: &str) -> Output {
@@ -196,6 +344,18 @@ fn a_terminal_gets_colour_from_remote_builds_and_a_pipe_does_not() {
     assert!(text.contains("rch: ran on w1"), "{}", describe(&out));
     assert!(text.contains(ESC), "no colour on a terminal: {text:?}");
     assert!(text.contains("progress=always/97"), "{text:?}");
+
+    // The test binaries of `cargo test --no-run` are listed as cargo lists
+    // them on a terminal (rch prints these lines: cargo's report has them).
+    let line = format!("{} exec -- cargo test --no-run", rch_bin());
+    let out = on_terminal(&env, &project, &line);
+    assert!(
+        stdout(&out).contains(
+            "\x1b[1m\x1b[92m  Executable\x1b[0m unittests src/main.rs (target/debug/deps/colour-"
+        ),
+        "{}",
+        describe(&out)
+    );
 
     // Piped: plain, as local cargo would be.
     std::fs::write(project.join("src/main.rs"), source(2)).unwrap();

@@ -47,6 +47,13 @@ pub enum Pull {
         to: PathBuf,
         complete: bool,
     },
+    /// The named files of one directory (`from`, relative to the remote
+    /// project dir) into `to`: the artifacts cargo reported.
+    Files {
+        from: String,
+        to: PathBuf,
+        files: Vec<PathBuf>,
+    },
     /// The whole project (newer files only), for generic build tools.
     Tree,
 }
@@ -179,8 +186,19 @@ pub async fn pull(
     extra_excludes: &[String],
 ) -> Result<(), RemoteFailure> {
     let mut args = rsync_base_args(conn);
+    let mut list = Vec::new();
     let local = match what {
         Pull::Nothing => return Ok(()),
+        Pull::Files { files, .. } if files.is_empty() => return Ok(()),
+        Pull::Files { from, to, files } => {
+            args.extend(["--from0", "--files-from=-", "--ignore-missing-args"].map(OsString::from));
+            for file in files {
+                list.extend_from_slice(file.as_os_str().as_encoded_bytes());
+                list.push(0);
+            }
+            args.push(remote_arg(remote_dir, from.trim_matches('/')));
+            to.clone()
+        }
         Pull::Dir { from, to, complete } => {
             if !complete {
                 push_excludes(&mut args, ARTIFACT_EXCLUDES.iter().copied());
@@ -205,8 +223,8 @@ pub async fn pull(
     })?;
     args.push(dir_arg(&local));
     // A build that produced no such directory has nothing to return.
-    let missing_ok = matches!(what, Pull::Dir { .. });
-    run_rsync(conn, args, &[], remote_dir, missing_ok).await
+    let missing_ok = matches!(what, Pull::Dir { .. } | Pull::Files { .. });
+    run_rsync(conn, args, &list, remote_dir, missing_ok).await
 }
 
 /// rsync's exit code for "some files vanished before they could be transferred".
