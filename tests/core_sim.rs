@@ -448,3 +448,59 @@ fn queue_timeout_runs_on_the_given_time() {
     }
     assert_eq!(fleet.queue_len(), 0);
 }
+
+#[test]
+fn restored_leases_hold_their_slots_until_abandoned_and_are_saved_while_held() {
+    use rch::daemon::fleet::Persist;
+    use rch::state::store::{HeldLease, Holder};
+    let mut rng = Rng(11);
+    let mut config = config(&mut rng);
+    for w in &mut config.workers {
+        w.slots = 1;
+    }
+    let mut fleet = Fleet::new(config, HashMap::new(), HashMap::new(), T0);
+    let held = |worker: &str| HeldLease {
+        worker: worker.into(),
+        project: "/p".into(),
+        command: "make".into(),
+        since_ms: T0 - 5,
+        holder: Holder { pid: 42, start: 7 },
+    };
+    // One on a known worker, one on a worker no longer configured.
+    let restored = fleet.restore(vec![(9, held("w1")), (10, held("gone"))]);
+    assert_eq!(restored, vec![9]);
+    let ended: Vec<u64> = std::iter::from_fn(|| fleet.poll_output())
+        .filter_map(|o| match o {
+            Output::Persist(Persist::LeaseEnded { lease }) => Some(lease),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, vec![10]);
+    let request = LeaseRequest {
+        project: "/q".into(),
+        command: "make".into(),
+        worker: Some("w1".into()),
+        ..LeaseRequest::default()
+    };
+    let Decision::Queued { waiter, .. } = fleet.handle_lease(T0, request.clone()) else {
+        panic!("the restored lease holds w1's only slot");
+    };
+    fleet.handle_abandon(T0 + 1, 9);
+    let outputs: Vec<Output> = std::iter::from_fn(|| fleet.poll_output()).collect();
+    assert!(outputs
+        .iter()
+        .any(|o| matches!(o, Output::Persist(Persist::LeaseEnded { lease: 9 }))));
+    let grant = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Grant { waiter: w, grant } if *w == waiter => Some(grant.clone()),
+            _ => None,
+        })
+        .expect("the waiter gets w1");
+    assert!(grant.lease > 10, "new ids follow the restored ones");
+    fleet.hold(grant.lease, Holder { pid: 43, start: 8 });
+    assert!(matches!(
+        fleet.poll_output(),
+        Some(Output::Persist(Persist::Lease { lease, .. })) if lease == grant.lease
+    ));
+}

@@ -489,6 +489,63 @@ fn daemon_killed_mid_build_the_client_finishes_and_breakers_survive() {
     assert!(after.retry_in_secs.unwrap_or(0) > 500, "{after:?}");
 }
 
+#[test]
+fn a_daemon_killed_mid_build_keeps_the_slot_taken_until_that_build_ends() {
+    use std::io::{BufRead, BufReader, Read};
+    let env = TestEnv::new(1);
+    env.write_config("[[workers]]\nid = \"w1\"\nslots = 1\n");
+    let running = env.exchange_dir().join("running");
+    let gate = env.exchange_dir().join("gate");
+    let dir = env.path().join("projects").join("held");
+    std::fs::create_dir_all(&dir).unwrap();
+    let makefile = format!(
+        "hold:\n\t@touch {running}; while [ ! -e {gate} ]; do sleep 0.1; done; rm {running}; echo hold-done\n\
+         next:\n\t@if [ -e {running} ]; then echo OVERLAP; fi; echo next-done\n",
+        running = running.display(),
+        gate = gate.display()
+    );
+    std::fs::write(dir.join("Makefile"), makefile).unwrap();
+    let first = spawn_exec(&env, &dir, &["make", "hold"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || running.exists()),
+        "the first build never started"
+    );
+    let pid = daemon_pid(&env);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // The next build starts a new daemon, which knows the only slot is taken.
+    let mut second = spawn_exec(&env, &dir, &["make", "next"]);
+    let mut lines = BufReader::new(second.stderr.take().unwrap()).lines();
+    let first_line = lines.next().unwrap().unwrap();
+    assert!(first_line.contains("waiting in queue"), "{first_line}");
+    assert_ne!(daemon_pid(&env), pid);
+    let jobs = env.fleet();
+    assert_eq!(jobs.leases.len(), 1, "{:?}", jobs.leases);
+    assert_eq!(jobs.leases[0].command, "make hold");
+
+    // The first build ends: its slot goes to the waiting one.
+    std::fs::write(&gate, "").unwrap();
+    let out = finish_within(first, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(stdout(&out), "hold-done\n");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = second.wait().unwrap();
+    let mut printed = String::new();
+    second
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut printed)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert_eq!(printed, "next-done\n", "{rest:?}");
+    assert!(rest.iter().any(|l| l == "rch: ran on w1"), "{rest:?}");
+}
+
 // ---------------------------------------------------------------- local faults
 
 #[test]

@@ -21,7 +21,7 @@ use crate::protocol::{AttemptOutcome, JobReport, LeaseRequest, WorkerAction};
 use crate::select::{self, Pick, Selector, WorkerSlots};
 use crate::state::events::{Event, EventRecord};
 use crate::state::report::{CircuitReport, FleetReport, LeaseReport, QueuedReport, WorkerReport};
-use crate::state::store::WorkerFlags;
+use crate::state::store::{HeldLease, Holder, WorkerFlags};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 mod team;
@@ -99,8 +99,24 @@ pub enum Output {
 /// State to save, as a snapshot: executing it twice is harmless.
 #[derive(Debug, Clone)]
 pub enum Persist {
-    Breaker { worker: String, breaker: Breaker },
-    Flags { worker: String, flags: WorkerFlags },
+    Breaker {
+        worker: String,
+        breaker: Breaker,
+    },
+    Flags {
+        worker: String,
+        flags: WorkerFlags,
+    },
+    /// A lease with a known holder is taken (saved until it ends, so that a
+    /// daemon restarted meanwhile keeps its slot taken).
+    Lease {
+        lease: u64,
+        held: HeldLease,
+    },
+    /// That lease ended.
+    LeaseEnded {
+        lease: u64,
+    },
 }
 
 /// A probe the shell must run, then report with [`Fleet::finish_probe`].
@@ -124,6 +140,8 @@ struct ActiveLease {
     project: String,
     command: String,
     since_ms: u64,
+    /// The client process holding it, when the shell told ([`Fleet::hold`]).
+    holder: Option<Holder>,
 }
 
 /// What the core remembers of a queued request; its place in line is kept
@@ -132,6 +150,18 @@ struct Waiting {
     request: LeaseRequest,
     since_ms: u64,
     deadline_ms: u64,
+}
+
+impl ActiveLease {
+    fn held(&self, holder: Holder) -> HeldLease {
+        HeldLease {
+            worker: self.worker.clone(),
+            project: self.project.clone(),
+            command: self.command.clone(),
+            since_ms: self.since_ms,
+            holder,
+        }
+    }
 }
 
 pub struct Fleet {
@@ -382,6 +412,7 @@ impl Fleet {
                 project: request.project.clone(),
                 command: request.command.clone(),
                 since_ms: now_ms,
+                holder: None,
             },
         );
         self.metrics.leases_granted += 1;
@@ -391,6 +422,58 @@ impl Fleet {
             worker,
             why,
         })
+    }
+
+    /// The process holding `lease` (the client on the other end of its
+    /// connection): the lease is saved until it ends.
+    pub fn hold(&mut self, lease: u64, holder: Holder) {
+        let Some(active) = self.leases.get_mut(&lease) else {
+            return;
+        };
+        active.holder = Some(holder);
+        let held = active.held(holder);
+        self.outputs
+            .push_back(Output::Persist(Persist::Lease { lease, held }));
+    }
+
+    /// Leases a previous daemon granted whose holders still run (the shell
+    /// checked): they keep their slots, under their ids, until released or
+    /// abandoned like any other. Returns the ids taken back; a lease on a
+    /// worker no longer configured, or beyond its slots, is dropped.
+    pub fn restore(&mut self, leases: Vec<(u64, HeldLease)>) -> Vec<u64> {
+        let mut restored = Vec::new();
+        for (lease, held) in leases {
+            self.next_id = self.next_id.max(lease + 1);
+            let epoch = self.breakers.get(&held.worker).map(|b| b.epoch);
+            let taken = match epoch {
+                Some(epoch) if self.config.worker(&held.worker).is_some() => {
+                    self.selector.acquire(&held.worker).then_some(epoch)
+                }
+                _ => None,
+            };
+            let Some(epoch) = taken else {
+                self.outputs
+                    .push_back(Output::Persist(Persist::LeaseEnded { lease }));
+                continue;
+            };
+            self.leases.insert(
+                lease,
+                ActiveLease {
+                    worker: held.worker,
+                    // Not a probe: its end, whatever it is, tells the breaker nothing.
+                    permit: Permit {
+                        epoch,
+                        probe: false,
+                    },
+                    project: held.project,
+                    command: held.command,
+                    since_ms: held.since_ms,
+                    holder: Some(held.holder),
+                },
+            );
+            restored.push(lease);
+        }
+        restored
     }
 
     /// A queued request gave up (its client left).
@@ -404,6 +487,10 @@ impl Fleet {
         let Some(active) = self.leases.remove(&lease) else {
             return;
         };
+        if active.holder.is_some() {
+            self.outputs
+                .push_back(Output::Persist(Persist::LeaseEnded { lease }));
+        }
         let id = active.worker.clone();
         let counted = match outcome {
             AttemptOutcome::Success { .. } => Some(Outcome::Success),

@@ -11,6 +11,7 @@
 
 mod disk;
 pub mod fleet;
+pub mod holders;
 pub mod metrics;
 pub mod metrics_http;
 pub mod prober;
@@ -20,7 +21,7 @@ pub mod team;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::state::events::EventRecord;
-use crate::state::store::Store;
+use crate::state::store::{HeldLease, Holder, Store};
 use anyhow::Context;
 use fleet::{Decision, Fleet, Grant, Output, Persist, WaiterId};
 use std::collections::HashMap;
@@ -52,6 +53,8 @@ impl StateSink for Store {
         match item {
             Persist::Breaker { worker, breaker } => self.save_breaker(worker, breaker),
             Persist::Flags { worker, flags } => self.save_flags(worker, *flags),
+            Persist::Lease { lease, held } => self.save_lease(*lease, held),
+            Persist::LeaseEnded { lease } => self.delete_lease(*lease),
         }
     }
 
@@ -298,8 +301,11 @@ impl Drop for Listening {
 /// Run the daemon until a shutdown request or SIGTERM/SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (listener, guard) = bind(&opts.socket)?;
-    let (shared, probe_jobs, team_work) = open_state(opts)?;
+    let (shared, probe_jobs, team_work, restored) = open_state(opts)?;
     let shared = Arc::new(shared);
+    for (lease, holder) in restored {
+        tokio::spawn(release_when_ended(shared.clone(), lease, holder));
+    }
     tracing::info!(socket = %guard.socket.display(), pid = std::process::id(), "rch daemon listening");
     let timer = tokio::spawn(timer(shared.clone()));
     let prober = tokio::spawn(prober::run(shared.clone(), probe_jobs));
@@ -330,11 +336,43 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     result
 }
 
-/// The daemon's state, the prober's work queue and the team task's.
+/// A lease restored from the store goes back when its holder ends (its
+/// connection went with the previous daemon: nothing else will end it).
+async fn release_when_ended(shared: Arc<Shared>, lease: u64, holder: Holder) {
+    holders::ended(holder).await;
+    tracing::info!(
+        lease,
+        pid = holder.pid,
+        "the holder of a restored lease ended"
+    );
+    shared.with_fleet(|f, now| f.handle_abandon(now, lease));
+}
+
+/// The leases saved by an earlier daemon whose holders still run; the
+/// others are forgotten (their builds ended while no daemon ran).
+fn live_leases(store: &Store) -> Vec<(u64, HeldLease)> {
+    let saved = store.load_leases().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading saved leases");
+        Vec::new()
+    });
+    let (live, gone): (Vec<_>, Vec<_>) = saved
+        .into_iter()
+        .partition(|(_, held)| holders::alive(&held.holder));
+    for (lease, _) in gone {
+        if let Err(e) = store.delete_lease(lease) {
+            tracing::error!(error = %e, "forgetting a lease");
+        }
+    }
+    live
+}
+
+/// The daemon's state, the prober's work queue, the team task's, and the
+/// leases restored with their holders.
 type Opened = (
     Shared,
     mpsc::UnboundedReceiver<prober::Work>,
     Option<mpsc::UnboundedReceiver<team::Work>>,
+    Vec<(u64, Holder)>,
 );
 
 fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
@@ -366,6 +404,19 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
     for (project, worker) in store.last_worker_per_project().unwrap_or_default() {
         fleet.remember_builder(&project, &worker);
     }
+    let live = live_leases(&store);
+    let holders: HashMap<u64, Holder> = live.iter().map(|(id, l)| (*id, l.holder)).collect();
+    let restored: Vec<(u64, Holder)> = fleet
+        .restore(live)
+        .into_iter()
+        .filter_map(|id| holders.get(&id).map(|h| (id, *h)))
+        .collect();
+    if !restored.is_empty() {
+        tracing::info!(
+            leases = restored.len(),
+            "kept the slots of builds still running from before the restart"
+        );
+    }
     let (probes, probe_jobs) = mpsc::unbounded_channel();
     let shared = Shared {
         driver: Mutex::new(Driver {
@@ -384,7 +435,7 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
         started_ms: now,
         team,
     };
-    Ok((shared, probe_jobs, team_work))
+    Ok((shared, probe_jobs, team_work, restored))
 }
 
 /// Take the single-instance lock and bind the socket (0700 dir, 0600 socket).

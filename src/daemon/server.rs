@@ -24,7 +24,8 @@ pub async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) -> anyhow:
                 let (stream, _) = accepted?;
                 match stream.peer_cred() {
                     Ok(cred) if cred.uid() == my_uid => {
-                        tokio::spawn(serve_connection(stream, shared.clone()));
+                        let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+                        tokio::spawn(serve_connection(stream, pid, shared.clone()));
                     }
                     Ok(cred) => tracing::warn!(uid = cred.uid(), "refused a connection from another user"),
                     Err(e) => tracing::warn!(error = %e, "refused a connection without credentials"),
@@ -41,6 +42,8 @@ struct Conn {
     buf: String,
     /// The lease this connection holds, if any.
     lease: Option<u64>,
+    /// The client's pid, as the kernel reports it for the socket.
+    pid: Option<u32>,
 }
 
 impl Conn {
@@ -49,13 +52,14 @@ impl Conn {
     }
 }
 
-async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: UnixStream, pid: Option<u32>, shared: Arc<Shared>) {
     let (r, w) = tokio::io::split(stream);
     let mut conn = Conn {
         reader: BufReader::new(r),
         writer: w,
         buf: String::new(),
         lease: None,
+        pid,
     };
     loop {
         let envelope: Envelope = match read_line(&mut conn.reader, &mut conn.buf).await {
@@ -185,6 +189,11 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
         Answer::Granted(g) => {
             tracing::debug!(worker = %g.worker.id, why = g.why.as_str(), "granted");
             conn.lease = Some(g.lease);
+            // Saved with its holder: a daemon restarted before the build
+            // ends keeps the slot taken while the client runs.
+            if let Some(holder) = conn.pid.and_then(super::holders::identify) {
+                shared.with_fleet(|f, _| f.hold(g.lease, holder));
+            }
             Response::Granted {
                 worker: g.worker,
                 epoch: g.epoch,

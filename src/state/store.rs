@@ -1,5 +1,5 @@
-//! The daemon's SQLite store: breaker state, operator flags, job history and
-//! events. WAL mode; history bounded. A database that cannot be opened or
+//! The daemon's SQLite store: breaker state, operator flags, leases held
+//! by running builds, job history and events. WAL mode; history bounded. A database that cannot be opened or
 //! fails its integrity check is moved aside and replaced by a fresh one, so a
 //! broken file never keeps the daemon down.
 
@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_worker ON events(worker, id);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY,
+    worker TEXT NOT NULL,
+    project TEXT NOT NULL,
+    command TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    start INTEGER NOT NULL
+);
 ";
 
 /// Operator overrides of a worker, persisted across restarts.
@@ -61,6 +70,25 @@ pub struct WorkerFlags {
     /// `Some(false)` after `rch workers disable`, `Some(true)` after `enable`.
     pub enabled: Option<bool>,
     pub draining: bool,
+}
+
+/// The process holding a lease: its pid and its start time (in clock ticks
+/// since boot), which together name it even after the pid is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub start: u64,
+}
+
+/// A slot a running build holds, as saved so that a restarted daemon keeps
+/// it taken while its holder runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub worker: String,
+    pub project: String,
+    pub command: String,
+    pub since_ms: u64,
+    pub holder: Holder,
 }
 
 pub struct Store {
@@ -170,6 +198,52 @@ impl Store {
             params![worker, flags.enabled, flags.draining],
         )?;
         Ok(())
+    }
+
+    pub fn save_lease(&self, id: u64, lease: &HeldLease) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO leases(id, worker, project, command, since_ms, pid, start)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id as i64,
+                lease.worker,
+                lease.project,
+                lease.command,
+                lease.since_ms as i64,
+                lease.holder.pid,
+                lease.holder.start as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_lease(&self, id: u64) -> anyhow::Result<()> {
+        self.conn
+            .execute("DELETE FROM leases WHERE id = ?1", params![id as i64])?;
+        Ok(())
+    }
+
+    /// The leases saved by the daemons before this one, by id.
+    pub fn load_leases(&self) -> anyhow::Result<Vec<(u64, HeldLease)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, worker, project, command, since_ms, pid, start FROM leases ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                HeldLease {
+                    worker: r.get(1)?,
+                    project: r.get(2)?,
+                    command: r.get(3)?,
+                    since_ms: r.get::<_, i64>(4)? as u64,
+                    holder: Holder {
+                        pid: r.get(5)?,
+                        start: r.get::<_, i64>(6)? as u64,
+                    },
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn insert_job(&mut self, at_ms: u64, job: &JobReport) -> anyhow::Result<i64> {
