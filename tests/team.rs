@@ -2,7 +2,8 @@
 //! sshd workers: a circuit opened by one daemon is open for the other at
 //! once, team events reach the other daemon's `rch events --follow` with
 //! their origin, and a Redis killed mid-run stops no build, then the team
-//! converges when it is back.
+//! converges when it is back; a recovering worker gets one probe from the
+//! whole team.
 
 mod support;
 
@@ -288,4 +289,66 @@ fn a_circuit_opened_by_one_daemon_is_open_for_the_team_and_redis_down_stops_no_b
     assert!(redis
         .cli(&["GET", "rch:{t}:breaker:w1"])
         .contains("\"closed\""));
+}
+
+/// Lines of worker `id`'s sshd log that record a login, from byte `from` on.
+fn logins_since(env: &TestEnv, id: &str, from: u64) -> usize {
+    let worker = env.lab.workers().iter().find(|w| w.id == id).unwrap();
+    let log = std::fs::read(worker.log_file()).unwrap_or_default();
+    let tail = log.get(from as usize..).unwrap_or_default();
+    String::from_utf8_lossy(tail)
+        .lines()
+        .filter(|l| l.contains("Accepted publickey"))
+        .count()
+}
+
+fn log_len(env: &TestEnv, id: &str) -> u64 {
+    let worker = env.lab.workers().iter().find(|w| w.id == id).unwrap();
+    std::fs::metadata(worker.log_file()).map_or(0, |m| m.len())
+}
+
+#[test]
+fn one_daemon_of_three_probes_a_recovering_worker() {
+    let env = TestEnv::new(2);
+    let redis = RedisServer::start(&env.path().join("redis"));
+    env.write_config(&format!(
+        "[ssh]\nconnect_timeout_secs = 2\n\n[circuit]\nopen_cooldown_secs = 2\nsuccess_threshold = 1\n\n\
+         [team]\nredis_url = \"{}\"\nname = \"t\"\n\n\
+         [[workers]]\nid = \"w1\"\npriority = 200\n",
+        redis.url()
+    ));
+    let others = [Other::new(&env, "b"), Other::new(&env, "c")];
+    assert!(env
+        .rch()
+        .args(["daemon", "start"])
+        .status()
+        .unwrap()
+        .success());
+    for o in &others {
+        assert!(o.run(&["daemon", "start"]).status.success());
+    }
+    let sockets: Vec<PathBuf> = std::iter::once(env.socket())
+        .chain(others.iter().map(Other::socket))
+        .collect();
+    let all = |state: &str| sockets.iter().all(|s| circuit_at(s, "w1").state == state);
+
+    // w1 dies; A's builds open it for the team.
+    env.lab.kill("w1").unwrap();
+    for i in 0..3 {
+        let project = env.project(&format!("p{i}"));
+        let (out, _) = build(&mut env.rch_in(&project));
+        assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+    }
+    assert!(support::wait_for(Duration::from_secs(2), || all("open")));
+
+    // It comes back before the cooldown ends: one daemon of the three gets
+    // the team's probe permit; all three see it closed.
+    let mark = log_len(&env, "w1");
+    env.lab.revive("w1").unwrap();
+    assert!(
+        support::wait_for(Duration::from_secs(20), || all("closed")),
+        "{}",
+        redis.cli(&["GET", "rch:{t}:breaker:w1"])
+    );
+    assert_eq!(logins_since(&env, "w1", mark), 1, "probe connections to w1");
 }
