@@ -352,3 +352,87 @@ fn one_daemon_of_three_probes_a_recovering_worker() {
     );
     assert_eq!(logins_since(&env, "w1", mark), 1, "probe connections to w1");
 }
+
+/// A project whose `make job` marks its start in the exchange dir, waits
+/// there for its gate, then marks its end.
+fn gated_project(env: &TestEnv, name: &str) -> PathBuf {
+    let project = env.path().join("projects").join(name);
+    std::fs::create_dir_all(&project).unwrap();
+    let x = env.exchange_dir();
+    let makefile = format!(
+        "job:\n\t@touch '{x}/started-{name}'; while [ ! -e '{x}/open-{name}' ]; do sleep 0.1; done; touch '{x}/done-{name}'\n",
+        x = x.display()
+    );
+    std::fs::write(project.join("Makefile"), makefile).unwrap();
+    project
+}
+
+fn spawn_job(mut cmd: Command) -> std::process::Child {
+    cmd.args(["exec", "--", "make", "job"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rch exec")
+}
+
+#[test]
+fn a_worker_slot_is_held_once_for_the_whole_team() {
+    let env = TestEnv::new(2);
+    let redis = RedisServer::start(&env.path().join("redis"));
+    env.write_config(&format!(
+        "[team]\nredis_url = \"{}\"\nname = \"t\"\n\n\
+         [[workers]]\nid = \"w1\"\nslots = 1\npriority = 200\n\n\
+         [[workers]]\nid = \"w2\"\nslots = 1\n",
+        redis.url()
+    ));
+    std::fs::create_dir_all(env.exchange_dir()).unwrap();
+    let b = Other::new(&env, "b");
+    assert!(env
+        .rch()
+        .args(["daemon", "start"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(b.run(&["daemon", "start"]).status.success());
+    let x = env.exchange_dir();
+    let exists = |f: &str| x.join(f).exists();
+
+    // A's build holds w1's one slot, team-wide.
+    let a = spawn_job(env.rch_in(&gated_project(&env, "ga")));
+    assert!(support::wait_for(Duration::from_secs(30), || exists(
+        "started-ga"
+    )));
+    assert_eq!(redis.cli(&["ZCARD", "rch:{t}:slots:w1"]).trim(), "1");
+
+    // B's build goes to w2, not onto w1 beside A's.
+    let mut cmd = b.rch(&[]);
+    cmd.current_dir(gated_project(&env, "gb"));
+    std::fs::write(x.join("open-gb"), "").unwrap();
+    let out = cmd.args(["exec", "--", "make", "job"]).output().unwrap();
+    assert!(stderr(&out).contains("rch: ran on w2"), "{}", stderr(&out));
+
+    // B's build that wants w1 waits in B's queue until A's ends; the freed
+    // slot wakes it (no polling, no waiting for the lease to expire).
+    let mut cmd = b.rch(&[]);
+    cmd.current_dir(gated_project(&env, "gc"))
+        .env("RCH_WORKER", "w1");
+    let c = spawn_job(cmd);
+    assert!(!support::wait_for(Duration::from_secs(2), || exists(
+        "started-gc"
+    )));
+    std::fs::write(x.join("open-ga"), "").unwrap();
+    let freed = Instant::now();
+    assert!(support::wait_for(Duration::from_secs(10), || exists(
+        "started-gc"
+    )));
+    assert!(exists("done-ga"), "B's build started before A's ended");
+    assert!(freed.elapsed() < Duration::from_secs(10));
+    std::fs::write(x.join("open-gc"), "").unwrap();
+    let (a, c) = (a.wait_with_output().unwrap(), c.wait_with_output().unwrap());
+    assert!(stderr(&a).contains("rch: ran on w1"), "{}", stderr(&a));
+    assert!(stderr(&c).contains("rch: ran on w1"), "{}", stderr(&c));
+    assert!(support::wait_for(Duration::from_secs(2), || redis
+        .cli(&["ZCARD", "rch:{t}:slots:w1"])
+        .trim()
+        == "0"));
+}

@@ -273,7 +273,8 @@ impl Fleet {
                 let flags = self.flags.get(&w.id).copied().unwrap_or_default();
                 WorkerSlots {
                     id: w.id.clone(),
-                    slots: w.slots,
+                    // Every shared slot is leased by the team: none here either.
+                    slots: if self.team_full(&w.id) { 0 } else { w.slots },
                     priority: w.priority,
                     enabled: self.is_enabled(&w.id),
                     draining: flags.draining,
@@ -642,6 +643,7 @@ impl Fleet {
     /// for half-open workers nobody is probing, and persist lazy breakers.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.expire_waiters(now_ms);
+        self.expire_team_full(now_ms);
         self.start_learning();
         if self.probe_check || self.cooldown_due(now_ms) {
             self.probe_check = false;
@@ -661,10 +663,15 @@ impl Fleet {
         let queue = self.waiting.values().map(|w| w.deadline_ms).min();
         let lazy =
             (!self.lazy_breakers.is_empty()).then_some(self.last_lazy_flush_ms + LAZY_PERSIST_MS);
-        [queue, lazy, self.next_probe_due()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            queue,
+            lazy,
+            self.next_probe_due(),
+            self.next_team_full_end(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn expire_waiters(&mut self, now_ms: u64) {

@@ -85,6 +85,7 @@ async fn serve_connection(stream: UnixStream, pid: Option<u32>, shared: Arc<Shar
     }
     if let Some(lease) = conn.lease.take() {
         shared.with_fleet(|f, now| f.handle_abandon(now, lease));
+        super::team::release_slot(&shared, lease);
     }
 }
 
@@ -116,6 +117,7 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
             if let Some(lease) = conn.lease.take() {
                 let _span = tracing::debug_span!("release", outcome = ?outcome).entered();
                 shared.with_fleet(|f, now| f.handle_release(now, lease, &outcome));
+                super::team::release_slot(shared, lease);
             }
             conn.send(&Response::Ok).await
         }
@@ -175,15 +177,28 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
     if let Some(old) = conn.lease.take() {
         // One lease per connection: a new request ends the previous one.
         shared.with_fleet(|f, now| f.handle_abandon(now, old));
+        super::team::release_slot(shared, old);
     }
-    let answer = match shared.lease(req) {
-        (Decision::Granted(g), _) => Answer::Granted(g),
-        (Decision::Refused(reason), _) => Answer::Local(reason),
-        (Decision::Queued { waiter, position }, Some(rx)) => {
-            conn.send(&Response::Queued { position }).await?;
-            wait_in_queue(conn, shared, waiter, rx).await?
+    let answer = loop {
+        let answer = match shared.lease(req.clone()) {
+            (Decision::Granted(g), _) => Answer::Granted(g),
+            (Decision::Refused(reason), _) => Answer::Local(reason),
+            (Decision::Queued { waiter, position }, Some(rx)) => {
+                conn.send(&Response::Queued { position }).await?;
+                wait_in_queue(conn, shared, waiter, rx).await?
+            }
+            (Decision::Queued { .. }, None) => Answer::Local("queue unavailable".into()),
+        };
+        // With a team, the worker's slot must also be free team-wide.
+        if let Answer::Granted(g) = &answer {
+            if let super::team::SlotTake::Full { until_ms } =
+                super::team::take_slot(shared, g).await
+            {
+                shared.with_fleet(|f, now| f.team_slot_full(now, g.lease, until_ms));
+                continue;
+            }
         }
-        (Decision::Queued { .. }, None) => Answer::Local("queue unavailable".into()),
+        break answer;
     };
     let response = match answer {
         Answer::Granted(g) => {

@@ -22,7 +22,8 @@ use crate::breaker::BreakerConfig;
 use crate::config::Config;
 use crate::state::events::EventRecord;
 use crate::team::{BreakerOp, BreakerReply, Health, Notice, Team, Unavailable};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -31,12 +32,28 @@ pub enum Work {
     Op(TeamOp),
     /// One of this daemon's events, for the team's stream.
     Publish(EventRecord),
+    /// Give a shared slot back (and wake the team's waiters).
+    ReleaseSlot {
+        worker: String,
+        token: String,
+    },
 }
 
 /// The team link of a daemon with `[team]`.
 pub struct TeamLink {
     pub team: Arc<Team>,
     pub work: mpsc::UnboundedSender<Work>,
+    /// Shared slots this daemon's leases hold: lease -> worker.
+    held: Mutex<HashMap<u64, String>>,
+}
+
+/// What became of a lease's shared slot.
+pub enum SlotTake {
+    /// Held (or no team deciding now: local slots only).
+    Held,
+    /// Every shared slot of the worker is leased, until this time unless one
+    /// is released.
+    Full { until_ms: u64 },
 }
 
 /// The team link of a configuration, if it has one (it connects lazily).
@@ -46,7 +63,8 @@ pub fn open(config: &Config) -> Option<(TeamLink, mpsc::UnboundedReceiver<Work>)
     match Team::new(url, name, timeout) {
         Ok(team) => {
             let (work, rx) = mpsc::unbounded_channel();
-            Some((TeamLink { team, work }, rx))
+            let held = Mutex::new(HashMap::new());
+            Some((TeamLink { team, work, held }, rx))
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "team link not started; using local breakers");
@@ -68,6 +86,7 @@ pub async fn start(
     if team.health() == Health::Connected {
         shared.with_fleet(|f, now| f.team_rejoin(now));
     }
+    tokio::spawn(renew_slots(shared.clone()));
     tokio::spawn(run(shared, team, work, notices))
 }
 
@@ -82,11 +101,16 @@ async fn run(
             item = work.recv() => match item {
                 Some(Work::Op(op)) => carry_out(&shared, &team, op).await,
                 Some(Work::Publish(event)) => publish(&shared, &team, &event).await,
+                Some(Work::ReleaseSlot { worker, token }) => {
+                    let _ = team.release_slot(&worker, &token, shared.now_ms()).await;
+                }
                 None => return,
             },
             notice = notices.recv() => match notice {
                 Ok(Notice::BreakerChanged(worker)) => refresh(&shared, &team, &worker).await,
-                Ok(Notice::SlotFreed(_)) => {}
+                Ok(Notice::SlotFreed(worker)) => {
+                    shared.with_fleet(|f, now| f.team_slot_freed(now, &worker));
+                }
                 Ok(Notice::Event(event)) => forward(&shared, event),
                 Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     if team.health() == Health::Connected {
@@ -272,4 +296,69 @@ pub async fn probe_now(
         }
         None => Err("no answer from the team".into()),
     }))
+}
+
+/// The name of a lease's shared slot.
+fn slot_token(team: &Team, lease: u64) -> String {
+    format!("{}/lease-{lease}", team.origin())
+}
+
+/// Take the shared slot of a lease just granted here (bounded by
+/// `team.timeout_ms`; Redis unreachable: local slots only).
+pub async fn take_slot(shared: &Shared, grant: &super::fleet::Grant) -> SlotTake {
+    let Some(link) = shared.team.as_ref() else {
+        return SlotTake::Held;
+    };
+    if !shared.with_fleet(|f, _| f.team_connected()) {
+        return SlotTake::Held;
+    }
+    let worker = &grant.worker.id;
+    let token = slot_token(&link.team, grant.lease);
+    let taken = link
+        .team
+        .acquire_slot(worker, grant.worker.slots, &token, shared.now_ms())
+        .await;
+    match taken {
+        Ok(crate::team::SlotAnswer::Taken { .. }) => {
+            held(link).insert(grant.lease, worker.clone());
+            SlotTake::Held
+        }
+        Ok(crate::team::SlotAnswer::Full { until_ms }) => SlotTake::Full { until_ms },
+        Err(Unavailable) => {
+            shared.with_fleet(|f, now| f.team_lost(now));
+            SlotTake::Held
+        }
+    }
+}
+
+/// A lease ended here: give its shared slot back, if it holds one.
+pub fn release_slot(shared: &Shared, lease: u64) {
+    let Some(link) = shared.team.as_ref() else {
+        return;
+    };
+    if let Some(worker) = held(link).remove(&lease) {
+        let token = slot_token(&link.team, lease);
+        let _ = link.work.send(Work::ReleaseSlot { worker, token });
+    }
+}
+
+fn held(link: &TeamLink) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+    link.held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Renew the shared slots of running builds, so only a crashed daemon's
+/// slots expire.
+async fn renew_slots(shared: Arc<Shared>) {
+    let Some(link) = shared.team.as_ref() else {
+        return;
+    };
+    let every = Duration::from_millis(crate::team::LEASE_RENEW_MS);
+    loop {
+        tokio::time::sleep(every).await;
+        let leases: Vec<(u64, String)> = held(link).iter().map(|(l, w)| (*l, w.clone())).collect();
+        for (lease, worker) in leases {
+            let token = slot_token(&link.team, lease);
+            let _ = link.team.renew_slot(&worker, &token, shared.now_ms()).await;
+        }
+    }
 }

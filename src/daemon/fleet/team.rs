@@ -70,6 +70,9 @@ pub(super) struct TeamView {
     /// When to ask again for a worker another daemon holds the permit of
     /// (its holder may die: the permit's time to live ends then).
     retry_at: HashMap<String, u64>,
+    /// Workers whose shared slots are all leased, until the first lease
+    /// expires (unless a release is heard first).
+    full_until: HashMap<String, u64>,
 }
 
 /// How long a team probe permit lives: past the probe's own time limit, so
@@ -127,8 +130,8 @@ impl Fleet {
     /// Redis did not answer `op`: decide locally from now on, and apply `op`
     /// to the local breaker so its outcome still counts.
     pub fn team_unavailable(&mut self, now_ms: u64, op: TeamOp) {
+        self.team_lost(now_ms);
         if let Some(team) = self.team.as_mut() {
-            team.connected = false;
             team.asking.remove(op.worker());
             team.probing.remove(op.worker());
         }
@@ -157,6 +160,75 @@ impl Fleet {
         }
         self.probe_check = true;
         self.serve_waiters(now_ms);
+    }
+
+    /// Redis did not answer: decide with the local breakers and slots.
+    pub fn team_lost(&mut self, now_ms: u64) {
+        let Some(team) = self.team.as_mut() else {
+            return;
+        };
+        team.connected = false;
+        let had_full = !team.full_until.is_empty();
+        team.full_until.clear();
+        if had_full {
+            self.selector.reconfigure(self.worker_slots());
+            self.serve_waiters(now_ms);
+        }
+        self.probe_check = true;
+    }
+
+    /// The team says every shared slot of the worker of `lease` (just
+    /// granted here) is leased, until `until_ms` unless one is released:
+    /// take the lease back and count the worker as full here too, so the
+    /// request goes to another worker or waits in this daemon's queue.
+    pub fn team_slot_full(&mut self, now_ms: u64, lease: u64, until_ms: u64) {
+        let Some(worker) = self.leases.get(&lease).map(|l| l.worker.clone()) else {
+            return;
+        };
+        let Some(team) = self.team.as_mut() else {
+            return;
+        };
+        team.full_until.insert(worker, until_ms);
+        self.selector.reconfigure(self.worker_slots());
+        self.handle_abandon(now_ms, lease);
+    }
+
+    /// A shared slot of `id` was released somewhere in the team: waiters
+    /// may try it again.
+    pub fn team_slot_freed(&mut self, now_ms: u64, id: &str) {
+        if self
+            .team
+            .as_mut()
+            .is_some_and(|t| t.full_until.remove(id).is_some())
+        {
+            self.selector.reconfigure(self.worker_slots());
+            self.serve_waiters(now_ms);
+        }
+    }
+
+    /// Whether the team said every shared slot of `id` is leased.
+    pub(super) fn team_full(&self, id: &str) -> bool {
+        self.team
+            .as_ref()
+            .is_some_and(|t| t.full_until.contains_key(id))
+    }
+
+    /// Forget "full" marks whose first lease has expired by now (a holder
+    /// that died gives its slot back then, never earlier).
+    pub(super) fn expire_team_full(&mut self, now_ms: u64) {
+        let Some(team) = self.team.as_mut() else {
+            return;
+        };
+        let before = team.full_until.len();
+        team.full_until.retain(|_, until| *until > now_ms);
+        if team.full_until.len() != before {
+            self.selector.reconfigure(self.worker_slots());
+        }
+    }
+
+    /// The earliest end of a "full" mark.
+    pub(super) fn next_team_full_end(&self) -> Option<u64> {
+        self.team.as_ref()?.full_until.values().copied().min()
     }
 
     /// Take the team's state of `id`'s breaker. `transition` is the one this
