@@ -566,6 +566,7 @@ impl<'a> Build<'a> {
             exclude: self.exclude.clone(),
             needs: self.needs.clone(),
             ssh_auth_sock: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
+            config: Some(crate::config::DaemonFiles::of_this_process()),
         });
         let mut reply = client.call(request).await.map_err(|e| e.to_string())?;
         loop {

@@ -92,6 +92,10 @@ pub struct LeaseRequest {
     /// even when the daemon itself was started without one (systemd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_auth_sock: Option<std::path::PathBuf>,
+    /// The files the client's user and lab layers come from: when they, or
+    /// what is in them, differ from the daemon's, it reads them again first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::config::DaemonFiles>,
 }
 
 /// How a leased attempt ended, as the breaker counts it.

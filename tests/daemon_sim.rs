@@ -168,7 +168,8 @@ impl Sim {
             socket: self.socket(),
             db: self.db(),
             clock: self.clock.clone(),
-            config: Box::new(move || Ok(config.clone())),
+            config: Box::new(move |_| Ok(config.clone())),
+            files: Default::default(),
         };
         self.daemon = Some(self.rt.spawn(daemon::run(opts)));
         let socket = self.socket();

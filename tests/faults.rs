@@ -592,6 +592,52 @@ fn bad_config_on_reload_keeps_the_running_daemon_and_its_config() {
 }
 
 #[test]
+fn config_edits_reach_a_running_daemon_before_the_next_lease() {
+    let env = TestEnv::new(2);
+    let mark = marker("follow");
+    let project = make_project(&env, "follow", &mark);
+    let ran_on = |extra: &[(&str, &Path)], want: &str| {
+        let mut cmd = env.rch_in(&project);
+        cmd.args(["exec", "--", "make"]);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_true_result(&out, &mark);
+        assert_eq!(placement_line(&out), format!("rch: ran on {want}"));
+    };
+    env.write_config("[[workers]]\nid = \"w1\"\nenabled = false\n");
+    ran_on(&[], "w2");
+    // Edited under the running daemon: the next build sees it.
+    env.write_config("[[workers]]\nid = \"w2\"\nenabled = false\n");
+    ran_on(&[], "w1");
+    // Another file through RCH_CONFIG, then back.
+    let other = env.path().join("config/other.toml");
+    env.write_config("[[workers]]\nid = \"w1\"\nenabled = false\n");
+    std::fs::copy(env.config_file(), &other).unwrap();
+    env.write_config("[[workers]]\nid = \"w2\"\nenabled = false\n");
+    ran_on(&[("RCH_CONFIG", &other)], "w2");
+    ran_on(&[], "w1");
+    // An invalid edit: the daemon keeps what it has and status says why.
+    std::fs::write(env.config_file(), "[daemon]\nqueue_timeout = 5\n").unwrap();
+    let status = env.rch().arg("status").output().unwrap();
+    let text = stdout(&status);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("rch: reload failed, previous configuration kept: ")
+                && l.contains("config.toml:2")
+                && l.contains("queue_timeout")
+        ),
+        "{}",
+        describe(&status)
+    );
+    let fleet = env.fleet();
+    assert_eq!(fleet.workers.len(), 2);
+    assert!(fleet.daemon.config_error.is_some());
+    assert!(!fleet.workers.iter().find(|w| w.id == "w2").unwrap().enabled);
+}
+
+#[test]
 fn corrupt_state_database_is_moved_aside_and_the_daemon_runs() {
     let env = TestEnv::new(1);
     env.write_config("");

@@ -151,6 +151,7 @@ fn every_report_round_trips() {
             version: "1".into(),
             pid: Some(7),
             uptime_secs: Some(9),
+            config_error: None,
         },
         workers,
         leases: vec![LeaseReport {

@@ -54,17 +54,17 @@ pub fn run(cmd: DaemonCommand, _global: &Global) -> anyhow::Result<i32> {
 
 fn run_foreground() -> anyhow::Result<i32> {
     init_logging();
-    let config_source: daemon::ConfigSource = Box::new(|| {
-        // The daemon serves every project: it reads the user (and lab) layers only.
-        Ok(crate::config::load(Path::new("/"))?.config)
-    });
+    // The daemon serves every project: it reads the user (and lab) layers only.
+    let config_source: daemon::ConfigSource = Box::new(|files| Ok(files.load()?));
+    let files = crate::config::DaemonFiles::of_this_process();
     // Fail on a bad config before forking off any work.
-    config_source()?;
+    config_source(&files)?;
     let opts = DaemonOptions {
         socket: paths::socket_path(),
         db: paths::state_db(),
         clock: Arc::new(SystemClock),
         config: config_source,
+        files,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -207,7 +207,7 @@ async fn reload() -> anyhow::Result<i32> {
             Ok(0)
         }
         Response::Error { message, .. } => {
-            eprintln!("rch: reload failed, previous configuration kept: {message}");
+            eprintln!("{}", crate::ui::fleet::config_error_line(&message));
             Ok(crate::EXIT_CONFIG)
         }
         other => anyhow::bail!("unexpected answer {other:?}"),

@@ -8,13 +8,17 @@
 //!   and remembers where each value came from.
 //! - `render`: prints the effective configuration, optionally with origins.
 //! - `readable`: the files the configuration names exist and can be read.
+//! - `daemon_files`: the files the daemon's configuration comes from, and
+//!   their stamp (the daemon reads them again when they change).
 
+mod daemon_files;
 mod file;
 mod layers;
 pub mod readable;
 pub mod render;
 mod schema;
 
+pub use daemon_files::{DaemonFiles, FileStamp};
 pub use layers::{
     find_project_root, load, load_with, parse_str, project_config_file, Loaded, Origin, Overrides,
     Sources,

@@ -19,7 +19,7 @@ pub mod server;
 pub mod team;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, DaemonFiles, FileStamp};
 use crate::state::events::EventRecord;
 use crate::state::store::{HeldLease, Holder, Store};
 use anyhow::Context;
@@ -30,8 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-/// Reads the configuration the daemon should use (at start and on reload).
-pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+/// Reads the configuration the daemon should use from the given files (at
+/// start, on reload, and when the files or what is in them changed).
+pub type ConfigSource = Box<dyn Fn(&DaemonFiles) -> anyhow::Result<Config> + Send + Sync>;
 
 /// How to build a daemon.
 pub struct DaemonOptions {
@@ -39,6 +40,17 @@ pub struct DaemonOptions {
     pub db: PathBuf,
     pub clock: Arc<dyn Clock>,
     pub config: ConfigSource,
+    /// The files of the configuration at start.
+    pub files: DaemonFiles,
+}
+
+/// The files the running configuration came from, as they were then.
+struct ConfigFiles {
+    files: DaemonFiles,
+    stamp: Vec<Option<FileStamp>>,
+    /// They changed into something invalid: why (the previous
+    /// configuration stays until they change again).
+    error: Option<String>,
 }
 
 /// Where the shell carries out the core's [`Output::Persist`] and
@@ -85,6 +97,7 @@ pub struct Shared {
     store: Mutex<Store>,
     clock: Arc<dyn Clock>,
     config_source: ConfigSource,
+    config_files: Mutex<ConfigFiles>,
     events: broadcast::Sender<EventRecord>,
     probes: mpsc::UnboundedSender<prober::Work>,
     timer_wake: Notify,
@@ -230,11 +243,52 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Read the configuration files again (`rch daemon reload`, SIGHUP).
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = (self.config_source)()?;
-        self.with_fleet(|f, now| f.reconfigure(config, now));
-        tracing::info!("configuration reloaded");
-        Ok(())
+        let mut current = self.config_files.lock().unwrap_or_else(|e| e.into_inner());
+        let files = current.files.clone();
+        self.load_config(&mut current, files)
+    }
+
+    /// Before answering: read the configuration again when its files (those
+    /// the client names, else the daemon's own) are other files than the
+    /// running configuration's, or changed since. An invalid change keeps
+    /// the running configuration, with the error reported by `rch status`.
+    pub fn follow_config(&self, client: Option<&DaemonFiles>) {
+        let mut current = self.config_files.lock().unwrap_or_else(|e| e.into_inner());
+        let files = client.unwrap_or(&current.files).clone();
+        if files == current.files && files.stamp() == current.stamp {
+            return;
+        }
+        tracing::info!(file = %files.user_file.display(), "configuration files changed; reading them again");
+        if let Err(e) = self.load_config(&mut current, files) {
+            tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous configuration");
+        }
+    }
+
+    /// Why the configuration files could not be used, if they could not.
+    pub fn config_error(&self) -> Option<String> {
+        let current = self.config_files.lock().unwrap_or_else(|e| e.into_inner());
+        current.error.clone()
+    }
+
+    fn load_config(&self, current: &mut ConfigFiles, files: DaemonFiles) -> anyhow::Result<()> {
+        // Stamped before reading: an edit while reading is seen next time.
+        current.stamp = files.stamp();
+        let loaded = (self.config_source)(&files);
+        current.files = files;
+        match loaded {
+            Ok(config) => {
+                current.error = None;
+                self.with_fleet(|f, now| f.reconfigure(config, now));
+                tracing::info!("configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                current.error = Some(format!("{e:#}"));
+                Err(e)
+            }
+        }
     }
 
     /// The team link as `rch status` shows it, with `[team]`.
@@ -376,7 +430,8 @@ type Opened = (
 );
 
 fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
-    let config = (opts.config)()?;
+    let stamp = opts.files.stamp();
+    let config = (opts.config)(&opts.files)?;
     let (team, team_work) = match team::open(&config) {
         Some((link, work)) => (Some(link), Some(work)),
         None => (None, None),
@@ -427,6 +482,11 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
         store: Mutex::new(store),
         clock: opts.clock,
         config_source: opts.config,
+        config_files: Mutex::new(ConfigFiles {
+            files: opts.files,
+            stamp,
+            error: None,
+        }),
         events: broadcast::channel(1024).0,
         probes,
         timer_wake: Notify::new(),

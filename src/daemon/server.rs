@@ -125,7 +125,10 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
             record_job(shared, &job);
             conn.send(&Response::Ok).await
         }
-        Request::Status => conn.send(&Response::Status(Box::new(status(shared)))).await,
+        Request::Status => {
+            shared.follow_config(None);
+            conn.send(&Response::Status(Box::new(status(shared)))).await
+        }
         Request::Reset { worker } => {
             let r = shared.with_fleet(|f, now| f.reset(worker.as_deref(), now));
             conn.send(&r.map(|_| Response::Ok).unwrap_or_else(unknown))
@@ -179,6 +182,8 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
         shared.with_fleet(|f, now| f.handle_abandon(now, old));
         super::team::release_slot(shared, old);
     }
+    // A configuration changed since: in effect for this very request.
+    shared.follow_config(req.config.as_ref());
     let answer = loop {
         let answer = match shared.lease(req.clone()) {
             (Decision::Granted(g), _) => Answer::Granted(g),
@@ -264,6 +269,7 @@ fn status(shared: &Shared) -> FleetReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: Some(std::process::id()),
         uptime_secs: Some(shared.now_ms().saturating_sub(shared.started_ms) / 1000),
+        config_error: shared.config_error(),
     };
     report.recent_jobs = shared
         .store()

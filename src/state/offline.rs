@@ -47,6 +47,7 @@ pub fn stored_report(config: &Config, db: &Path, now_ms: u64) -> anyhow::Result<
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: None,
             uptime_secs: None,
+            config_error: None,
         },
         workers,
         recent_jobs,

@@ -34,6 +34,10 @@ pub struct DaemonInfo {
     pub version: String,
     pub pid: Option<u32>,
     pub uptime_secs: Option<u64>,
+    /// The configuration files changed into something invalid: why; the
+    /// daemon runs on with the configuration it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

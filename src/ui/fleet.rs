@@ -54,6 +54,11 @@ pub fn team_line(team: &crate::team::TeamReport) -> String {
     format!("team: {} via {} {link}", team.name, team.url)
 }
 
+/// The configuration files changed into something the daemon refused.
+pub fn config_error_line(error: &str) -> String {
+    format!("rch: reload failed, previous configuration kept: {error}")
+}
+
 /// `3 workers: 2 closed, 1 open (w1, retry in 12s)`.
 pub fn summary_line(workers: &[WorkerReport]) -> String {
     if workers.is_empty() {
@@ -380,6 +385,9 @@ pub fn status_text(
         );
     } else if !report.daemon.running {
         blocks.push(daemon_line(&report.daemon));
+    }
+    if let Some(error) = &report.daemon.config_error {
+        blocks.push(config_error_line(error));
     }
     if overview || sections.circuits {
         if let Some(w) = open_warning(&report.workers, now) {

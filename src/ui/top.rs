@@ -464,6 +464,7 @@ mod tests {
                 version: "0.1.0".into(),
                 pid: Some(1),
                 uptime_secs: Some(7_500),
+                config_error: None,
             },
             workers: vec![
                 worker(
