@@ -95,6 +95,10 @@ pub async fn execute(loaded: &Loaded, req: &ExecRequest, offload: Offload) -> i3
     // Caught before anything else happens, so that an interrupt in any phase
     // ends the build as interrupted and is never taken for a worker's fault.
     let mut interrupts = Interrupts::catch();
+    {
+        use std::io::IsTerminal;
+        remote::progress::enable(!req.quiet && std::io::stderr().is_terminal());
+    }
     let mut build = Build::new(loaded, req, offload, layout);
     if req.verbose && !build.env.withheld.is_empty() {
         eprintln!("rch: env withheld: {}", build.env.withheld_line());
@@ -613,7 +617,14 @@ impl<'a> Build<'a> {
         let snapshot = self.snapshot();
         self.job.phases.add(Phase::Snapshot, t.elapsed());
         let root = self.root.clone();
+        let size = snapshot.as_ref().map(|s| s.largest_dirs(3));
         let upload = Upload::prepare(&root, &target.worker.id, &remote_dir, snapshot);
+        if let (remote::upload::Plan::Full, Some((total, largest))) = (upload.plan(), size) {
+            let line = remote::progress::first_push_line(&target.worker.id, total, &largest);
+            if let Some(line) = line.filter(|_| !self.req.quiet) {
+                eprintln!("{line}");
+            }
+        }
         tracing::debug!(plan = upload.plan().label(), dir = %remote_dir, "push plan");
         let push = upload.push(&conn, excludes);
         if let Err(f) = self.job.phases.time(Phase::Push, push).await {

@@ -130,6 +130,28 @@ pub struct Snapshot {
     pub ignored: Vec<PathBuf>,
 }
 
+impl Snapshot {
+    /// The bytes of its files, and its `n` largest top-level directories
+    /// with the bytes of the files under each, largest first.
+    pub fn largest_dirs(&self, n: usize) -> (u64, Vec<(String, u64)>) {
+        let mut total = 0;
+        let mut dirs: std::collections::BTreeMap<String, u64> = Default::default();
+        for entry in self.entries.iter().filter(|e| e.kind == Kind::File) {
+            total += entry.size;
+            let mut parts = entry.path.components();
+            let top = parts.next();
+            if let (Some(top), Some(_)) = (top, parts.next()) {
+                let name = top.as_os_str().to_string_lossy().into_owned();
+                *dirs.entry(name).or_default() += entry.size;
+            }
+        }
+        let mut dirs: Vec<(String, u64)> = dirs.into_iter().collect();
+        dirs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        dirs.truncate(n);
+        (total, dirs)
+    }
+}
+
 /// Walk the tree at the rules' root.
 pub fn snapshot(rules: &Rules) -> std::io::Result<Snapshot> {
     let now = now_ns();
@@ -490,6 +512,24 @@ mod tests {
             .iter()
             .map(|e| e.path.display().to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_largest_top_level_directories_are_summed_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "data/a/b.bin", &"x".repeat(300));
+        write(root, "data/c.bin", &"x".repeat(100));
+        write(root, "src/main.rs", &"x".repeat(50));
+        write(root, "docs/x.md", &"x".repeat(60));
+        write(root, "top.txt", &"x".repeat(1000));
+        let snap = snapshot(&Rules::new(root, &[], true).unwrap()).unwrap();
+        let (total, largest) = snap.largest_dirs(2);
+        assert_eq!(total, 1510);
+        assert_eq!(
+            largest,
+            [("data".to_string(), 400), ("docs".to_string(), 60)]
+        );
     }
 
     #[test]

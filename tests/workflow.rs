@@ -301,6 +301,37 @@ fn only_the_artifacts_cargo_reports_for_the_user_come_back() {
     assert!(!files_ending(&target.join("deps"), ".rlib").is_empty());
 }
 
+#[test]
+fn a_large_first_push_names_its_largest_dirs_and_piped_output_gets_no_progress() {
+    let env = TestEnv::new(1);
+    let project = env.project("bulky");
+    std::fs::create_dir_all(project.join("data")).unwrap();
+    // Sparse here; rsync still sends every byte.
+    let big = std::fs::File::create(project.join("data/big.bin")).unwrap();
+    big.set_len(105_000_000).unwrap();
+    std::fs::create_dir_all(project.join("assets")).unwrap();
+    std::fs::write(project.join("assets/logo.svg"), "x".repeat(2000)).unwrap();
+
+    let out = exec_with(&env, &project, &["cargo", "build"], "", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stderr(&out);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "rch: first push to w1 is 105.0 MB; largest: data/ 105.0 MB, assets/ 2.0 kB, src/",
+            )
+        })
+        .unwrap_or_else(|| panic!("no first-push line: {}", describe(&out)));
+    support::formats::assert_printed(line);
+    // Piped: no progress line, not even one cleared with \r.
+    assert!(!text.contains('\r'), "{text:?}");
+
+    let out = exec_with(&env, &project, &["cargo", "build"], "", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!stderr(&out).contains("first push"), "{}", describe(&out));
+}
+
 /// Run `command_line` under `script`, whose pty makes rch's stdout and
 /// stderr a terminal (as in an interactive shell); returns what it printed.
 fn on_terminal(env: &TestEnv, dir: &Path, command_line: &str) -> Output {

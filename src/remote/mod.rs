@@ -4,6 +4,7 @@
 //! execution ([`run`], with its out-of-band status in [`status`] and the
 //! build's stdin in [`input`]), the
 //! worker probe ([`probe`]) and builds at the client's own path ([`mirror`]).
+//! A transfer's progress line on a terminal is [`progress`] (a leaf).
 //!
 //! Two leaves sit under them: [`shell`] (quoting and the login-shell command)
 //! and [`failure`] (the typed [`RemoteFailure`] and the one place that reads
@@ -16,6 +17,7 @@ pub mod input;
 pub mod layout;
 pub mod mirror;
 pub mod probe;
+pub mod progress;
 pub mod run;
 pub(crate) mod shell;
 pub mod slot;

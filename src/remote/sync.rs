@@ -6,6 +6,7 @@
 //! a LAN or loopback where CPU, not bandwidth, is the limit.
 
 use super::failure::{classify_rsync, FailureKind, RemoteFailure};
+use super::progress;
 use super::shell::quote;
 use super::ssh::{Connection, MUX_HOST};
 use crate::tree;
@@ -128,7 +129,7 @@ pub async fn push_full(
     }
     args.push(dir_arg(project_root));
     args.push(remote_arg(remote_dir, ""));
-    run_rsync(conn, args, &list, remote_dir, false).await
+    run_rsync(conn, args, &list, remote_dir, false, "push").await
 }
 
 /// Send only the `changed` paths to `remote_dir`, which holds the tree of
@@ -162,7 +163,7 @@ pub async fn push_changes(
     }
     args.push(dir_arg(project_root));
     args.push(remote_arg(remote_dir, ""));
-    run_rsync(conn, args, &list, remote_dir, false).await
+    run_rsync(conn, args, &list, remote_dir, false, "push").await
 }
 
 /// `/path` as an rsync pattern matching exactly that path from the root.
@@ -224,7 +225,7 @@ pub async fn pull(
     args.push(dir_arg(&local));
     // A build that produced no such directory has nothing to return.
     let missing_ok = matches!(what, Pull::Dir { .. } | Pull::Files { .. });
-    run_rsync(conn, args, &list, remote_dir, missing_ok).await
+    run_rsync(conn, args, &list, remote_dir, missing_ok, "pull").await
 }
 
 /// rsync's exit code for "some files vanished before they could be transferred".
@@ -275,14 +276,20 @@ fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
 }
 
 /// Runs rsync with `args`, `input` on its stdin (a file or filter list);
-/// with `missing_ok`, a source that does not exist is no failure.
+/// with `missing_ok`, a source that does not exist is no failure. On a
+/// terminal its progress shows as the `what` ("push", "pull") line.
 async fn run_rsync(
     conn: &Connection,
-    args: Vec<OsString>,
+    mut args: Vec<OsString>,
     input: &[u8],
     remote_dir: &str,
     missing_ok: bool,
+    what: &'static str,
 ) -> Result<(), RemoteFailure> {
+    let shown = progress::enabled();
+    if shown {
+        args.insert(0, "--info=progress2".into());
+    }
     let cannot = |e: std::io::Error| {
         RemoteFailure::new(
             FailureKind::Local,
@@ -293,7 +300,7 @@ async fn run_rsync(
     let mut child = Command::new("rsync")
         .args(&args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(if shown { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
         // Its own process group: an interrupt is rch's to handle (see
         // `Connection::command`); dropping the transfer kills rsync.
@@ -310,7 +317,20 @@ async fn run_rsync(
             let _ = stdin.write_all(input).await;
         }
     };
-    let (_, output) = tokio::join!(feed, child.wait_with_output());
+    let stdout = child.stdout.take();
+    let show = async move {
+        use tokio::io::AsyncReadExt;
+        let Some(mut stdout) = stdout else { return };
+        let mut line = progress::Line::new(what);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            line.feed(&buf[..n]);
+        }
+    };
+    let (_, _, output) = tokio::join!(feed, show, child.wait_with_output());
     let output = output.map_err(cannot)?;
     if output.status.success() {
         return Ok(());
