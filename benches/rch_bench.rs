@@ -2,7 +2,7 @@
 //! workers; they print medians and ratios, never pass/fail.
 //!
 //! Run: `cargo bench --bench rch_bench` (all), or name some of
-//! `p1 p1p p6 p7 p3 p4` after `--`.
+//! `p1 p1p p6 p7 p3 p4 p4t` after `--`.
 //!
 //! - P1: warm no-op remote `cargo build` vs the hand-written rsync+ssh script
 //!   on the same worker, and vs a local no-op build.
@@ -13,6 +13,9 @@
 //!   whole fleet is dead.
 //! - P4: daemon lease+release round trip at 100 workers (p50/p99, leases/s)
 //!   and daemon RSS with 1,000 workers and 100k history rows.
+//! - P4t: lease+release across 4 daemons at once, each with its own client,
+//!   without and with a `[team]` on a real redis-server on loopback (p50/p99,
+//!   leases/s over the 4).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -49,6 +52,9 @@ fn main() {
     }
     if run("p4") {
         p4_daemon();
+    }
+    if run("p4t") {
+        p4_team();
     }
 }
 
@@ -310,4 +316,101 @@ fn p4_daemon() {
     let mut stop = env.rch();
     stop.current_dir(&dir).args(["daemon", "stop"]);
     time(stop);
+}
+
+/// Start a daemon of its own (socket, state, runtime and cache dirs under
+/// `name`) on the test's config; returns the environment to reach it.
+fn own_daemon(env: &TestEnv, name: &str) -> Vec<(&'static str, std::path::PathBuf)> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = env.path().join(name);
+    for sub in ["state", "cache"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("run"))
+        .unwrap();
+    let vars = vec![
+        ("RCH_SOCKET", dir.join("run/rch/rch.sock")),
+        ("XDG_STATE_HOME", dir.join("state")),
+        ("XDG_RUNTIME_DIR", dir.join("run")),
+        ("XDG_CACHE_HOME", dir.join("cache")),
+    ];
+    let mut start = env.rch();
+    start.envs(vars.iter().cloned()).args(["daemon", "start"]);
+    time(start);
+    vars
+}
+
+/// `n` lease+release round trips on the daemon at `socket`, one at a time.
+fn lease_loop(socket: &Path, n: usize) -> Vec<Duration> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = rch::client::Client::connect(socket).await.unwrap();
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = Instant::now();
+            let req = LeaseRequest {
+                project: format!("/p/{}", i % 50),
+                command: "cargo build".into(),
+                ..Default::default()
+            };
+            match c.call(Request::Lease(req)).await.unwrap() {
+                Response::Granted { .. } => {}
+                other => panic!("{other:?}"),
+            }
+            let outcome = AttemptOutcome::Success { exit_code: 0 };
+            c.call(Request::Release { outcome }).await.unwrap();
+            lat.push(t.elapsed());
+        }
+        lat
+    })
+}
+
+fn p4_team() {
+    println!("== P4t: lease + release, 4 daemons at once, without and with a team");
+    let env = TestEnv::new(1);
+    let redis = support::redis::RedisServer::start(&env.path().join("redis"));
+    let per_daemon = 1_000;
+    for team in [false, true] {
+        let mut config = String::new();
+        if team {
+            config.push_str(&format!(
+                "[team]\nredis_url = \"{}\"\nname = \"bench\"\n\n",
+                redis.url()
+            ));
+        }
+        config.push_str(&fake_workers(16));
+        env.write_config(&config);
+        let label = if team { "team" } else { "solo" };
+        let daemons: Vec<_> = (0..4)
+            .map(|i| own_daemon(&env, &format!("{label}{i}")))
+            .collect();
+        let t0 = Instant::now();
+        let runs: Vec<_> = daemons
+            .iter()
+            .map(|vars| {
+                let socket = vars[0].1.clone();
+                std::thread::spawn(move || lease_loop(&socket, per_daemon))
+            })
+            .collect();
+        let lat: Vec<Duration> = runs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let total = t0.elapsed();
+        println!(
+            "  {}: p50 {} p99 {}; {:.0} leases/s over 4 daemons (goal with a team: p99 <= 3 ms, >= 2k/s)",
+            if team { "with a team (redis on loopback)" } else { "without a team" },
+            ms(percentile(lat.clone(), 0.5)),
+            ms(percentile(lat.clone(), 0.99)),
+            lat.len() as f64 / total.as_secs_f64()
+        );
+        for vars in daemons {
+            let mut stop = env.rch();
+            stop.envs(vars).args(["daemon", "stop"]);
+            time(stop);
+        }
+    }
 }
