@@ -33,7 +33,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 /// Process-wide: the ports the fake hosts map onto. Also points
 /// `XDG_RUNTIME_DIR` (read by the daemon's probes for ssh control sockets) at
-/// a short directory of this user's, reused by every run.
+/// a short temporary directory, removed when the test process exits.
 struct Ports {
     closed: u16,
     silent: u16,
@@ -42,10 +42,15 @@ struct Ports {
 fn ports() -> &'static Ports {
     static PORTS: OnceLock<Ports> = OnceLock::new();
     PORTS.get_or_init(|| {
-        let uid = nix::unistd::getuid();
-        let runtime_dir = PathBuf::from(format!("/tmp/rch-sim-run-{uid}"));
-        forget_old_control_files(&runtime_dir.join("rch/ssh"));
-        std::env::set_var("XDG_RUNTIME_DIR", runtime_dir);
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("rch-sim-")
+            .tempdir_in("/tmp")
+            .expect("runtime dir")
+            .keep();
+        std::env::set_var("XDG_RUNTIME_DIR", &runtime_dir);
+        RUNTIME_DIR.get_or_init(|| runtime_dir);
+        // SAFETY: registers a plain function run once at exit.
+        unsafe { libc::atexit(remove_runtime_dir) };
         let closed = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -57,22 +62,13 @@ fn ports() -> &'static Ports {
     })
 }
 
-/// Each simulation's probes leave a lock file keyed by its own ssh config;
-/// files of runs long gone are removed so they do not pile up.
-fn forget_old_control_files(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(600));
-        if old {
-            let _ = std::fs::remove_file(entry.path());
-        }
+/// The directory [`ports`] made; the test harness ends with `exit`, which
+/// never drops statics, so it is removed by an exit handler.
+static RUNTIME_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_runtime_dir() {
+    if let Some(dir) = RUNTIME_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

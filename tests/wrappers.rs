@@ -337,8 +337,10 @@ fn wrappers_survive_a_missing_rch() {
     assert!(out.status.success(), "{}", describe(&out));
     std::fs::remove_file(&copy).unwrap();
 
+    // Gone for good: no other rch on PATH either (an installed one would be
+    // found, as it should).
     let shims = sandbox.shims();
-    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
+    let path = format!("{}:{}", shims.display(), path_without_rch());
     let out = sandbox
         .shell(
             Shell::Bash,
@@ -350,6 +352,15 @@ fn wrappers_survive_a_missing_rch() {
     assert!(text(&out.stdout).contains("GNU Make"), "{}", describe(&out));
     assert!(sandbox.project().join("target/debug/app").exists());
     sandbox.assert_no_daemon_contact("missing rch");
+}
+
+/// This process's PATH without the directories that hold an `rch`.
+fn path_without_rch() -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<_> = std::env::split_paths(&path)
+        .filter(|dir| !dir.join("rch").exists())
+        .collect();
+    std::env::join_paths(kept).unwrap().into_string().unwrap()
 }
 
 #[test]
