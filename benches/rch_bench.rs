@@ -2,7 +2,11 @@
 //! workers; they print medians and ratios, never pass/fail.
 //!
 //! Run: `cargo bench --bench rch_bench` (all), or name some of
-//! `p1 p1p p6 p7 p3 p4 p4t` after `--`.
+//! `p1 p1p p6 p7 p3 p4 p4t` after `--`. With `RCH_BENCH_BEFORE=<path to
+//! another rch binary>`, P1', P6 and P7 also time that binary, interleaved
+//! with this one (its own daemon, state and cache; the same workers and
+//! config): before/after figures from one run. `RCH_BENCH_ROUNDS` sets
+//! their rounds (default 9).
 //!
 //! - P1: warm no-op remote `cargo build` vs the hand-written rsync+ssh script
 //!   on the same worker, and vs a local no-op build.
@@ -28,6 +32,45 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::TestEnv;
+
+/// Another rch binary to time beside this one (`RCH_BENCH_BEFORE`).
+fn before_bin() -> Option<std::path::PathBuf> {
+    std::env::var_os("RCH_BENCH_BEFORE")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// `bin` run in `dir` with the test environment, but with a daemon, state,
+/// cache and ssh masters of its own, so two rch versions never share them.
+fn rch_other(env: &TestEnv, bin: &Path, dir: &Path) -> Command {
+    let own = env.path().join("other");
+    for sub in ["state", "cache", "data"] {
+        std::fs::create_dir_all(own.join(sub)).expect("dirs of the other rch");
+    }
+    let run = own.join("run");
+    std::fs::create_dir_all(&run).expect("runtime dir of the other rch");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("0700");
+    let mut cmd = Command::new(bin);
+    env.apply_env(&mut cmd);
+    cmd.env("RCH_SOCKET", run.join("rch/rch.sock"))
+        .env("XDG_STATE_HOME", own.join("state"))
+        .env("XDG_RUNTIME_DIR", &run)
+        .env("XDG_CACHE_HOME", own.join("cache"))
+        .env("XDG_DATA_HOME", own.join("data"))
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Stop the other rch's daemon (its `TestEnv` only stops its own).
+fn stop_other(env: &TestEnv, bin: &Path) {
+    let mut c = rch_other(env, bin, env.path());
+    c.args(["daemon", "stop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _ = c.status();
+}
 
 fn main() {
     let wanted: Vec<String> = std::env::args()

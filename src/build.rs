@@ -230,20 +230,6 @@ enum EnvCheck {
     },
 }
 
-/// The dep-info and build-script lines naming variables in the build's
-/// output directory on the worker (empty when it cannot be read: no verdict).
-async fn read_env_deps(conn: &remote::Connection, remote_dir: &str, out_dir: &str) -> String {
-    let script = crate::envcheck::READS_SCRIPT;
-    let command = remote::shell::login_shell_command(script, &[remote_dir, out_dir]);
-    match conn.session().raw_command(command).output().await {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading what the build read");
-            String::new()
-        }
-    }
-}
-
 /// What one attempt on a worker came to.
 enum Attempt {
     /// The command ran there; its exit code.
@@ -650,12 +636,21 @@ impl<'a> Build<'a> {
             _ => None,
         };
         let mut full = false;
+        let mirrored = place.mirrored_at.is_some();
+        // What the run lists: the whole output dir (or tree); what comes
+        // back of it is decided after the run (cargo's report).
+        let whole = self.layout.pull(&self.offload.artifacts, mirrored);
+        let mut listing;
+        let mut began;
         let code = loop {
             let t = Instant::now();
             let report = loop {
                 let mut spec = self.run_spec(&place, home.as_deref());
                 spec.tree = Some(upload.check(full));
+                spec.watch = remote::outputs::Watch::for_pull(&whole);
+                spec.env_reads = self.env_reads_dir();
                 let reads = self.reads_report();
+                began = std::time::SystemTime::now();
                 let run = run_command(&conn, &spec, reads);
                 let (report, cargo) = self.job.phases.time(Phase::Run, run).await;
                 self.report = Report::parse(&cargo);
@@ -682,7 +677,8 @@ impl<'a> Build<'a> {
                 Ok(code) => code,
                 Err(f) => return failed(f, report.started),
             };
-            match self.check_env(&conn, &remote_dir).await {
+            listing = report.listing;
+            match self.check_env(&report.env_reads) {
                 EnvCheck::Same => break code,
                 EnvCheck::Rerun(line) => {
                     if !self.req.quiet {
@@ -699,9 +695,18 @@ impl<'a> Build<'a> {
         }
         if code == 0 {
             let t = Instant::now();
-            let mirrored = place.mirrored_at.is_some();
             let pull = self.artifact_pull(mirrored);
-            let pulled = remote::sync::pull(&conn, &self.root, &remote_dir, &pull, excludes);
+            let loaded = self.loaded;
+            let excludes = &loaded.config.transfer.exclude;
+            let pulled = pull_back(
+                &conn,
+                &self.root,
+                &remote_dir,
+                &pull,
+                listing.as_ref(),
+                excludes,
+                began,
+            );
             if let Err(f) = self.job.phases.time(Phase::Pull, pulled).await {
                 return failed(f, true);
             }
@@ -763,6 +768,24 @@ impl<'a> Build<'a> {
         }
     }
 
+    /// For a cargo build: its output directory, whose env reads the run
+    /// script reports (relative to the tree).
+    fn env_reads_dir(&self) -> Option<String> {
+        if self.offload.tool != classify::Tool::Cargo {
+            return None;
+        }
+        let argv: Vec<String> = self
+            .req
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        Some(crate::envcheck::output_dir(
+            &argv,
+            self.needs.target.as_deref(),
+        ))
+    }
+
     /// The tree as it would be pushed now; `None` when it cannot be walked
     /// (the push then applies the exclude patterns alone).
     fn snapshot(&self) -> Option<crate::tree::Snapshot> {
@@ -781,19 +804,12 @@ impl<'a> Build<'a> {
     /// After a cargo build: did it read a variable the worker did not have as
     /// set here? Then its artifacts are not the local build's: run it again
     /// with the variable sent (once, when it may be sent), or refuse.
-    async fn check_env(&mut self, conn: &remote::Connection, remote_dir: &str) -> EnvCheck {
+    /// `text`: the env-dep lines the run script reported.
+    fn check_env(&mut self, text: &str) -> EnvCheck {
         if self.offload.tool != classify::Tool::Cargo {
             return EnvCheck::Same;
         }
-        let argv: Vec<String> = self
-            .req
-            .argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let out_dir = crate::envcheck::output_dir(&argv, self.needs.target.as_deref());
-        let text = read_env_deps(conn, remote_dir, &out_dir).await;
-        let reads = crate::envcheck::parse(&text);
+        let reads = crate::envcheck::parse(text);
         let local = |name: &str| std::env::var(name).ok();
         let config = &self.loaded.config.env;
         let found = crate::envcheck::mismatches(&reads, &local, &self.env, config);
@@ -870,6 +886,8 @@ impl<'a> Build<'a> {
             timeout: Duration::from_secs(self.loaded.config.general.build_timeout_secs),
             tree: None,
             input: self.input.clone(),
+            watch: None,
+            env_reads: None,
         }
     }
 
@@ -925,6 +943,34 @@ impl<'a> Build<'a> {
         }
         let _ = client.call(Request::Job(self.job.clone())).await;
     }
+}
+
+/// Bring back what the build made: from the run's listing only what
+/// differs here (and, for a tree, its deletions), else everything.
+/// `began`: when the last run started; what changed here since stays.
+async fn pull_back(
+    conn: &remote::Connection,
+    root: &Path,
+    remote_dir: &str,
+    pull: &remote::Pull,
+    listing: Option<&remote::outputs::Listing>,
+    excludes: &[String],
+    began: std::time::SystemTime,
+) -> Result<(), RemoteFailure> {
+    let Some(listing) = listing else {
+        tracing::debug!("no listing of the build's outputs; pulling in full");
+        return remote::sync::pull(conn, root, remote_dir, pull, excludes).await;
+    };
+    let returned =
+        remote::outputs::pull_listed(conn, root, remote_dir, pull, listing, excludes, began)
+            .await?;
+    tracing::debug!(
+        listed = returned.listed,
+        pulled = returned.pulled,
+        deleted = returned.deleted,
+        "brought back what differs"
+    );
+    Ok(())
 }
 
 /// Claim a build slot; without one (an unusable local runtime dir) the build

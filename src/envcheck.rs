@@ -9,16 +9,6 @@
 use crate::envrules::{self, EnvConfig, EnvPlan, Withheld};
 use std::collections::BTreeMap;
 
-/// Prints the lines of interest in the output directory `$2` (e.g.
-/// `target/debug`) of the project at `$1`; nothing when absent.
-pub const READS_SCRIPT: &str = r#"dir=$1
-case $dir in /*) ;; *) dir=$HOME/$dir ;; esac
-cd -- "$dir" 2>/dev/null || exit 0
-[ -d "$2" ] || exit 0
-grep -rhs --include='*.d' '^# env-dep:' "$2/deps"
-grep -rhs --include=output 'rerun-if-env-changed=' "$2/build"
-exit 0"#;
-
 /// The output directory of a cargo command, relative to the project:
 /// `target/[<triple>/]<profile dir>`. Only this build's files count: another
 /// profile's were built with another environment.
@@ -65,7 +55,9 @@ pub struct Read {
     pub seen: Option<Option<String>>,
 }
 
-/// Reads what [`READS_SCRIPT`] printed; one entry per name, dep-info first.
+/// Reads the dep-info (`# env-dep:`) and build-script output
+/// (`rerun-if-env-changed=`) lines the run script reported after a cargo
+/// build; one entry per name, dep-info first.
 pub fn parse(text: &str) -> Vec<Read> {
     let mut reads: BTreeMap<String, Option<Option<String>>> = BTreeMap::new();
     for line in text.lines() {

@@ -97,6 +97,8 @@ fn spec(dir: &str, argv: &[&str]) -> RunSpec {
         timeout: Duration::from_secs(30),
         tree: None,
         input: None,
+        watch: None,
+        env_reads: None,
     }
 }
 

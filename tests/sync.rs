@@ -203,3 +203,121 @@ fn pushes_follow_every_change_and_skip_only_a_tree_the_worker_still_holds() {
     assert!(on_worker(&env, &format!("grep -qx two {tree}/data.txt")));
     assert_eq!(env.circuit("w1").failures, 0);
 }
+
+/// Counts the shells the worker starts: its `.bashrc` (bash, which sshd
+/// runs for every remote command, reads it; so does zsh its `.zshenv`)
+/// appends a line to a file in the exchange dir.
+fn count_shells(env: &TestEnv) -> PathBuf {
+    let tally = env.exchange_dir().join("shells");
+    let line = format!("echo x >> {}\n", tally.display());
+    let home = env.lab.workers()[0].home();
+    std::fs::write(home.join(".bashrc"), &line).unwrap();
+    std::fs::write(home.join(".zshenv"), &line).unwrap();
+    tally
+}
+
+fn shells_since(tally: &Path, before: usize) -> usize {
+    let now = std::fs::read_to_string(tally).unwrap_or_default();
+    now.lines().count() - before
+}
+
+#[test]
+fn a_warm_build_starts_one_remote_command_and_brings_back_only_what_differs() {
+    let env = TestEnv::new(1);
+    env.write_config("");
+    let dir = data_crate(&env, "onetrip");
+    assert_eq!(cargo_build(&env, &dir), "one");
+    let tally = count_shells(&env);
+    let count = || shells_since(&tally, 0);
+
+    // Warm no-op: no push, no env-dep read, no pull: the build's own command.
+    let start = count();
+    assert_eq!(cargo_build(&env, &dir), "one");
+    assert_eq!(shells_since(&tally, start), 1, "remote commands of a no-op");
+
+    // The binary gone here: the same build brings it back (and only then pulls).
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_file(dir.join("target/debug").join(&name)).unwrap();
+    let start = count();
+    assert_eq!(cargo_build(&env, &dir), "one");
+    assert_eq!(shells_since(&tally, start), 2, "run + pull");
+
+    // An edit: push, run, pull.
+    std::fs::write(dir.join("data.txt"), "three").unwrap();
+    let start = count();
+    assert_eq!(cargo_build(&env, &dir), "three");
+    assert_eq!(shells_since(&tally, start), 3, "push + run + pull");
+    assert_eq!(env.circuit("w1").failures, 0);
+}
+
+#[test]
+fn deletions_by_the_build_come_back_and_changes_made_here_meanwhile_stay() {
+    let env = TestEnv::new(1);
+    env.write_config("");
+    let gate = env.exchange_dir();
+    let recipes = format!(
+        "prog: a.o\n  @echo linking; cp a.o prog\n\
+         a.o: a.c\n  cp a.c a.o\n\
+         .PHONY: clean race odd\n\
+         clean:\n  rm -f a.o prog; rm -rf obj\n\
+         race:\n  rm -f prog; touch {g}/running; while [ ! -e {g}/go ]; do sleep 0.05; done; echo worker > out.txt\n\
+         odd:\n  mkdir -p obj; echo o > obj/x.o; touch \"$$(printf 'new\\nline.txt')\"\n",
+        g = gate.display()
+    );
+    let dir = make_project(&env, "deletions", &recipes);
+    std::fs::write(dir.join("a.c"), "int main;\n").unwrap();
+    let out = make(&env, &dir, "prog");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.join("prog").exists() && dir.join("a.o").exists());
+
+    // `make clean` on the worker is a clean here too: the next make rebuilds.
+    let out = make(&env, &dir, "clean");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !dir.join("prog").exists(),
+        "prog came back: {}",
+        stderr(&out)
+    );
+    assert!(!dir.join("a.o").exists());
+    assert!(dir.join("a.c").exists() && dir.join("Makefile").exists());
+    let out = make(&env, &dir, "prog");
+    assert_eq!(stdout(&out), "linking\n", "{}", stderr(&out));
+    assert!(dir.join("prog").exists());
+
+    // A name the listing cannot carry (a newline): everything still comes
+    // back, by the full pull; then a removed directory goes here too.
+    let out = make(&env, &dir, "odd");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.join("new\nline.txt").exists() && dir.join("obj/x.o").exists());
+    // (Gone here, the next push deletes it there.)
+    std::fs::remove_file(dir.join("new\nline.txt")).unwrap();
+    let out = make(&env, &dir, "clean");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!dir.join("obj").exists(), "an emptied directory stays");
+    let out = make(&env, &dir, "prog");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Changed here while the build ran: neither deleted nor overwritten.
+    let race = {
+        let mut cmd = env.rch_in(&dir);
+        cmd.args(["exec", "--", "make", "-s", "race"]);
+        cmd.stdout(std::process::Stdio::piped());
+        cmd.stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("starting the build")
+    };
+    assert!(
+        support::wait_for(Duration::from_secs(60), || gate.join("running").exists()),
+        "the build never started"
+    );
+    std::fs::write(dir.join("prog"), "mine").unwrap();
+    std::fs::write(dir.join("out.txt"), "mine").unwrap();
+    std::fs::write(gate.join("go"), "").unwrap();
+    let race = race.wait_with_output().unwrap();
+    assert_eq!(race.status.code(), Some(0), "{}", stderr(&race));
+    assert_eq!(std::fs::read_to_string(dir.join("prog")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(env.circuit("w1").failures, 0);
+}

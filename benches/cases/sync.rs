@@ -4,13 +4,19 @@
 //! `~/.bashrc` costs 50 ms (`sleep 0.05`), as many real accounts do.
 
 use super::support::TestEnv;
-use super::{median, ms, sh, time};
+use super::{before_bin, median, ms, rch_other, sh, stop_other, time};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Medians of this many interleaved rounds.
-const ROUNDS: usize = 9;
+/// Medians of this many interleaved rounds (`RCH_BENCH_ROUNDS`, default 9).
+fn rounds() -> usize {
+    std::env::var("RCH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(9)
+}
 
 /// A lab with two workers: w1 with a minimal account, w2 with a slow `.bashrc`.
 fn two_accounts() -> TestEnv {
@@ -46,7 +52,15 @@ fn script(env: &TestEnv, worker: usize, dir: &str, mux: bool) -> String {
 }
 
 fn rch_build(env: &TestEnv, dir: &Path, worker: usize) -> Command {
-    let mut c = env.rch_in(dir);
+    rch_build_with(env, None, dir, worker)
+}
+
+/// `rch exec` of this build, or of the binary `other` (`RCH_BENCH_BEFORE`).
+fn rch_build_with(env: &TestEnv, other: Option<&Path>, dir: &Path, worker: usize) -> Command {
+    let mut c = match other {
+        Some(bin) => rch_other(env, bin, dir),
+        None => env.rch_in(dir),
+    };
     let id = env.lab.workers()[worker].id.clone();
     c.args(["exec", "--worker", &id, "--", "cargo", "build", "-q"]);
     c
@@ -120,22 +134,30 @@ fn row(label: &str, d: Duration) {
 
 /// P1': warm no-op `cargo build` of a tiny crate.
 pub fn p1_prime() {
-    println!("== P1': warm no-op `cargo build`, tiny crate (medians of {ROUNDS})");
+    println!(
+        "== P1': warm no-op `cargo build`, tiny crate (medians of {})",
+        rounds()
+    );
     let env = two_accounts();
+    let before = before_bin();
     for (worker, account) in [(0, "minimal account"), (1, "slow .bashrc (+50 ms)")] {
-        let dirs = copies(&env, &format!("p1p-{worker}"), 1, 0, 4);
+        let dirs = copies(&env, &format!("p1p-{worker}"), 1, 0, 5);
         let mux = script(&env, worker, &format!("p1p-{worker}-mux"), true);
         let plain = script(&env, worker, &format!("p1p-{worker}-plain"), false);
         let contenders = |dirs: &[PathBuf]| -> Vec<Command> {
-            vec![
+            let mut v = vec![
                 rch_build(&env, &dirs[0], worker),
                 sh(&mux, &dirs[1]),
                 sh(&plain, &dirs[2]),
                 sh("cargo build -q", &dirs[3]),
-            ]
+            ];
+            if let Some(bin) = &before {
+                v.push(rch_build_with(&env, Some(bin), &dirs[4], worker));
+            }
+            v
         };
-        let mut samples = vec![Vec::new(); 4];
-        for round in 0..=ROUNDS {
+        let mut samples = vec![Vec::new(); 5];
+        for round in 0..=rounds() {
             for (i, c) in contenders(&dirs).into_iter().enumerate() {
                 let t = time(c);
                 if round > 0 {
@@ -143,9 +165,16 @@ pub fn p1_prime() {
                 }
             }
         }
-        let m: Vec<Duration> = samples.into_iter().map(median).collect();
+        let m: Vec<Duration> = samples
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(median)
+            .collect();
         println!(" {account}:");
         row("rch exec", m[0]);
+        if let Some(b) = m.get(4) {
+            row("rch exec, before", *b);
+        }
         row("script over a ControlMaster", m[1]);
         row("script, no ControlMaster", m[2]);
         row("local cargo", m[3]);
@@ -154,28 +183,43 @@ pub fn p1_prime() {
             m[0].as_secs_f64() / m[1].as_secs_f64(),
             ms(m[0].saturating_sub(m[3]))
         );
+        if let Some(b) = m.get(4) {
+            println!(
+                "  before: / script(CM) = {:.2}x; - local = {}",
+                b.as_secs_f64() / m[1].as_secs_f64(),
+                ms(b.saturating_sub(m[3]))
+            );
+        }
+    }
+    if let Some(bin) = &before {
+        stop_other(&env, bin);
     }
 }
 
 /// P6: one-file edit in a 30-file crate with 5,000 data files.
 pub fn p6_one_file_edit() {
     println!(
-        "== P6: one-file edit + `cargo build`, 30 files + 5,000 data files (medians of {ROUNDS})"
+        "== P6: one-file edit + `cargo build`, 30 files + 5,000 data files (medians of {})",
+        rounds()
     );
     let env = two_accounts();
+    let before = before_bin();
     for (worker, account) in [(0, "minimal account"), (1, "slow .bashrc (+50 ms)")] {
-        let dirs = copies(&env, &format!("p6-{worker}"), 30, 5_000, 3);
+        let dirs = copies(&env, &format!("p6-{worker}"), 30, 5_000, 4);
         let mux = script(&env, worker, &format!("p6-{worker}-mux"), true);
-        let mut samples = vec![Vec::new(); 3];
-        for round in 0..=ROUNDS {
+        let mut samples = vec![Vec::new(); 4];
+        for round in 0..=rounds() {
             for d in &dirs {
                 edit(d, round);
             }
-            let cmds = vec![
+            let mut cmds = vec![
                 rch_build(&env, &dirs[0], worker),
                 sh(&mux, &dirs[1]),
                 sh("cargo build -q", &dirs[2]),
             ];
+            if let Some(bin) = &before {
+                cmds.push(rch_build_with(&env, Some(bin), &dirs[3], worker));
+            }
             for (i, c) in cmds.into_iter().enumerate() {
                 let t = time(c);
                 if round > 0 {
@@ -183,9 +227,16 @@ pub fn p6_one_file_edit() {
                 }
             }
         }
-        let m: Vec<Duration> = samples.into_iter().map(median).collect();
+        let m: Vec<Duration> = samples
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(median)
+            .collect();
         println!(" {account}:");
         row("rch exec", m[0]);
+        if let Some(b) = m.get(3) {
+            row("rch exec, before", *b);
+        }
         row("script over a ControlMaster", m[1]);
         row("local incremental cargo", m[2]);
         println!(
@@ -193,21 +244,37 @@ pub fn p6_one_file_edit() {
             m[0].as_secs_f64() / m[2].as_secs_f64(),
             ms(m[0].saturating_sub(m[2]))
         );
+        if let Some(b) = m.get(3) {
+            println!(
+                "  before: / local = {:.2}x; overhead {}",
+                b.as_secs_f64() / m[2].as_secs_f64(),
+                ms(b.saturating_sub(m[2]))
+            );
+        }
+    }
+    if let Some(bin) = &before {
+        stop_other(&env, bin);
     }
 }
 
 /// P7: no-op overhead with 50,000 files beside 5,000 (minimal account).
 pub fn p7_many_files() {
     println!(
-        "== P7: no-op `cargo build` overhead by tree size, minimal account (medians of {ROUNDS})"
+        "== P7: no-op `cargo build` overhead by tree size, minimal account (medians of {})",
+        rounds()
     );
     let env = two_accounts();
+    let before = before_bin();
     let mut overheads = Vec::new();
+    let mut before_overheads = Vec::new();
     for files in [5_000, 50_000] {
-        let dirs = copies(&env, &format!("p7-{files}"), 30, files, 2);
-        let mut samples = vec![Vec::new(); 2];
-        for round in 0..=ROUNDS {
-            let cmds = vec![rch_build(&env, &dirs[0], 0), sh("cargo build -q", &dirs[1])];
+        let dirs = copies(&env, &format!("p7-{files}"), 30, files, 3);
+        let mut samples = vec![Vec::new(); 3];
+        for round in 0..=rounds() {
+            let mut cmds = vec![rch_build(&env, &dirs[0], 0), sh("cargo build -q", &dirs[1])];
+            if let Some(bin) = &before {
+                cmds.push(rch_build_with(&env, Some(bin), &dirs[2], 0));
+            }
             for (i, c) in cmds.into_iter().enumerate() {
                 let t = time(c);
                 if round > 0 {
@@ -215,7 +282,11 @@ pub fn p7_many_files() {
                 }
             }
         }
-        let m: Vec<Duration> = samples.into_iter().map(median).collect();
+        let m: Vec<Duration> = samples
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(median)
+            .collect();
         let overhead = m[0].saturating_sub(m[1]);
         println!(
             "  {files:>6} files: rch {} local {} overhead {}",
@@ -224,9 +295,24 @@ pub fn p7_many_files() {
             ms(overhead)
         );
         overheads.push(overhead);
+        if let Some(b) = m.get(2) {
+            let o = b.saturating_sub(m[1]);
+            println!("  {files:>6} files: before {} overhead {}", ms(*b), ms(o));
+            before_overheads.push(o);
+        }
     }
+    let ratio = |o: &[Duration]| o[1].as_secs_f64() / o[0].as_secs_f64().max(1e-6);
     println!(
         "  overhead 50k / 5k = {:.2}x (goal <= 2x)",
-        overheads[1].as_secs_f64() / overheads[0].as_secs_f64().max(1e-6)
+        ratio(&overheads)
     );
+    if before_overheads.len() == 2 {
+        println!(
+            "  before: overhead 50k / 5k = {:.2}x",
+            ratio(&before_overheads)
+        );
+    }
+    if let Some(bin) = &before {
+        stop_other(&env, bin);
+    }
 }

@@ -2,7 +2,8 @@
 //! build lives on a worker ([`layout`], [`slot`]), rsync transfer over the
 //! masters ([`sync`]), what each build pushes ([`upload`]), remote
 //! execution ([`run`], with its out-of-band status in [`status`] and the
-//! build's stdin in [`input`]), the
+//! build's stdin in [`input`]), what comes back and what the build deleted
+//! ([`outputs`]), the
 //! worker probe ([`probe`]) and builds at the client's own path ([`mirror`]).
 //! A transfer's progress line on a terminal is [`progress`] (a leaf).
 //!
@@ -16,6 +17,7 @@ pub mod failure;
 pub mod input;
 pub mod layout;
 pub mod mirror;
+pub mod outputs;
 pub mod probe;
 pub mod progress;
 pub mod run;

@@ -12,6 +12,7 @@
 
 use super::failure::{FailureKind, RemoteFailure};
 use super::input::{self, Input};
+use super::outputs::{Listing, ListingBuilder, Watch};
 use super::shell::login_shell_command;
 use super::ssh::Connection;
 use super::status::{self, Record, SetupFault, StatusFilter};
@@ -35,6 +36,12 @@ pub struct RunSpec {
     pub tree: Option<TreeCheck>,
     /// The build's stdin, when it has one to read (else /dev/null).
     pub input: Option<Input>,
+    /// Listed after the command exits 0, in the same remote command: what
+    /// of the tree (see [`TreeCheck::dir`]) comes back ([`super::outputs`]).
+    pub watch: Option<Watch>,
+    /// A cargo output directory (relative to the tree) whose dep-info and
+    /// build-script env reads the script reports after the command.
+    pub env_reads: Option<String>,
 }
 
 /// How a run ended. `result` is `Ok(code)` with the command's own exit code
@@ -50,6 +57,10 @@ pub struct RunReport {
     /// The command did not start: the worker does not hold the tree the
     /// [`TreeCheck`] expected (push it in full and run again).
     pub stale_tree: bool,
+    /// What [`RunSpec::watch`] found, when the script could list all of it.
+    pub listing: Option<Listing>,
+    /// The env-dep lines [`RunSpec::env_reads`] found, one a line.
+    pub env_reads: String,
 }
 
 impl RunReport {
@@ -59,6 +70,8 @@ impl RunReport {
             result: Err(failure),
             stderr_mid_line: false,
             stale_tree: false,
+            listing: None,
+            env_reads: String::new(),
         }
     }
 }
@@ -75,9 +88,14 @@ fn is_exportable(name: &str) -> bool {
 /// The fixed script: `$1` is the directory, `$2` the tree's directory, `$3`
 /// the token the tree must hold (or empty), `$4` the token to write there (or
 /// empty), `$5` non-empty when the command's stdin follows on the channel in
-/// [`input`]'s frames, `$6` a count N and N paths of the tree to delete, then `K=V`
-/// pairs, `--`, the command. A tree without the expected token is reported
-/// as `setup:tree:stale` before anything is touched.
+/// [`input`]'s frames, `$6` and `$7` what to list after a successful command
+/// (mode and directory, see [`Watch`]; empty: nothing), `$8` the cargo
+/// output dir whose env reads to report (or empty), `$9` a count N and N
+/// paths of the tree to delete, then `K=V` pairs, `--`, the command. A tree
+/// without the expected token is reported as `setup:tree:stale` before
+/// anything is touched. Everything a build needs from the worker besides
+/// its output comes back in records of this one remote command: one shell
+/// start per build.
 /// The first line of its stdin is the run's nonce; it reports on stderr in
 /// records only rch can tell apart from the build's output ([`status`]).
 /// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
@@ -99,21 +117,59 @@ fn is_exportable(name: &str) -> bool {
 /// read its stdin is never held by it: when it ends, the relay is killed.
 fn run_script() -> String {
     format!(
-        "IFS= read -r nonce || exit 125\n{}\n{RUN_BODY}",
+        "IFS= read -r RCH_nonce || exit 125\n{}\n{LIST_FUNCTIONS}\n{RUN_BODY}",
         status::SCRIPT_FUNCTIONS
     )
 }
 
+/// The listing functions of the run script (GNU find's `-printf`; without
+/// it no `list:ok` record is sent and rch pulls in full).
+/// `list_tree` prints the tree's paths before the build (type, size, mtime,
+/// path); `report_outputs` reports each file of the watched directory
+/// (`file:`), each listed path that is gone (`gone:`), then `list:ok`.
+/// A name holding a newline cannot be listed: `list:bad`. `report_env`
+/// reports the cargo output dir's env-dep lines (`env:`).
+const LIST_FUNCTIONS: &str = r#"nl='
+'
+prune_tree() { find "$@" \( -name .git -o -name target -o -name node_modules \) -type d -prune -o -name "*$nl*" -prune -o -printf '%y %s %T@ %P\n'; }
+list_tree() { prune_tree "$RCH_tree" -mindepth 1 2>/dev/null; }
+report_outputs() {
+  RCH_root=$RCH_tree/$RCH_watched
+  if [ -d "$RCH_root" ]; then
+    case $RCH_watch in
+      tree) set -- \( -name .git -o -name target -o -name node_modules \) -type d -prune -o ;;
+      artifacts) set -- \( -name incremental -o -name .fingerprint -o -name build \) -type d -prune -o -path '*/deps/*.d' -prune -o ;;
+      *) set -- ;;
+    esac
+    find "$RCH_root" -mindepth 1 "$@" -name "*$nl*" -printf '\036rch-'"$RCH_nonce"'\036list:bad\n' -prune -o ! -type d -printf '\036rch-'"$RCH_nonce"'\036file:%s %T@ %P\n' >&2 2>/dev/null || return 0
+  fi
+  if [ -n "$RCH_before" ]; then
+    while IFS= read -r line; do
+      p=${line#* * * }
+      [ -e "$RCH_tree/$p" ] || [ -h "$RCH_tree/$p" ] || printf '\036rch-%s\036gone:%s\n' "$RCH_nonce" "$line" >&2
+    done <"$RCH_before"
+  fi
+  printf '\036rch-%s\036list:ok\n' "$RCH_nonce" >&2
+}
+report_env() {
+  pre=$(printf '\036rch-%s\036env:' "$RCH_nonce")
+  ( cd -- "$RCH_tree" 2>/dev/null && [ -d "$RCH_envdir" ] || exit 0
+    grep -rhs --include='*.d' '^# env-dep:' "$RCH_envdir/deps"
+    grep -rhs --include=output 'rerun-if-env-changed=' "$RCH_envdir/build"
+    exit 0 ) | sed "s/^/$pre/" >&2
+}"#;
+
 /// The part of the run script after the nonce and the report functions.
-const RUN_BODY: &str = r#"dir=$1; tree=$2; expect=$3; token=$4; input=$5; ndelete=$6; shift 6
-case $tree in /*|'') ;; *) tree=$HOME/$tree ;; esac
+const RUN_BODY: &str = r#"RCH_dir=$1; RCH_tree=$2; expect=$3; token=$4; RCH_input=$5; RCH_watch=$6; RCH_watched=$7; RCH_envdir=$8; ndelete=$9; shift 9
+case $RCH_tree in /*|'') ;; *) RCH_tree=$HOME/$RCH_tree ;; esac
+[ -n "$RCH_tree" ] || { RCH_watch=; RCH_envdir=; }
 if [ -n "$expect" ]; then
-  have=; read -r have 2>/dev/null <"$tree/.rch-sync"
+  have=; read -r have 2>/dev/null <"$RCH_tree/.rch-sync"
   [ "$have" = "$expect" ] || setup_failed tree stale
 fi
-while [ "$ndelete" -gt 0 ]; do [ -n "$tree" ] && rm -rf -- "$tree/$1"; shift; ndelete=$((ndelete - 1)); done
+while [ "$ndelete" -gt 0 ]; do [ -n "$RCH_tree" ] && rm -rf -- "$RCH_tree/$1"; shift; ndelete=$((ndelete - 1)); done
 if [ -n "$token" ]; then
-  printf '%s\n' "$token" 2>/dev/null >"$tree/.rch-sync" || setup_failed dir 'cannot write the sync token'
+  printf '%s\n' "$token" 2>/dev/null >"$RCH_tree/.rch-sync" || setup_failed dir 'cannot write the sync token'
 fi
 while [ "$#" -gt 0 ]; do
   if [ "$1" = -- ]; then shift; break; fi
@@ -121,16 +177,20 @@ while [ "$#" -gt 0 ]; do
 done
 RCH_INSIDE=1; export RCH_INSIDE
 if [ -d "$HOME/.cargo/bin" ]; then PATH=$HOME/.cargo/bin:$PATH; export PATH; fi
-case $dir in /*) ;; *) dir=$HOME/$dir ;; esac
-if ! cd -- "$dir" 2>/dev/null; then
-  if [ ! -e "$dir" ]; then setup_failed dir 'No such file or directory'
-  elif [ ! -d "$dir" ]; then setup_failed dir 'Not a directory'
+case $RCH_dir in /*) ;; *) RCH_dir=$HOME/$RCH_dir ;; esac
+if ! cd -- "$RCH_dir" 2>/dev/null; then
+  if [ ! -e "$RCH_dir" ]; then setup_failed dir 'No such file or directory'
+  elif [ ! -d "$RCH_dir" ]; then setup_failed dir 'Not a directory'
   else setup_failed dir 'Permission denied'; fi
 fi
 command -v setsid >/dev/null 2>&1 || setup_failed other 'setsid not found on worker'
 command -v "$1" >/dev/null 2>&1 || setup_failed tool "$1"
+RCH_before=
+if [ "$RCH_watch" = tree ]; then
+  RCH_before=$(mktemp 2>/dev/null) && list_tree >"$RCH_before" || RCH_before=
+fi
 exec 3<&0
-if [ -n "$input" ]; then
+if [ -n "$RCH_input" ]; then
   pipedir=$(mktemp -d "${TMPDIR:-/tmp}/rch-in.XXXXXX" 2>/dev/null) && mkfifo "$pipedir/in" 2>/dev/null ||
     setup_failed other 'cannot make a pipe for stdin'
   full=; dd iflag=fullblock count=0 </dev/null >/dev/null 2>&1 && full=1
@@ -140,7 +200,7 @@ else
 fi
 child=$!
 (
-  if [ -n "$input" ]; then
+  if [ -n "$RCH_input" ]; then
     relay=
     trap 'kill "$relay" 2>/dev/null; exit 0' TERM
     exec 4>"$pipedir/in"
@@ -169,7 +229,10 @@ exec 3<&-
 wait "$child"
 status=$?
 kill "$watcher" 2>/dev/null
-[ -z "$input" ] || rm -rf "$pipedir"
+[ -z "$RCH_input" ] || rm -rf "$pipedir"
+[ -z "$RCH_envdir" ] || report_env
+[ "$status" -ne 0 ] || [ -z "$RCH_watch" ] || report_outputs
+[ -z "$RCH_before" ] || rm -f -- "$RCH_before"
 report_exit "$status"
 exit "$status""#;
 
@@ -232,6 +295,12 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
         check.expect.unwrap_or_default(),
         check.set.unwrap_or_default(),
         if spec.input.is_some() { "1" } else { "" }.to_string(),
+        spec.watch.as_ref().map_or("", |w| w.mode).to_string(),
+        spec.watch
+            .as_ref()
+            .map(|w| w.rel.clone())
+            .unwrap_or_default(),
+        spec.env_reads.clone().unwrap_or_default(),
         check.delete.len().to_string(),
     ];
     args.extend(check.delete);
@@ -305,19 +374,44 @@ async fn execute(
     };
     let status = child.wait().await;
     drop(stdin);
-    let first = filter.records().first().cloned();
-    let stale_tree = first == Some(Record::Setup(SetupFault::StaleTree));
-    let (started, result) = match first {
+    let (end, listing, env_reads) = read_records(filter.records());
+    let stale_tree = end == Some(Record::Setup(SetupFault::StaleTree));
+    let (started, result) = match end {
         Some(Record::Exit(code)) => (true, Ok(code)),
         Some(Record::Setup(fault)) => (false, Err(setup_failure(worker, dir, fault))),
-        None => (true, Err(unreported_end(conn, status).await)),
+        Some(_) | None => (true, Err(unreported_end(conn, status).await)),
     };
     RunReport {
         started,
         result,
         stderr_mid_line,
         stale_tree,
+        listing,
+        env_reads,
     }
+}
+
+/// The script's records taken apart: how the run ended (the first `exit`
+/// or `setup` record), the listing when complete, the env-dep lines.
+fn read_records(records: &[Record]) -> (Option<Record>, Option<Listing>, String) {
+    let mut end = None;
+    let mut listing = ListingBuilder::default();
+    let mut env_reads = String::new();
+    for record in records {
+        match record {
+            Record::Exit(_) | Record::Setup(_) => {
+                end.get_or_insert_with(|| record.clone());
+            }
+            Record::File(body) => listing.file(body),
+            Record::Gone(body) => listing.gone(body),
+            Record::List(ok) => listing.end(*ok),
+            Record::Env(line) => {
+                env_reads.push_str(line);
+                env_reads.push('\n');
+            }
+        }
+    }
+    (end, listing.finish(), env_reads)
 }
 
 /// The failure for a script that did not start the command.
@@ -450,6 +544,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             tree: None,
             input: None,
+            watch: None,
+            env_reads: None,
         };
         let cmd = remote_command(&spec).unwrap();
         let words = shlex::split(&cmd).unwrap();
@@ -460,6 +556,9 @@ mod tests {
             [
                 "rch",
                 "d",
+                "",
+                "",
+                "",
                 "",
                 "",
                 "",

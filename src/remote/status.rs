@@ -8,7 +8,10 @@
 //! the stream and passes every other byte through unchanged. Bodies:
 //!
 //! - `exit:<code>`: the command ran and ended with `<code>` (128+N on signal N);
-//! - `setup:<kind>:<detail>`: the script did not start the command ([`SetupFault`]).
+//! - `setup:<kind>:<detail>`: the script did not start the command ([`SetupFault`]);
+//! - `file:`, `gone:`, `list:ok|bad`: what the build left in the directory
+//!   that comes back ([`super::outputs`]), sent before `exit`;
+//! - `env:<line>`: a line of the build's dep-info naming a variable it read.
 //!
 //! A run without either record never finished on the worker: the channel or
 //! the connection was lost. Checks the script makes before the command add a
@@ -50,6 +53,14 @@ pub enum Record {
     Exit(i32),
     /// The command was not started.
     Setup(SetupFault),
+    /// A file of the listed directory: `<size> <mtime> <path>`.
+    File(String),
+    /// A path the build deleted: `<type> <size> <mtime> <path>`.
+    Gone(String),
+    /// The listing ended: complete (`true`) or impossible (`false`).
+    List(bool),
+    /// A dep-info or build-script line naming a variable the build read.
+    Env(String),
 }
 
 impl Record {
@@ -68,15 +79,21 @@ impl Record {
                     _ => SetupFault::Other(detail),
                 }))
             }
+            "file" => Some(Record::File(rest.to_string())),
+            "gone" => Some(Record::Gone(rest.to_string())),
+            "list" => Some(Record::List(rest == "ok")),
+            "env" => Some(Record::Env(rest.to_string())),
             _ => None,
         }
     }
 }
 
 /// Shell function definitions for the script: `report_exit CODE` and
-/// `setup_failed KIND DETAIL` (which also exits). `$nonce` must be set.
-pub const SCRIPT_FUNCTIONS: &str = r#"report_exit() { printf '\036rch-%s\036exit:%s\n' "$nonce" "$1" >&2; }
-setup_failed() { printf '\036rch-%s\036setup:%s:%s\n' "$nonce" "$1" "$2" >&2; exit 125; }"#;
+/// `setup_failed KIND DETAIL` (which also exits). `$RCH_nonce` must be set
+/// (the script's own names start with `RCH_`, which no forwarded variable
+/// may: the build's environment cannot overwrite them).
+pub const SCRIPT_FUNCTIONS: &str = r#"report_exit() { printf '\036rch-%s\036exit:%s\n' "$RCH_nonce" "$1" >&2; }
+setup_failed() { printf '\036rch-%s\036setup:%s:%s\n' "$RCH_nonce" "$1" "$2" >&2; exit 125; }"#;
 
 /// Separates the script's records from the build's own stderr bytes.
 pub struct StatusFilter {

@@ -235,7 +235,7 @@ const RSYNC_VANISHED: i32 = 24;
 const MISSING_SOURCE: &str = "No such file or directory";
 
 /// `-a`, and ssh through the master's control socket.
-fn rsync_base_args(conn: &Connection) -> Vec<OsString> {
+pub(crate) fn rsync_base_args(conn: &Connection) -> Vec<OsString> {
     let control = conn.control_path().to_string_lossy();
     let ssh = format!(
         "ssh -S {} -o ControlMaster=no -o BatchMode=yes",
@@ -259,14 +259,14 @@ fn push_excludes<'a>(args: &mut Vec<OsString>, patterns: impl Iterator<Item = &'
 }
 
 /// A local directory with a trailing slash: rsync copies its contents.
-fn dir_arg(dir: &Path) -> OsString {
+pub(crate) fn dir_arg(dir: &Path) -> OsString {
     let mut arg = PathBuf::from(dir).into_os_string();
     arg.push("/");
     arg
 }
 
 /// `rch-mux:<remote_dir>/<rel>/`; rsync escapes remote names itself.
-fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
+pub(crate) fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
     let dir = remote_dir.trim_end_matches('/');
     if rel.is_empty() {
         format!("{MUX_HOST}:{dir}/").into()
@@ -278,7 +278,7 @@ fn remote_arg(remote_dir: &str, rel: &str) -> OsString {
 /// Runs rsync with `args`, `input` on its stdin (a file or filter list);
 /// with `missing_ok`, a source that does not exist is no failure. On a
 /// terminal its progress shows as the `what` ("push", "pull") line.
-async fn run_rsync(
+pub(crate) async fn run_rsync(
     conn: &Connection,
     mut args: Vec<OsString>,
     input: &[u8],
