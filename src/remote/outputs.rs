@@ -332,6 +332,7 @@ pub async fn pull_listed(
     if let Some(files) = only {
         restrict(&mut wanted, listing, files);
     }
+    tracing::debug!(first = ?wanted.iter().take(5).collect::<Vec<_>>(), "files that differ here");
     let mut returned = Returned {
         pulled: wanted.len(),
         listed: listing.files.len(),

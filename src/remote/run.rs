@@ -127,6 +127,9 @@ fn run_script() -> String {
 /// `list_tree` prints the tree's paths before the build (type, size, mtime,
 /// path); `report_outputs` reports each file of the watched directory
 /// (`file:`), each listed path that is gone (`gone:`), then `list:ok`.
+/// A cargo output dir is listed without cargo's bookkeeping and dep-info
+/// files (`*.d`, which cargo may rewrite on a no-op build: they would cost
+/// every build a pull, and no artifact report names them).
 /// A name holding a newline cannot be listed: `list:bad`. `report_env`
 /// reports the cargo output dir's env-dep lines (`env:`).
 const LIST_FUNCTIONS: &str = r#"nl='
@@ -138,7 +141,7 @@ report_outputs() {
   if [ -d "$RCH_root" ]; then
     case $RCH_watch in
       tree) set -- \( -name .git -o -name target -o -name node_modules \) -type d -prune -o ;;
-      artifacts) set -- \( -name incremental -o -name .fingerprint -o -name build \) -type d -prune -o -path '*/deps/*.d' -prune -o ;;
+      artifacts) set -- \( -name incremental -o -name .fingerprint -o -name build \) -type d -prune -o -name '*.d' -prune -o ;;
       *) set -- ;;
     esac
     find "$RCH_root" -mindepth 1 "$@" -name "*$nl*" -printf '\036rch-'"$RCH_nonce"'\036list:bad\n' -prune -o ! -type d -printf '\036rch-'"$RCH_nonce"'\036file:%s %T@ %P\n' >&2 2>/dev/null || return 0
