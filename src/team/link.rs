@@ -126,7 +126,7 @@ impl Link {
             let mut pause = BACKOFF_MIN;
             loop {
                 tokio::time::sleep(pause).await;
-                if self.ping().await {
+                if self.ping().await.is_ok() {
                     break;
                 }
                 pause = (pause * 2).min(BACKOFF_MAX);
@@ -137,12 +137,17 @@ impl Link {
         }
     }
 
-    /// Does Redis answer a PING within the timeout?
-    pub async fn ping(&self) -> bool {
+    /// Does Redis answer a PING within the timeout? If not, why (Redis's
+    /// own words, e.g. a wrong password; they never hold the password).
+    pub async fn ping(&self) -> Result<(), String> {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
+        match tokio::time::timeout(self.timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
     }
 }
 

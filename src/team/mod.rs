@@ -183,10 +183,11 @@ impl Team {
     /// Check the link once (bounded) and start the background tasks:
     /// reconnecting, and listening to the rest of the team.
     pub async fn start(self: &Arc<Self>, now_ms: u64) {
-        if self.link.ping().await {
-            tracing::info!(team = %self.name, url = %self.shown_url, "team redis connected");
-        } else {
-            self.link.start_down(now_ms, "no answer at start");
+        match self.link.ping().await {
+            Ok(()) => {
+                tracing::info!(team = %self.name, url = %self.shown_url, "team redis connected")
+            }
+            Err(why) => self.link.start_down(now_ms, &why),
         }
         tokio::spawn(self.link.clone().keep_up());
         tokio::spawn(listen::changes(self.clone()));
@@ -404,7 +405,12 @@ fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
 
 /// `user@host:pid` of this daemon.
 fn origin() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| nix::unistd::getuid().to_string());
+    let uid = nix::unistd::getuid();
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| Some(nix::unistd::User::from_uid(uid).ok()??.name))
+        .unwrap_or_else(|| uid.to_string());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
