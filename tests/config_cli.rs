@@ -168,6 +168,10 @@ fn bad_values_name_their_line() {
             "[[workers]]\nid = \"w 1\"\nhost = \"a\"\n",
             "2: workers[0].id: must be letters, digits",
         ),
+        (
+            "[[workers]]\nid = \"w1\"\nhost = \"a\"\ncompress = \"zstd\"\n",
+            "4: workers[0].compress: expected",
+        ),
         ("[general]\n[servers]\n", "2: servers: unknown section"),
         (
             "[daemon]\nmetrics_listen = \"everywhere\"\n",

@@ -204,6 +204,59 @@ pub struct WorkerConfig {
     /// Whether builds run at the client's own absolute path on this worker.
     #[serde(default)]
     pub mirror_paths: MirrorPaths,
+    /// Whether rsync compresses transfers to and from this worker.
+    #[serde(default)]
+    pub compress: Compress,
+}
+
+/// `compress`: `"auto"` (when this worker's transfers measured a slow
+/// link), `true` (always) or `false` (never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compress {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Serialize for Compress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Compress::Auto => s.serialize_str("auto"),
+            Compress::Always => s.serialize_bool(true),
+            Compress::Never => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Compress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match auto_or_bool(d, "compress")? {
+            None => Compress::Auto,
+            Some(true) => Compress::Always,
+            Some(false) => Compress::Never,
+        })
+    }
+}
+
+/// A key that is `"auto"` (`None`), `true` or `false`.
+fn auto_or_bool<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Flag(bool),
+        Word(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Flag(flag) => Ok(Some(flag)),
+        Raw::Word(w) if w == "auto" => Ok(None),
+        Raw::Word(w) => Err(serde::de::Error::custom(format!(
+            "{key}: expected \"auto\", true or false, got {w:?}"
+        ))),
+    }
 }
 
 /// `mirror_paths`: `"auto"` (when the tree has build files that record
@@ -240,20 +293,11 @@ impl Serialize for MirrorPaths {
 
 impl<'de> Deserialize<'de> for MirrorPaths {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Flag(bool),
-            Word(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Flag(true) => Ok(MirrorPaths::Always),
-            Raw::Flag(false) => Ok(MirrorPaths::Never),
-            Raw::Word(w) if w == "auto" => Ok(MirrorPaths::Auto),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "mirror_paths: expected \"auto\", true or false, got {w:?}"
-            ))),
-        }
+        Ok(match auto_or_bool(d, "mirror_paths")? {
+            None => MirrorPaths::Auto,
+            Some(true) => MirrorPaths::Always,
+            Some(false) => MirrorPaths::Never,
+        })
     }
 }
 
@@ -275,6 +319,7 @@ impl WorkerConfig {
             cc_toolchain: None,
             max_disk_gb: None,
             mirror_paths: MirrorPaths::Auto,
+            compress: Compress::Auto,
         }
     }
 }

@@ -140,6 +140,7 @@ pub const WORKER: &[Key] = &[
     key("cc_toolchain", CC_TOOLCHAIN),
     key("max_disk_gb", Kind::Positive),
     key("mirror_paths", Kind::AutoBool),
+    key("compress", Kind::AutoBool),
 ];
 
 /// Worker keys without which a worker entry is an error.

@@ -8,8 +8,10 @@
 //! with its host key, sshd_config, authorized_keys, pid file, log and remote
 //! base. The sshd processes outlive the process that started them, so a later
 //! process can [`Lab::open`] the lab to inject faults or take it down.
+//! [`link`] puts a worker behind a link of a given latency and rate.
 
 mod isolate;
+pub mod link;
 mod procs;
 mod sshd;
 mod tarpit;

@@ -5,7 +5,8 @@
 //! build's stdin in [`input`]), what comes back and what the build deleted
 //! ([`outputs`]), the
 //! worker probe ([`probe`]) and builds at the client's own path ([`mirror`]).
-//! A transfer's progress line on a terminal is [`progress`] (a leaf).
+//! A transfer's progress line on a terminal is [`progress`], the link each
+//! worker's transfers measured (and whether to compress) [`link`]; both leaves.
 //!
 //! Two leaves sit under them: [`shell`] (quoting and the login-shell command)
 //! and [`failure`] (the typed [`RemoteFailure`] and the one place that reads
@@ -16,6 +17,7 @@
 pub mod failure;
 pub mod input;
 pub mod layout;
+pub mod link;
 pub mod mirror;
 pub mod outputs;
 pub mod probe;

@@ -41,6 +41,7 @@ pub struct Connection {
     session: Session,
     control_path: PathBuf,
     worker_id: String,
+    compress: crate::config::Compress,
 }
 
 impl Connection {
@@ -57,6 +58,11 @@ impl Connection {
     /// The id of the worker this connection reaches.
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// The worker's `compress` setting.
+    pub fn compress(&self) -> crate::config::Compress {
+        self.compress
     }
 
     /// `ssh` running `remote_command` over the master, all three streams piped.
@@ -236,6 +242,7 @@ fn connection_for(control_path: &Path, target: &Target) -> Connection {
         session: resumed_session(control_path),
         control_path: control_path.to_path_buf(),
         worker_id: target.worker.id.clone(),
+        compress: target.worker.compress,
     }
 }
 
@@ -426,6 +433,7 @@ mod tests {
                 cc_toolchain: None,
                 max_disk_gb: None,
                 mirror_paths: Default::default(),
+                compress: Default::default(),
             },
             ssh: SshConfig::default(),
             agent: None,

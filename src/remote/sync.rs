@@ -2,10 +2,12 @@
 //! tree up before a build, artifacts (or the whole tree) back after it.
 //!
 //! rsync reaches the worker with `ssh -S <control socket>`, so a transfer costs
-//! no new connection or authentication. Compression stays off: workers sit on
-//! a LAN or loopback where CPU, not bandwidth, is the limit.
+//! no new connection or authentication. Whether it compresses is the
+//! worker's link's to say ([`super::link`]): each transfer's bytes and time
+//! are a sample of it.
 
 use super::failure::{classify_rsync, FailureKind, RemoteFailure};
+use super::link;
 use super::progress;
 use super::shell::quote;
 use super::ssh::{Connection, MUX_HOST};
@@ -290,6 +292,15 @@ pub(crate) async fn run_rsync(
     if shown {
         args.insert(0, "--info=progress2".into());
     }
+    // The summary line gives the bytes on the wire: a sample of the link.
+    args.insert(0, "--info=stats1".into());
+    let links = link::default_dir();
+    let measured = link::measured(&links, conn.worker_id());
+    if link::compresses(conn.compress(), measured) {
+        tracing::debug!(worker = conn.worker_id(), measured, "rsync compresses");
+        args.insert(0, "-z".into());
+    }
+    let started = std::time::Instant::now();
     let cannot = |e: std::io::Error| {
         RemoteFailure::new(
             FailureKind::Local,
@@ -300,7 +311,7 @@ pub(crate) async fn run_rsync(
     let mut child = Command::new("rsync")
         .args(&args)
         .stdin(Stdio::piped())
-        .stdout(if shown { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group: an interrupt is rch's to handle (see
         // `Connection::command`); dropping the transfer kills rsync.
@@ -320,17 +331,31 @@ pub(crate) async fn run_rsync(
     let stdout = child.stdout.take();
     let show = async move {
         use tokio::io::AsyncReadExt;
-        let Some(mut stdout) = stdout else { return };
-        let mut line = progress::Line::new(what);
+        let mut text = Vec::new();
+        let Some(mut stdout) = stdout else {
+            return text;
+        };
+        let mut line = shown.then(|| progress::Line::new(what));
         let mut buf = [0u8; 4096];
         while let Ok(n) = stdout.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            line.feed(&buf[..n]);
+            if let Some(line) = line.as_mut() {
+                line.feed(&buf[..n]);
+            }
+            // Keep the end only: the summary is rsync's last line.
+            text.extend_from_slice(&buf[..n]);
+            if text.len() > 64 * 1024 {
+                text.drain(..text.len() - 4096);
+            }
         }
+        text
     };
-    let (_, _, output) = tokio::join!(feed, show, child.wait_with_output());
+    let (_, text, output) = tokio::join!(feed, show, child.wait_with_output());
+    if let Some(bytes) = link::wire_bytes(&String::from_utf8_lossy(&text)) {
+        link::record(&links, conn.worker_id(), bytes, started.elapsed());
+    }
     let output = output.map_err(cannot)?;
     if output.status.success() {
         return Ok(());
