@@ -89,3 +89,39 @@ fn a_slow_link_is_measured_from_its_transfers_and_then_compressed() {
         describe(&out)
     );
 }
+
+/// On a terminal, a transfer that lasts over a second draws one progress
+/// line (bytes, rate, files) and clears it before the build's own output.
+#[test]
+fn a_slow_push_on_a_terminal_draws_a_progress_line_and_clears_it() {
+    let env = TestEnv::new(1);
+    let real = env.lab.workers()[0].port;
+    // 20 Mbit/s: 8 MB take over three seconds.
+    let proxy = LinkProxy::start(real, Shape::new(2, 20)).expect("proxy");
+    let alias = env.lab.alias_via("w1", proxy.port()).expect("alias");
+    env.write_config(&format!("[[workers]]\nid = \"w1\"\nhost = \"{alias}\"\n"));
+    let noise: Vec<u8> = (0..8_000_000u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(env.project_dir.join("noise.bin"), noise).unwrap();
+
+    let line = format!("{} exec -- cargo build", support::rch_bin());
+    let out = env.on_terminal(&env.project_dir, &line);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text.contains("rch: ran on w1"), "{text:?}");
+    let drawn = text
+        .find("rch: push ")
+        .unwrap_or_else(|| panic!("no progress line: {text:?}"));
+    assert!(
+        text[drawn..].contains(" files") || text[drawn..].contains(" file"),
+        "{text:?}"
+    );
+    // Cleared (carriage return, erase line) before cargo's first line.
+    let cleared = text[drawn..].find("\r\x1b[2K").map(|i| i + drawn);
+    let compiling = text.find("Compiling").unwrap_or(usize::MAX);
+    assert!(
+        cleared.is_some_and(|c| c < compiling),
+        "the line is not cleared before the build's output: {text:?}"
+    );
+}

@@ -332,24 +332,6 @@ fn a_large_first_push_names_its_largest_dirs_and_piped_output_gets_no_progress()
     assert!(!stderr(&out).contains("first push"), "{}", describe(&out));
 }
 
-/// Run `command_line` under `script`, whose pty makes rch's stdout and
-/// stderr a terminal (as in an interactive shell); returns what it printed.
-fn on_terminal(env: &TestEnv, dir: &Path, command_line: &str) -> Output {
-    let mut cmd = Command::new("script");
-    env.apply_env(&mut cmd);
-    cmd.args(["-qec", command_line, "/dev/null"])
-        .env_remove("NO_COLOR")
-        .current_dir(dir)
-        .stdin(Stdio::null());
-    cmd.output().expect("running script")
-}
-
-fn rch_bin() -> String {
-    shlex::try_quote(env!("CARGO_BIN_EXE_rch"))
-        .unwrap()
-        .into_owned()
-}
-
 const ESC: &str = "\x1b[";
 
 #[test]
@@ -368,8 +350,8 @@ fn a_terminal_gets_colour_from_remote_builds_and_a_pipe_does_not() {
     .unwrap();
     let source = |n: u32| format!("fn main() {{ let unused{n} = 1; }}\n");
     std::fs::write(project.join("src/main.rs"), source(1)).unwrap();
-    let line = format!("stty cols 97; {} exec -- cargo build", rch_bin());
-    let out = on_terminal(&env, &project, &line);
+    let line = format!("stty cols 97; {} exec -- cargo build", support::rch_bin());
+    let out = env.on_terminal(&project, &line);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(text.contains("rch: ran on w1"), "{}", describe(&out));
@@ -378,8 +360,8 @@ fn a_terminal_gets_colour_from_remote_builds_and_a_pipe_does_not() {
 
     // The test binaries of `cargo test --no-run` are listed as cargo lists
     // them on a terminal (rch prints these lines: cargo's report has them).
-    let line = format!("{} exec -- cargo test --no-run", rch_bin());
-    let out = on_terminal(&env, &project, &line);
+    let line = format!("{} exec -- cargo test --no-run", support::rch_bin());
+    let out = env.on_terminal(&project, &line);
     assert!(
         stdout(&out).contains(
             "\x1b[1m\x1b[92m  Executable\x1b[0m unittests src/main.rs (target/debug/deps/colour-"
@@ -397,8 +379,8 @@ fn a_terminal_gets_colour_from_remote_builds_and_a_pipe_does_not() {
 
     // NO_COLOR on a terminal: plain too.
     std::fs::write(project.join("src/main.rs"), source(3)).unwrap();
-    let line = format!("NO_COLOR=1 {} exec -- cargo build", rch_bin());
-    let out = on_terminal(&env, &project, &line);
+    let line = format!("NO_COLOR=1 {} exec -- cargo build", support::rch_bin());
+    let out = env.on_terminal(&project, &line);
     assert!(stdout(&out).contains("unused3"), "{}", describe(&out));
     assert!(!stdout(&out).contains(ESC), "{}", describe(&out));
 
@@ -406,8 +388,8 @@ fn a_terminal_gets_colour_from_remote_builds_and_a_pipe_does_not() {
     let unused = "int f(void) { int unused; return 0; }\n";
     std::fs::write(project.join("a.c"), unused).unwrap();
     std::fs::write(project.join("b.c"), "int g(void) { return 1; }\n").unwrap();
-    let line = format!("{} exec -- gcc -Wall -c a.c b.c", rch_bin());
-    let out = on_terminal(&env, &project, &line);
+    let line = format!("{} exec -- gcc -Wall -c a.c b.c", support::rch_bin());
+    let out = env.on_terminal(&project, &line);
     let text = stdout(&out);
     assert!(text.contains("rch: ran on w1"), "{}", describe(&out));
     assert!(text.contains("unused"), "{text:?}");

@@ -20,6 +20,13 @@ use std::time::Duration;
 /// How long `rch daemon stop` may take when a test ends.
 const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The rch binary under test, quoted for a shell command line.
+pub fn rch_bin() -> String {
+    shlex::try_quote(env!("CARGO_BIN_EXE_rch"))
+        .unwrap()
+        .into_owned()
+}
+
 /// One test's world: lab workers plus an rch environment pointing at them.
 pub struct TestEnv {
     pub lab: Lab,
@@ -161,6 +168,19 @@ impl TestEnv {
         self.apply_env(&mut cmd);
         cmd.current_dir(dir).stdin(Stdio::null());
         cmd
+    }
+
+    /// Run `command_line` under `script`, whose pty makes rch's stdout and
+    /// stderr a terminal (as in an interactive shell); what it printed is
+    /// on the returned stdout.
+    pub fn on_terminal(&self, dir: &Path, command_line: &str) -> Output {
+        let mut cmd = Command::new("script");
+        self.apply_env(&mut cmd);
+        cmd.args(["-qec", command_line, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .current_dir(dir)
+            .stdin(Stdio::null());
+        cmd.output().expect("running script")
     }
 
     /// A small cargo project (a bin crate printing one line) under the temp
