@@ -168,24 +168,7 @@ impl super::Lab {
     pub fn alias_via(&self, id: &str, port: u16) -> anyhow::Result<String> {
         let worker = self.worker(id)?;
         let alias = format!("{}-via-{port}", worker.alias);
-        let text = format!(
-            "\nHost {alias}\n\
-             \x20   HostName 127.0.0.1\n\
-             \x20   Port {port}\n\
-             \x20   HostKeyAlias [127.0.0.1]:{real}\n\
-             \x20   User {user}\n\
-             \x20   IdentityFile {key}\n\
-             \x20   IdentitiesOnly yes\n\
-             \x20   UserKnownHostsFile {known_hosts}\n\
-             \x20   GlobalKnownHostsFile /dev/null\n\
-             \x20   StrictHostKeyChecking yes\n\
-             \x20   CheckHostIP no\n\
-             \x20   BatchMode yes\n",
-            real = worker.port,
-            user = self.state.user,
-            key = super::sshd::quote_token_path(&self.client_key()),
-            known_hosts = super::sshd::quote_token_path(&self.known_hosts()),
-        );
+        let text = self.host_block(&alias, port, Some(worker.port));
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new()
             .append(true)

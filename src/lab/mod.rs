@@ -657,26 +657,35 @@ impl Lab {
     fn ssh_config_text(&self) -> String {
         let mut text = String::from("# rch lab: local workers; removed by `rch lab down`\n");
         for worker in &self.state.workers {
-            text.push_str(&format!(
-                "\nHost {alias}\n\
-                 \x20   HostName 127.0.0.1\n\
-                 \x20   Port {port}\n\
-                 \x20   User {user}\n\
-                 \x20   IdentityFile {key}\n\
-                 \x20   IdentitiesOnly yes\n\
-                 \x20   UserKnownHostsFile {known_hosts}\n\
-                 \x20   GlobalKnownHostsFile /dev/null\n\
-                 \x20   StrictHostKeyChecking yes\n\
-                 \x20   CheckHostIP no\n\
-                 \x20   BatchMode yes\n",
-                alias = worker.alias,
-                port = worker.port,
-                user = self.state.user,
-                key = sshd::quote_token_path(&self.client_key()),
-                known_hosts = sshd::quote_token_path(&self.known_hosts()),
-            ));
+            text.push_str(&self.host_block(&worker.alias, worker.port, None));
         }
         text
+    }
+
+    /// One `Host` entry of the lab's ssh config: `alias` reaches 127.0.0.1 on
+    /// `port` with the lab's key and known_hosts; `host_key_of` names the
+    /// worker port whose host key it must present (an entry through a proxy).
+    pub(crate) fn host_block(&self, alias: &str, port: u16, host_key_of: Option<u16>) -> String {
+        let host_key_alias = host_key_of
+            .map(|real| format!("    HostKeyAlias [127.0.0.1]:{real}\n"))
+            .unwrap_or_default();
+        format!(
+            "\nHost {alias}\n\
+             \x20   HostName 127.0.0.1\n\
+             \x20   Port {port}\n\
+             {host_key_alias}\
+             \x20   User {user}\n\
+             \x20   IdentityFile {key}\n\
+             \x20   IdentitiesOnly yes\n\
+             \x20   UserKnownHostsFile {known_hosts}\n\
+             \x20   GlobalKnownHostsFile /dev/null\n\
+             \x20   StrictHostKeyChecking yes\n\
+             \x20   CheckHostIP no\n\
+             \x20   BatchMode yes\n",
+            user = self.state.user,
+            key = sshd::quote_token_path(&self.client_key()),
+            known_hosts = sshd::quote_token_path(&self.known_hosts()),
+        )
     }
 
     fn save_state(&self) -> anyhow::Result<()> {
