@@ -1,12 +1,12 @@
 //! rch benchmarks, measured side by side in one run on real loopback sshd
 //! workers; they print medians and ratios, never pass/fail.
 //!
-//! Run: `cargo bench --bench rch_bench` (all), or name some of
-//! `p1 p1p p6 p7 p3 p4 p4t` after `--`. With `RCH_BENCH_BEFORE=<path to
-//! another rch binary>`, P1', P6 and P7 also time that binary, interleaved
-//! with this one (its own daemon, state and cache; the same workers and
-//! config): before/after figures from one run. `RCH_BENCH_ROUNDS` sets
-//! their rounds (default 9).
+//! Run: `cargo bench --bench rch_bench` (all but the link cases), or name
+//! some of `p1 p1p p6 p7 p3 p4 p4t link link-ws link-noop` after `--`. With
+//! `RCH_BENCH_BEFORE=<path to another rch binary>`, P1', P6, P7 and the link
+//! cases also time that binary, interleaved with this one (its own daemon,
+//! state and cache; the same workers and config): before/after figures from
+//! one run. `RCH_BENCH_ROUNDS` sets their rounds (default 9).
 //!
 //! - P1: warm no-op remote `cargo build` vs the hand-written rsync+ssh script
 //!   on the same worker, and vs a local no-op build.
@@ -20,12 +20,22 @@
 //! - P4t: lease+release across 4 daemons at once, each with its own client,
 //!   without and with a `[team]` on a real redis-server on loopback (p50/p99,
 //!   leases/s over the 4).
+//! - `link` (`link_cases`, only when named: about 15 minutes): a worker on
+//!   loopback beside one behind the lab's link proxy (`rch::lab::link`).
+//!   `link-ws`: the published `ignore` crate (copied from the cargo registry,
+//!   built offline) at 10 ms RTT and 100 Mbit/s: cold build, one-file edit +
+//!   build, one-file edit + check. `link-noop`: a warm no-op build of a tiny
+//!   crate at 20 ms RTT, no rate limit, and the remote commands it starts.
+//!   Both beside local cargo and the rsync+ssh script.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 #[path = "cases/sync.rs"]
 mod sync_cases;
+
+#[path = "cases/link.rs"]
+mod link_cases;
 
 use rch::protocol::{AttemptOutcome, JobReport, LeaseRequest, Request, Response};
 use std::path::Path;
@@ -77,7 +87,8 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let named = |name: &str| wanted.iter().any(|w| w == name);
+    let run = |name: &str| wanted.is_empty() || named(name);
     if run("p1") {
         p1_warm_noop();
     }
@@ -98,6 +109,13 @@ fn main() {
     }
     if run("p4t") {
         p4_team();
+    }
+    // Minutes of cold builds: only when asked for.
+    if named("link") || named("link-ws") {
+        link_cases::workspace();
+    }
+    if named("link") || named("link-noop") {
+        link_cases::warm_noop();
     }
 }
 
@@ -126,6 +144,30 @@ fn time(mut cmd: Command) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     took
+}
+
+/// Medians of interleaved rounds, one per contender: `round(r)` prepares
+/// round `r` and gives its commands, run in that order. With `warm_up` an
+/// extra first round runs uncounted (daemon, ssh masters, caches warm).
+fn interleaved(
+    rounds: usize,
+    warm_up: bool,
+    mut round: impl FnMut(usize) -> Vec<Command>,
+) -> Vec<Duration> {
+    let skip = usize::from(warm_up);
+    let mut samples: Vec<Vec<Duration>> = Vec::new();
+    for r in 0..rounds + skip {
+        for (i, cmd) in round(r).into_iter().enumerate() {
+            let took = time(cmd);
+            if r >= skip {
+                if samples.len() <= i {
+                    samples.resize(i + 1, Vec::new());
+                }
+                samples[i].push(took);
+            }
+        }
+    }
+    samples.into_iter().map(median).collect()
 }
 
 fn ms(d: Duration) -> String {
@@ -169,17 +211,15 @@ fn p1_warm_noop() {
             .args(["exec", "--", "cargo", "build", "-q"]);
         c
     };
-    // Warm everything: remote target dirs, the master connection, local build.
-    time(rch());
-    time(sh(&script, &script_project));
-    time(sh("cargo build -q", &local_project));
-    let (mut r, mut s, mut l) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        r.push(time(rch()));
-        s.push(time(sh(&script, &script_project)));
-        l.push(time(sh("cargo build -q", &local_project)));
-    }
-    let (r, s, l) = (median(r), median(s), median(l));
+    // Round 0 warms everything: remote target dirs, the master connection, local build.
+    let m = interleaved(ROUNDS, true, |_| {
+        vec![
+            rch(),
+            sh(&script, &script_project),
+            sh("cargo build -q", &local_project),
+        ]
+    });
+    let (r, s, l) = (m[0], m[1], m[2]);
     println!("  rch exec          {}", ms(r));
     println!("  rsync+ssh script  {}", ms(s));
     println!("  local cargo       {}", ms(l));

@@ -7,6 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
+use support::tally::{count_shells, shells_since};
 use support::TestEnv;
 
 fn stderr(o: &Output) -> String {
@@ -202,30 +203,6 @@ fn pushes_follow_every_change_and_skip_only_a_tree_the_worker_still_holds() {
     assert_eq!(cargo_build(&env, &dir), "two");
     assert!(on_worker(&env, &format!("grep -qx two {tree}/data.txt")));
     assert_eq!(env.circuit("w1").failures, 0);
-}
-
-/// Counts the remote commands builds start on w1: its `.bashrc` (bash,
-/// which sshd runs for every remote command, reads it; zsh reads
-/// `.zshenv`) appends a line to a file in the exchange dir for each one but
-/// the daemon's worker probes (a script starting `base=$1`), which run on
-/// their own schedule.
-fn count_shells(env: &TestEnv) -> PathBuf {
-    let tally = env.exchange_dir().join("shells");
-    let script = |var: &str| {
-        format!(
-            "case ${var} in \"sh -lc 'base=\"*) ;; *) echo \"${{{var}:0:60}}\" | head -1 >> {t} ;; esac\n",
-            t = tally.display()
-        )
-    };
-    let home = env.lab.workers()[0].home();
-    std::fs::write(home.join(".bashrc"), script("BASH_EXECUTION_STRING")).unwrap();
-    std::fs::write(home.join(".zshenv"), script("ZSH_EXECUTION_STRING")).unwrap();
-    tally
-}
-
-fn shells_since(tally: &Path, before: usize) -> usize {
-    let now = std::fs::read_to_string(tally).unwrap_or_default();
-    now.lines().count() - before
 }
 
 #[test]

@@ -4,13 +4,13 @@
 //! `~/.bashrc` costs 50 ms (`sleep 0.05`), as many real accounts do.
 
 use super::support::TestEnv;
-use super::{before_bin, median, ms, rch_other, sh, stop_other, time};
+use super::{before_bin, interleaved, ms, rch_other, sh, stop_other};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 /// Medians of this many interleaved rounds (`RCH_BENCH_ROUNDS`, default 9).
-fn rounds() -> usize {
+pub fn rounds() -> usize {
     std::env::var("RCH_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -30,8 +30,17 @@ fn two_accounts() -> TestEnv {
 /// The hand-written script: push, build, pull. `mux` adds an ssh ControlMaster.
 fn script(env: &TestEnv, worker: usize, dir: &str, mux: bool) -> String {
     let w = &env.lab.workers()[worker];
+    let remote = format!("{}/script-{dir}", w.remote_base.display());
+    script_on(env, &w.alias, &remote, "build", mux)
+}
+
+/// The hand-written script a user would write for `cargo <cargo> -q` on the
+/// ssh host `host` (an alias of the lab's ssh config), in `remote`: push,
+/// run in a login shell, and for a build the pull of `target/debug` without
+/// what only cargo's own bookkeeping needs. `mux` adds an ssh ControlMaster.
+pub fn script_on(env: &TestEnv, host: &str, remote: &str, cargo: &str, mux: bool) -> String {
     let cfg = env.lab.ssh_config().display().to_string();
-    let control = env.path().join(format!("cm-{}", w.id));
+    let control = env.path().join(format!("cm-{host}"));
     let ssh = if mux {
         format!(
             "ssh -F {cfg} -o ControlMaster=auto -o ControlPath={} -o ControlPersist=120",
@@ -40,14 +49,18 @@ fn script(env: &TestEnv, worker: usize, dir: &str, mux: bool) -> String {
     } else {
         format!("ssh -F {cfg}")
     };
-    let remote = format!("{}/script-{dir}", w.remote_base.display());
+    let pull = if cargo == "build" {
+        format!(
+            " && mkdir -p target/debug \
+             && rsync -a -e '{ssh}' --exclude incremental/ --exclude .fingerprint/ --exclude build/ \
+                {host}:{remote}/target/debug/ target/debug/"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "rsync -a --delete --exclude target/ --exclude .git/ -e '{ssh}' ./ {host}:{remote}/ \
-         && {ssh} {host} \"sh -lc 'cd {remote} && cargo build -q'\" \
-         && mkdir -p target/debug \
-         && rsync -a -e '{ssh}' --exclude incremental/ --exclude .fingerprint/ --exclude build/ \
-            {host}:{remote}/target/debug/ target/debug/",
-        host = w.alias
+         && {ssh} {host} \"sh -lc 'cd {remote} && cargo {cargo} -q'\"{pull}"
     )
 }
 
@@ -57,17 +70,29 @@ fn rch_build(env: &TestEnv, dir: &Path, worker: usize) -> Command {
 
 /// `rch exec` of this build, or of the binary `other` (`RCH_BENCH_BEFORE`).
 fn rch_build_with(env: &TestEnv, other: Option<&Path>, dir: &Path, worker: usize) -> Command {
+    let id = env.lab.workers()[worker].id.clone();
+    rch_cargo(env, other, dir, &id, "build")
+}
+
+/// `rch exec --worker <worker> -- cargo <cargo> -q` in `dir`, by this rch or
+/// by the binary `other` (`RCH_BENCH_BEFORE`).
+pub fn rch_cargo(
+    env: &TestEnv,
+    other: Option<&Path>,
+    dir: &Path,
+    worker: &str,
+    cargo: &str,
+) -> Command {
     let mut c = match other {
         Some(bin) => rch_other(env, bin, dir),
         None => env.rch_in(dir),
     };
-    let id = env.lab.workers()[worker].id.clone();
-    c.args(["exec", "--worker", &id, "--", "cargo", "build", "-q"]);
+    c.args(["exec", "--worker", worker, "--", "cargo", cargo, "-q"]);
     c
 }
 
 /// A crate of `modules` source files plus `data` small files under `data/`.
-fn crate_with(root: &Path, modules: usize, data: usize) -> PathBuf {
+pub fn crate_with(root: &Path, modules: usize, data: usize) -> PathBuf {
     let name = root
         .file_name()
         .unwrap()
@@ -128,7 +153,7 @@ fn edit(dir: &Path, round: usize) {
     .unwrap();
 }
 
-fn row(label: &str, d: Duration) {
+pub fn row(label: &str, d: Duration) {
     println!("  {label:<34} {:>9}", ms(d));
 }
 
@@ -156,20 +181,7 @@ pub fn p1_prime() {
             }
             v
         };
-        let mut samples = vec![Vec::new(); 5];
-        for round in 0..=rounds() {
-            for (i, c) in contenders(&dirs).into_iter().enumerate() {
-                let t = time(c);
-                if round > 0 {
-                    samples[i].push(t);
-                }
-            }
-        }
-        let m: Vec<Duration> = samples
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(median)
-            .collect();
+        let m = interleaved(rounds(), true, |_| contenders(&dirs));
         println!(" {account}:");
         row("rch exec", m[0]);
         if let Some(b) = m.get(4) {
@@ -207,8 +219,7 @@ pub fn p6_one_file_edit() {
     for (worker, account) in [(0, "minimal account"), (1, "slow .bashrc (+50 ms)")] {
         let dirs = copies(&env, &format!("p6-{worker}"), 30, 5_000, 4);
         let mux = script(&env, worker, &format!("p6-{worker}-mux"), true);
-        let mut samples = vec![Vec::new(); 4];
-        for round in 0..=rounds() {
+        let m = interleaved(rounds(), true, |round| {
             for d in &dirs {
                 edit(d, round);
             }
@@ -220,18 +231,8 @@ pub fn p6_one_file_edit() {
             if let Some(bin) = &before {
                 cmds.push(rch_build_with(&env, Some(bin), &dirs[3], worker));
             }
-            for (i, c) in cmds.into_iter().enumerate() {
-                let t = time(c);
-                if round > 0 {
-                    samples[i].push(t);
-                }
-            }
-        }
-        let m: Vec<Duration> = samples
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(median)
-            .collect();
+            cmds
+        });
         println!(" {account}:");
         row("rch exec", m[0]);
         if let Some(b) = m.get(3) {
@@ -269,24 +270,13 @@ pub fn p7_many_files() {
     let mut before_overheads = Vec::new();
     for files in [5_000, 50_000] {
         let dirs = copies(&env, &format!("p7-{files}"), 30, files, 3);
-        let mut samples = vec![Vec::new(); 3];
-        for round in 0..=rounds() {
+        let m = interleaved(rounds(), true, |_| {
             let mut cmds = vec![rch_build(&env, &dirs[0], 0), sh("cargo build -q", &dirs[1])];
             if let Some(bin) = &before {
                 cmds.push(rch_build_with(&env, Some(bin), &dirs[2], 0));
             }
-            for (i, c) in cmds.into_iter().enumerate() {
-                let t = time(c);
-                if round > 0 {
-                    samples[i].push(t);
-                }
-            }
-        }
-        let m: Vec<Duration> = samples
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(median)
-            .collect();
+            cmds
+        });
         let overhead = m[0].saturating_sub(m[1]);
         println!(
             "  {files:>6} files: rch {} local {} overhead {}",

@@ -10,6 +10,7 @@ pub mod formats;
 mod project;
 pub mod redis;
 pub mod sandbox;
+pub mod tally;
 
 use rch::lab::Lab;
 use std::ffi::OsString;
