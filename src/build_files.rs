@@ -28,7 +28,8 @@ pub struct CargoDirs {
 pub struct Layout {
     /// The directory synced to the worker.
     pub root: PathBuf,
-    /// Why the root is wider than the workspace (path dependencies outside it).
+    /// Whether the root is wider than the project: to hold a cargo
+    /// workspace's path dependencies, or an out-of-tree build dir's source tree.
     pub widened: bool,
     pub cargo: Option<CargoDirs>,
     /// A build file recording an absolute path under the root, if any.
@@ -74,8 +75,42 @@ pub fn plan(
     } else {
         let dir = recorded::build_dir(argv, cwd);
         layout.recorded = recorded::find(&layout.root, &dir);
+        if let Some(source) = layout.recorded.as_ref().and_then(recorded::source_dir) {
+            let root = with_source_tree(&layout.root, &source, repo)
+                .map_err(|why| format!("cannot sync the build's source tree: {why}"))?;
+            layout.widened = root != layout.root;
+            layout.root = root;
+        }
     }
     Ok(layout)
+}
+
+/// The synced root widened to hold `source`, the source tree an
+/// out-of-tree build dir was configured from (`../src/configure`,
+/// `cmake -S ../src`): its Makefiles and ninja files read the sources there.
+/// As for cargo's path dependencies, it stays inside the repository, or,
+/// outside any, does not span `/` or the home directory.
+fn with_source_tree(root: &Path, source: &Path, repo: Option<&Path>) -> Result<PathBuf, String> {
+    if source.starts_with(root) {
+        return Ok(root.to_path_buf());
+    }
+    let widened = common_parent(root, source);
+    if let Some(repo) = repo.filter(|repo| !source.starts_with(repo)) {
+        return Err(format!(
+            "{} is outside the repository {}",
+            source.display(),
+            repo.display()
+        ));
+    }
+    let home = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf());
+    if widened == Path::new("/") || Some(&widened) == home.as_ref() {
+        return Err(format!(
+            "{} and the build dir span {} (no repository bounds them)",
+            source.display(),
+            widened.display()
+        ));
+    }
+    Ok(widened)
 }
 
 fn common_parent(a: &Path, b: &Path) -> PathBuf {
@@ -280,8 +315,10 @@ pub fn remote_dir(worker: &WorkerConfig, layout: &Layout, slot: u32) -> RemoteDi
 /// One line per fact about the build's paths, for `rch diagnose`.
 pub fn describe(layout: &Layout, workers: &[WorkerConfig]) -> Vec<String> {
     let mut lines = vec![format!("synced root: {}", layout.root.display())];
-    if layout.widened {
+    if layout.widened && layout.cargo.is_some() {
         lines.push("  (widened to hold the crate's local path dependencies)".into());
+    } else if layout.widened {
+        lines.push("  (widened to hold the source tree the build dir was configured from)".into());
     }
     if let Some(cargo) = &layout.cargo {
         lines.push(format!("artifacts return to: {}", cargo.target.display()));

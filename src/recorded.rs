@@ -80,6 +80,46 @@ pub fn find(root: &Path, build_dir: &Path) -> Option<Recorded> {
         .find_map(|file| records(&file, root))
 }
 
+/// The source tree the build dir holding `recorded` was configured from,
+/// when its build system records one (`srcdir` in autotools' `config.status`,
+/// relative to the build dir or absolute; CMake's `CMAKE_HOME_DIRECTORY`;
+/// Meson's `directories.source`) and it exists here. An out-of-tree build
+/// dir reads its sources there, so they must reach the worker with it.
+pub fn source_dir(recorded: &Recorded) -> Option<PathBuf> {
+    let mut dir = recorded.file.parent()?;
+    if dir.ends_with("meson-info") {
+        dir = dir.parent()?;
+    }
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let source = if let Some(text) = read("config.status") {
+        dir.join(shell_assignment(&text, "srcdir")?)
+    } else if let Some(text) = read("CMakeCache.txt") {
+        PathBuf::from(
+            text.lines()
+                .find_map(|l| l.strip_prefix("CMAKE_HOME_DIRECTORY:INTERNAL="))?,
+        )
+    } else {
+        let text = read("meson-info/meson-info.json")?;
+        let info: serde_json::Value = serde_json::from_str(&text).ok()?;
+        PathBuf::from(info["directories"]["source"].as_str()?)
+    };
+    let source = crate::cargo_layout::normalize(&source);
+    source.is_dir().then_some(source)
+}
+
+/// The value of `name='value'` (or `name=value`) at the start of a line of
+/// a shell script written by configure; `None` when it needs unquoting.
+fn shell_assignment<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))?;
+    let value = match value.strip_prefix('\'') {
+        Some(quoted) => quoted.strip_suffix('\'')?,
+        None => value,
+    };
+    (!value.contains(['\'', '"', '$', '\\', '`'])).then_some(value)
+}
+
 /// Whether `file` names `root` (or a path below it), and which path.
 fn records(file: &Path, root: &Path) -> Option<Recorded> {
     use std::io::Read;
@@ -152,5 +192,44 @@ mod tests {
         assert_eq!(found.path, root);
         // A tree configured elsewhere (copied here) records nothing of ours.
         assert_eq!(find(&t.path().join("other"), &root.join("out")), None);
+    }
+
+    #[test]
+    fn an_out_of_tree_build_dir_names_the_source_tree_it_was_configured_from() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, build) = (t.path().join("src"), t.path().join("build"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(build.join("meson-info")).unwrap();
+        let at = |file: &str| Recorded {
+            file: build.join(file),
+            path: build.clone(),
+        };
+        // autotools: `../src/configure` run in the build dir.
+        let status = format!(
+            "#! /bin/sh\nac_pwd='{}'\nsrcdir='../src'\n",
+            build.display()
+        );
+        std::fs::write(build.join("config.status"), &status).unwrap();
+        assert_eq!(source_dir(&at("config.status")), Some(src.clone()));
+        std::fs::write(build.join("config.status"), "srcdir=.\n").unwrap();
+        assert_eq!(source_dir(&at("config.status")), Some(build.clone()));
+        std::fs::write(build.join("config.status"), "srcdir='it'\\''s'\n").unwrap();
+        assert_eq!(source_dir(&at("config.status")), None);
+        std::fs::remove_file(build.join("config.status")).unwrap();
+        // CMake, whatever file was found first.
+        let cache = format!("CMAKE_HOME_DIRECTORY:INTERNAL={}\n", src.display());
+        std::fs::write(build.join("CMakeCache.txt"), cache).unwrap();
+        assert_eq!(source_dir(&at("build.ninja")), Some(src.clone()));
+        std::fs::remove_file(build.join("CMakeCache.txt")).unwrap();
+        // Meson.
+        let info = serde_json::json!({"directories": {"source": src, "build": build}});
+        std::fs::write(build.join("meson-info/meson-info.json"), info.to_string()).unwrap();
+        assert_eq!(
+            source_dir(&at("meson-info/meson-info.json")),
+            Some(src.clone())
+        );
+        // A source tree that is gone here names nothing.
+        std::fs::remove_dir(&src).unwrap();
+        assert_eq!(source_dir(&at("build.ninja")), None);
     }
 }

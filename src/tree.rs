@@ -12,6 +12,10 @@
 //!    hold `CMakeCache.txt`, `build.ninja`, `meson-private/` or
 //!    `config.status` are sent even when ignored, whole (no `.gitignore`
 //!    applies inside them: meson writes one of `*` into its build dirs).
+//!    So is an autotools source tree that `autoreconf` has run in
+//!    (`configure` next to `configure.ac`): its generated `configure`,
+//!    `Makefile.in`, `aclocal.m4` and helper scripts, commonly ignored, are
+//!    what its build dirs run from, in place or out of tree.
 //!
 //! A file whose mtime lies within [`RACY_NS`] of the moment the snapshot was
 //! taken may still change without its mtime moving on a coarse filesystem;
@@ -295,12 +299,19 @@ fn is_sent(rules: &Rules, stack: &[Gitignore], path: &Path, is_dir: bool) -> boo
 
 fn is_build_input(path: &Path, is_dir: bool) -> bool {
     if is_dir {
-        BUILD_DIR_MARKERS.iter().any(|m| path.join(m).exists())
+        BUILD_DIR_MARKERS.iter().any(|m| path.join(m).exists()) || is_bootstrapped_autotools(path)
     } else {
         path.file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| BUILD_INPUT_FILES.contains(&n))
     }
+}
+
+/// An autotools source tree with its generated files: `configure` made
+/// from `configure.ac` (or the older `configure.in`).
+fn is_bootstrapped_autotools(dir: &Path) -> bool {
+    dir.join("configure").is_file()
+        && (dir.join("configure.ac").is_file() || dir.join("configure.in").is_file())
 }
 
 fn content_hash(path: &Path) -> std::io::Result<[u8; 16]> {
@@ -587,6 +598,39 @@ mod tests {
         let plain = snapshot(&Rules::new(root, &["target/"], false).unwrap()).unwrap();
         assert!(paths(&plain).contains(&"data/big.bin".to_string()));
         assert!(!paths(&plain).contains(&"local.txt".to_string()));
+    }
+
+    #[test]
+    fn a_bootstrapped_autotools_tree_sends_its_ignored_generated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            "src/.gitignore",
+            "/configure\n/Makefile.in\n/build-aux/\n*.log\n",
+        );
+        for f in [
+            "src/configure.ac",
+            "src/Makefile.am",
+            "src/Makefile.in",
+            "other/configure",
+        ] {
+            write(root, f, f);
+        }
+        write(root, "other/.gitignore", "/configure\n");
+        // Before autoreconf the ignore rules hold; after it, the tree goes whole.
+        let before = snapshot(&Rules::new(root, &[], true).unwrap()).unwrap();
+        assert!(!paths(&before).contains(&"src/Makefile.in".to_string()));
+        let generated = ["src/configure", "src/Makefile.in", "src/build-aux/missing"];
+        for f in generated {
+            write(root, f, f);
+        }
+        let snap = snapshot(&Rules::new(root, &[], true).unwrap()).unwrap();
+        for sent in generated {
+            assert!(paths(&snap).contains(&sent.to_string()), "{sent}");
+        }
+        // A `configure` that no configure.ac made is no autotools tree.
+        assert!(!paths(&snap).contains(&"other/configure".to_string()));
     }
 
     #[test]
