@@ -2,9 +2,9 @@
 # Install the system packages rch and its test suite use, with apt, when they
 # are missing: ssh, rsync and sshd (the tests start real sshd workers on
 # 127.0.0.1, each in a mount namespace of its own), redis-server (team
-# fleets), CMake, Meson and Ninja (build-directory tests), tmux (`rch top` in a
-# real terminal), script(1) and readelf. Safe to run again: it installs only
-# what is missing. Needs root or sudo.
+# fleets), CMake, Meson, Ninja, autoconf and automake (build-directory
+# tests), tmux (`rch top` in a real terminal), script(1) and readelf. Safe to
+# run again: it installs only what is missing. Needs root or sudo.
 set -euo pipefail
 
 missing=()
@@ -19,6 +19,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v meson >/dev/null || missing+=(meson)
 command -v ninja >/dev/null || missing+=(ninja-build)
+command -v autoconf >/dev/null || missing+=(autoconf)
+command -v automake >/dev/null || missing+=(automake)
 command -v tmux >/dev/null || missing+=(tmux)
 command -v script >/dev/null || missing+=(bsdutils)
 command -v readelf >/dev/null || missing+=(binutils)

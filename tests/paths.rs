@@ -428,3 +428,151 @@ fn a_local_cargo_build_right_after_a_mirrored_remote_one_rebuilds_nothing() {
     assert!(log.contains("Fresh app"), "{log}");
     eprintln!("local cargo build after a mirrored remote one: {elapsed:?}");
 }
+
+/// The autotools project of `tests/fixtures/autotools` as a checkout at
+/// `dir` (a git repository whose `.gitignore` leaves out what autoreconf
+/// generates), bootstrapped there with `autoreconf -i`.
+fn autotools_checkout(dir: &Path) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/autotools");
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    copy_tree(&fixture, dir);
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    run(Command::new("autoreconf").arg("-i").current_dir(dir));
+}
+
+/// The compiler lines of a make run (automake's verbose rules): one per object.
+fn compiled(out: &Output) -> Vec<String> {
+    stdout(out)
+        .lines()
+        .filter(|l| l.contains(" -c -o "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a make run re-ran any of the autotools (automake's rebuild rules
+/// fire when a generated file looks older than what it is made from; make
+/// echoes their commands on stdout).
+fn reran_autotools(out: &Output) -> bool {
+    let text = stdout(out);
+    [
+        "aclocal",
+        "automake",
+        "autoconf",
+        "autoheader",
+        "config.status",
+    ]
+    .iter()
+    .any(|tool| text.contains(tool))
+}
+
+fn mtime(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn autotools_tree_configured_out_of_tree_here_builds_on_a_worker_at_the_clients_path() {
+    let env = TestEnv::new(1);
+    let top = env.path().join("projects/greet");
+    let src = top.join("src");
+    let build = top.join("build");
+    autotools_checkout(&src);
+    std::fs::create_dir_all(&build).unwrap();
+    run(Command::new("../src/configure").current_dir(&build));
+    let generated = mtime(&src.join("Makefile.in"));
+
+    // The build dir records the client's paths (config.status, the
+    // Makefile's `missing` and abs_srcdir): the tree builds at the client's
+    // path, and its sources next to it are synced with it.
+    let diagnosis = rch(&env, &build, &["diagnose", "make"]);
+    let text = stdout(&diagnosis);
+    assert!(
+        text.contains(&format!("synced root: {}\n", top.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{} records {}",
+            build.join("config.status").display(),
+            build.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("w1: at the client's path"), "{text}");
+
+    let built = rch(&env, &build, &["exec", "--", "make"]);
+    assert_eq!(built.status.code(), Some(0), "{}", describe(&built));
+    assert!(
+        stderr(&built).contains("rch: ran on w1"),
+        "{}",
+        stderr(&built)
+    );
+    assert_eq!(compiled(&built).len(), 2, "{}", stdout(&built));
+    assert!(!reran_autotools(&built), "{}", describe(&built));
+    assert!(!worker_sees(&env, "w1", &src.join("configure.ac")));
+    assert_eq!(mtime(&src.join("Makefile.in")), generated);
+    let hello = run(&mut Command::new(build.join("greet")));
+    assert_eq!(stdout(&hello), "hello world from greet 1.0\n");
+
+    // The test suite runs on the worker too.
+    let checked = rch(&env, &build, &["exec", "--", "make", "check"]);
+    assert_eq!(checked.status.code(), Some(0), "{}", describe(&checked));
+    assert!(stderr(&checked).contains("rch: ran on w1"));
+    assert!(
+        stdout(&checked).contains("PASS: greet_test"),
+        "{}",
+        stdout(&checked)
+    );
+    assert!(!reran_autotools(&checked), "{}", describe(&checked));
+
+    // One edited source: exactly one object is rebuilt, on the worker, and
+    // the relinked program comes back.
+    let source = src.join("greet.c");
+    let text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, text.replace("hello %s", "hi %s")).unwrap();
+    let rebuilt = rch(&env, &build, &["exec", "--", "make"]);
+    assert_eq!(rebuilt.status.code(), Some(0), "{}", describe(&rebuilt));
+    assert!(stderr(&rebuilt).contains("rch: ran on w1"));
+    let objects = compiled(&rebuilt);
+    assert_eq!(objects.len(), 1, "{}", stdout(&rebuilt));
+    assert!(objects[0].contains("greet.c"), "{objects:?}");
+    assert!(!reran_autotools(&rebuilt), "{}", describe(&rebuilt));
+    let hi = run(&mut Command::new(build.join("greet")));
+    assert_eq!(stdout(&hi), "hi world from greet 1.0\n");
+
+    // An edited Makefile.am: automake and config.status re-run on the
+    // worker, at the paths the Makefile records, and what they regenerate
+    // comes back.
+    let am = src.join("Makefile.am");
+    let text = std::fs::read_to_string(&am).unwrap();
+    std::fs::write(&am, format!("{text}\n# edited\n")).unwrap();
+    let regenerated = rch(&env, &build, &["exec", "--", "make"]);
+    assert_eq!(
+        regenerated.status.code(),
+        Some(0),
+        "{}",
+        describe(&regenerated)
+    );
+    assert!(stderr(&regenerated).contains("rch: ran on w1"));
+    assert!(reran_autotools(&regenerated), "{}", stdout(&regenerated));
+    let makefile_in = std::fs::read_to_string(src.join("Makefile.in")).unwrap();
+    assert!(
+        makefile_in.contains("# edited"),
+        "Makefile.in did not come back"
+    );
+
+    // A worker that may not mirror paths never gets the tree: it builds
+    // here, says why, and finds the remote build's outputs up to date.
+    env.write_config("[[workers]]\nid = \"w1\"\nmirror_paths = false\n");
+    let diagnosis = rch(&env, &build, &["diagnose", "make"]);
+    let text = stdout(&diagnosis);
+    assert!(text.contains("config.status records"), "{text}");
+    assert!(text.contains("would run locally"), "{text}");
+    let local = rch(&env, &build, &["exec", "--", "make"]);
+    assert_eq!(local.status.code(), Some(0), "{}", describe(&local));
+    let line = stderr(&local);
+    assert!(line.contains("rch: ran locally:"), "{line}");
+    assert!(line.contains("config.status records"), "{line}");
+    assert!(line.contains("mirror_paths = false"), "{line}");
+    assert!(compiled(&local).is_empty(), "{}", stdout(&local));
+    assert!(!reran_autotools(&local), "{}", describe(&local));
+}
