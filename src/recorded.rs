@@ -1,7 +1,8 @@
 //! Build files that record absolute paths: a CMake, Meson or autotools build
 //! dir configured here names this machine's paths (`CMakeCache.txt`,
-//! `build.ninja`, `meson-private/`, `config.status`, `compile_commands.json`),
-//! so it builds on a worker only at the same absolute path.
+//! `build.ninja`, `meson-private/`, `config.status`, `compile_commands.json`,
+//! a Makefile that configure generated), so it builds on a worker only at
+//! the same absolute path.
 //!
 //! Only the directory the build tool works in and its parents up to the
 //! synced root are looked at (a few `stat`s and reads), never the whole tree.
@@ -16,6 +17,12 @@ const RECORDING_FILES: &[&str] = &[
     "meson-info/meson-info.json",
     "config.status",
     "compile_commands.json",
+    // Last: a generated Makefile names the paths too (automake's
+    // `abs_srcdir`, `'<srcdir>/missing'`), also where config.status lives
+    // elsewhere (libffi's in-tree build runs in a per-host subdirectory).
+    "GNUmakefile",
+    "makefile",
+    "Makefile",
 ];
 
 /// Files that, in a parent of the build dir, make it part of a configured tree.
@@ -192,6 +199,23 @@ mod tests {
         assert_eq!(found.path, root);
         // A tree configured elsewhere (copied here) records nothing of ours.
         assert_eq!(find(&t.path().join("other"), &root.join("out")), None);
+    }
+
+    #[test]
+    fn a_generated_makefile_records_the_tree_and_a_hand_written_one_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ffi");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("Makefile"), "all:\n\tcc -o hello hello.c\n").unwrap();
+        assert_eq!(find(&root, &root), None);
+        let generated = format!(
+            "ACLOCAL = ${{SHELL}} '{}/missing' aclocal-1.16\n",
+            root.display()
+        );
+        std::fs::write(root.join("Makefile"), generated).unwrap();
+        let found = find(&root, &root).unwrap();
+        assert_eq!(found.file, root.join("Makefile"));
+        assert_eq!(found.path, root.join("missing"));
     }
 
     #[test]
