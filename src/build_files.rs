@@ -324,7 +324,13 @@ pub fn describe(layout: &Layout, workers: &[WorkerConfig]) -> Vec<String> {
         lines.push(format!("artifacts return to: {}", cargo.target.display()));
     }
     if let Some(recorded) = &layout.recorded {
-        lines.push(format!("{recorded}: builds run at that path on workers"));
+        let mirrored = workers.iter().any(|w| w.enabled && layout.mirrors_on(w));
+        let how = if mirrored {
+            "builds run at that path on workers"
+        } else {
+            "it builds only at that path"
+        };
+        lines.push(format!("{recorded}: {how}"));
     }
     for w in workers.iter().filter(|w| w.enabled) {
         let how = match (layout.mirrors_on(w), layout.recorded.is_some()) {

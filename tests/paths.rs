@@ -566,6 +566,11 @@ fn autotools_tree_configured_out_of_tree_here_builds_on_a_worker_at_the_clients_
     let diagnosis = rch(&env, &build, &["diagnose", "make"]);
     let text = stdout(&diagnosis);
     assert!(text.contains("config.status records"), "{text}");
+    assert!(text.contains(": it builds only at that path"), "{text}");
+    assert!(
+        text.contains("w1: refuses (mirror_paths = false)"),
+        "{text}"
+    );
     assert!(text.contains("would run locally"), "{text}");
     let local = rch(&env, &build, &["exec", "--", "make"]);
     assert_eq!(local.status.code(), Some(0), "{}", describe(&local));
