@@ -11,6 +11,10 @@
 //! HALF   --(any failure)--> OPEN (cooldown restarts)
 //! ```
 //!
+//! The window counts results per second of the clock: "the last
+//! window_secs" are the current second and the window_secs - 1 before it.
+//! Its size does not grow with the rate of builds.
+//!
 //! Every state change starts a new epoch. A permit carries the epoch it was
 //! granted in, so a result that arrives after the breaker moved on (a slow
 //! build from before the circuit opened, say) cannot disturb the new state.
@@ -46,10 +50,6 @@ impl Default for BreakerConfig {
 }
 
 impl BreakerConfig {
-    fn window_ms(&self) -> u64 {
-        self.window_secs.saturating_mul(1000)
-    }
-
     fn cooldown_ms(&self) -> u64 {
         self.open_cooldown_secs.saturating_mul(1000)
     }
@@ -150,8 +150,11 @@ pub struct Breaker {
     pub outage_started_ms: Option<u64>,
     pub probes_in_flight: u32,
     pub last_error: Option<String>,
-    /// Results while CLOSED, oldest first: (at_ms, ok).
-    window: VecDeque<(u64, bool)>,
+    /// Results while CLOSED, counted per second of the clock, oldest first:
+    /// at most `window_secs` + 1 buckets however many builds end, so the
+    /// breaker stays small to save and to share.
+    #[serde(deserialize_with = "deserialize_window")]
+    window: VecDeque<Bucket>,
 }
 
 const REASON_OPEN: &str = "circuit open";
@@ -278,9 +281,12 @@ impl Breaker {
     pub fn window_counts(&self, cfg: &BreakerConfig, now_ms: u64) -> (u32, u32) {
         self.window
             .iter()
-            .filter(|(at, _)| in_window(cfg, *at, now_ms))
-            .fold((0, 0), |(total, failures), (_, ok)| {
-                (total + 1, failures + u32::from(!ok))
+            .filter(|b| in_window(cfg, b.sec, now_ms))
+            .fold((0, 0), |(total, failures), b| {
+                (
+                    total.saturating_add(b.ok).saturating_add(b.failed),
+                    failures.saturating_add(b.failed),
+                )
             })
     }
 
@@ -328,12 +334,12 @@ impl Breaker {
         match outcome {
             Outcome::Success => {
                 self.count_success();
-                self.window.push_back((now_ms, true));
+                count_in(&mut self.window, now_ms, true);
                 None
             }
             Outcome::Failure(reason) => {
                 self.count_failure(reason);
-                self.window.push_back((now_ms, false));
+                count_in(&mut self.window, now_ms, false);
                 // Only a failure can trip the breaker: a success never makes things worse.
                 self.should_open(cfg, now_ms)
                     .then(|| self.enter_open(now_ms))
@@ -388,8 +394,8 @@ impl Breaker {
     }
 
     fn forget_expired(&mut self, cfg: &BreakerConfig, now_ms: u64) {
-        while let Some(&(at, _)) = self.window.front() {
-            if in_window(cfg, at, now_ms) {
+        while let Some(b) = self.window.front() {
+            if in_window(cfg, b.sec, now_ms) {
                 break;
             }
             self.window.pop_front();
@@ -430,10 +436,67 @@ impl Breaker {
     }
 }
 
-/// A result at `at_ms` still counts at `now_ms` if it is younger than the
-/// window. Results stamped in the future (clock stepped back) count as fresh.
-fn in_window(cfg: &BreakerConfig, at_ms: u64, now_ms: u64) -> bool {
-    now_ms.saturating_sub(at_ms) < cfg.window_ms()
+/// Count a result in the bucket of its second (a clock stepped back counts
+/// it in the newest bucket).
+fn count_in(window: &mut VecDeque<Bucket>, now_ms: u64, ok: bool) {
+    let sec = now_ms / 1000;
+    if window.back().is_none_or(|b| b.sec < sec) {
+        window.push_back(Bucket {
+            sec,
+            ok: 0,
+            failed: 0,
+        });
+    }
+    if let Some(bucket) = window.back_mut() {
+        if ok {
+            bucket.ok = bucket.ok.saturating_add(1);
+        } else {
+            bucket.failed = bucket.failed.saturating_add(1);
+        }
+    }
+}
+
+/// The results of one second of the clock, saved as `[sec, ok, failed]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    /// Unix seconds.
+    sec: u64,
+    ok: u32,
+    failed: u32,
+}
+
+impl Serialize for Bucket {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.sec, self.ok, self.failed).serialize(s)
+    }
+}
+
+/// A window as saved: buckets, or one entry per result (`[at_ms, ok]`) as
+/// rch saved it before counting per second.
+fn deserialize_window<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<VecDeque<Bucket>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Saved {
+        Bucket(u64, u32, u32),
+        Result(u64, bool),
+    }
+    let mut window = VecDeque::new();
+    for entry in Vec::<Saved>::deserialize(d)? {
+        match entry {
+            Saved::Bucket(sec, ok, failed) => window.push_back(Bucket { sec, ok, failed }),
+            Saved::Result(at_ms, ok) => count_in(&mut window, at_ms, ok),
+        }
+    }
+    Ok(window)
+}
+
+/// A second's results still count at `now_ms` while that second is one of
+/// the last `window_secs` seconds (the current one included). Results
+/// stamped in the future (clock stepped back) count as fresh.
+fn in_window(cfg: &BreakerConfig, sec: u64, now_ms: u64) -> bool {
+    (now_ms / 1000).saturating_sub(sec) < cfg.window_secs
 }
 
 #[cfg(test)]
@@ -867,6 +930,40 @@ mod tests {
         assert_eq!(b.tick(&cfg, u64::MAX), Some(Transition::HalfOpened));
         assert_eq!(b.tick(&cfg, u64::MAX), None);
         assert_eq!(b.state, State::HalfOpen);
+    }
+
+    #[test]
+    fn the_window_holds_a_bucket_per_second_however_many_builds_end() {
+        let cfg = cfg();
+        let mut b = Breaker::new(T0);
+        for i in 0..10_000u64 {
+            let outcome = if i % 10 == 0 {
+                fail("x")
+            } else {
+                Outcome::Success
+            };
+            // A failure every tenth result, never three in a row: stays closed.
+            run(&mut b, &cfg, T0 + i / 4, outcome);
+        }
+        assert_eq!(b.state, State::Closed);
+        assert_eq!(b.window.len(), 3, "{:?}", b.window);
+        assert_eq!(b.window_counts(&cfg, T0 + 2_500), (10_000, 1_000));
+        assert!(serde_json::to_string(&b).unwrap().len() < 400);
+        // The first second's results leave the window with that second.
+        let (total, _) = b.window_counts(&cfg, T0 + 60_000);
+        assert_eq!(total, 6_000);
+    }
+
+    #[test]
+    fn a_window_saved_one_entry_per_result_is_read_as_buckets() {
+        let cfg = cfg();
+        let mut saved = serde_json::to_value(Breaker::new(T0)).unwrap();
+        saved["window"] = serde_json::json!([[T0, true], [T0 + 10, false], [T0 + 1_500, true]]);
+        let b: Breaker = serde_json::from_value(saved).unwrap();
+        assert_eq!(b.window_counts(&cfg, T0 + 1_500), (3, 1));
+        assert_eq!(b.window.len(), 2);
+        let again: Breaker = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(again, b);
     }
 
     #[test]

@@ -55,11 +55,13 @@ impl Model {
         self.in_state.iter().rev().take_while(|ok| **ok).count() as u32
     }
 
+    /// Results of the last `window_secs` seconds of the clock, the current
+    /// one included (time only moves forward here).
     fn window(&self, now: u64) -> (u32, u32) {
         let live: Vec<bool> = self
             .closed_results
             .iter()
-            .filter(|(at, _)| now.saturating_sub(*at) < self.cfg.window_secs * 1000)
+            .filter(|(at, _)| now / 1000 - at / 1000 < self.cfg.window_secs)
             .map(|(_, ok)| *ok)
             .collect();
         let failures = live.iter().filter(|ok| !**ok).count();

@@ -46,9 +46,37 @@ local function sat_sub(a, c)
   return 0
 end
 
-local function in_window(at)
-  return sat_sub(now, at) < cfg.window_secs * 1000
+-- The window counts results per second of the clock: {sec, ok, failed}.
+local now_sec = math.floor(now / 1000)
+
+local function in_window(sec)
+  return sat_sub(now_sec, sec) < cfg.window_secs
 end
+
+-- A result in the bucket of its second (a clock stepped back: the newest).
+local function count_in(window, at_ms, ok)
+  local sec = math.floor(at_ms / 1000)
+  local last = window[#window]
+  if last == nil or last[1] < sec then
+    last = { sec, 0, 0 }
+    table.insert(window, last)
+  end
+  if ok then last[2] = last[2] + 1 else last[3] = last[3] + 1 end
+end
+
+-- A window saved one entry per result ({at_ms, ok}) becomes buckets.
+local function as_buckets(window)
+  local out = {}
+  for _, e in ipairs(window) do
+    if type(e[2]) == 'boolean' then
+      count_in(out, e[1], e[2])
+    else
+      table.insert(out, e)
+    end
+  end
+  return out
+end
+b.window = as_buckets(b.window)
 
 local function retry_in()
   if b.state ~= 'open' then return nil end
@@ -61,8 +89,8 @@ local function window_counts()
   local total, failures = 0, 0
   for _, e in ipairs(b.window) do
     if in_window(e[1]) then
-      total = total + 1
-      if not e[2] then failures = failures + 1 end
+      total = total + e[2] + e[3]
+      failures = failures + e[3]
     end
   end
   return total, failures
@@ -170,11 +198,11 @@ local function record_while_closed(outcome)
   changed = true
   if outcome.ok then
     count_success()
-    table.insert(b.window, { now, true })
+    count_in(b.window, now, true)
     return NULL
   end
   count_failure(outcome.reason)
-  table.insert(b.window, { now, false })
+  count_in(b.window, now, false)
   if should_open() then return enter_open() end
   return NULL
 end
@@ -237,6 +265,7 @@ elseif op == 'seed' then
   if not raw then
     b = args.breaker
     if type(b.window) ~= 'table' then b.window = {} end
+    b.window = as_buckets(b.window)
     epoch_before = -1
   end
 elseif op == 'report_open' then
