@@ -436,3 +436,363 @@ fn a_worker_slot_is_held_once_for_the_whole_team() {
         .trim()
         == "0"));
 }
+
+/// Calls of each Redis command so far (`INFO commandstats`).
+fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+#[test]
+fn a_released_slot_is_free_for_the_next_lease_at_once_and_a_lease_costs_three_scripts() {
+    use rch::protocol::{AttemptOutcome, LeaseRequest, Request, Response};
+    let env = TestEnv::new(1);
+    let redis = RedisServer::start(&env.path().join("redis"));
+    env.write_config(&format!(
+        "[team]\nredis_url = \"{}\"\nname = \"t\"\n\n[[workers]]\nid = \"w1\"\nslots = 1\n",
+        redis.url()
+    ));
+    assert!(env
+        .rch()
+        .args(["daemon", "start"])
+        .status()
+        .unwrap()
+        .success());
+    // Past the daemon's start (its merge, its scripts loaded).
+    let socket = env.socket();
+    let lease = || LeaseRequest {
+        project: "/p".into(),
+        command: "make".into(),
+        ..Default::default()
+    };
+    support::block_on(async {
+        let mut c = rch::client::Client::connect(&socket).await.unwrap();
+        let _ = c.call(Request::Lease(lease())).await.unwrap();
+        let outcome = AttemptOutcome::Success { exit_code: 0 };
+        c.call(Request::Release { outcome }).await.unwrap();
+    });
+    let before = command_calls(&redis);
+
+    // One worker with one slot, leased and released back to back: the slot
+    // a release gave back is free in Redis for the very next lease, even
+    // with the team's breaker work (a script per result) behind it.
+    const LEASES: u64 = 200;
+    support::block_on(async {
+        let mut c = rch::client::Client::connect(&socket).await.unwrap();
+        for i in 0..LEASES {
+            match c.call(Request::Lease(lease())).await.unwrap() {
+                Response::Granted { worker, .. } => assert_eq!(worker.id, "w1"),
+                other => panic!("lease {i}: {other:?} (the released slot was still held)"),
+            }
+            let outcome = AttemptOutcome::Success { exit_code: 0 };
+            c.call(Request::Release { outcome }).await.unwrap();
+        }
+    });
+    assert!(support::wait_for(Duration::from_secs(5), || redis
+        .cli(&["ZCARD", "rch:{t}:slots:w1"])
+        .trim()
+        == "0"));
+
+    // What a lease costs in Redis: one script to take the slot, one to give
+    // it back, one to count the result on the shared breaker; no
+    // announcement while nobody waits for a slot.
+    let after = command_calls(&redis);
+    let delta =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    let scripts = delta("evalsha") + delta("eval");
+    assert!(
+        (3 * LEASES..=3 * LEASES + 5).contains(&scripts),
+        "{scripts} scripts for {LEASES} leases: {after:?}"
+    );
+    assert_eq!(delta("publish"), 0, "{after:?}");
+    assert_eq!(
+        delta("exec"),
+        0,
+        "no transaction beside the scripts: {after:?}"
+    );
+}
+
+/// A build that counts itself in and out on the worker it runs on (its
+/// `$HOME` there; never the client's files), logs its start in the exchange
+/// dir, and holds its slot until the gate opens.
+const COUNTED_JOB: &str = r#"x=$1
+(
+  flock 9
+  c=$(( $(cat "$HOME/running" 2>/dev/null || echo 0) + 1 ))
+  echo "$c" > "$HOME/running"
+  if [ "$c" -gt "$(cat "$HOME/peak" 2>/dev/null || echo 0)" ]; then echo "$c" > "$HOME/peak"; fi
+  echo "$HOME" >> "$x/starts.log"
+) 9>>"$HOME/count.lock"
+while [ ! -e "$x/open" ]; do sleep 0.05; done
+sleep 0.1
+(
+  flock 9
+  echo $(( $(cat "$HOME/running") - 1 )) > "$HOME/running"
+) 9>>"$HOME/count.lock"
+"#;
+
+#[test]
+fn sixty_four_builds_from_four_daemons_never_put_more_than_four_on_a_worker() {
+    const SLOTS: usize = 4;
+    const DAEMONS: usize = 4;
+    const BUILDS: usize = 64;
+    let env = TestEnv::new(4);
+    let redis = RedisServer::start(&env.path().join("redis"));
+    // A generous Redis timeout: 64 builds on 2 cores must not make the
+    // daemons give up on the team (and its slots) for a slow answer.
+    let mut config = format!(
+        "[daemon]\nqueue_timeout_secs = 300\n\n[circuit]\nopen_cooldown_secs = 600\n\n\
+         [team]\nredis_url = \"{}\"\nname = \"t\"\ntimeout_ms = 2000\n",
+        redis.url()
+    );
+    for w in env.lab.workers() {
+        config.push_str(&format!(
+            "\n[[workers]]\nid = \"{}\"\nslots = {SLOTS}\n",
+            w.id
+        ));
+    }
+    env.write_config(&config);
+    let x = env.exchange_dir();
+    std::fs::create_dir_all(&x).unwrap();
+    std::fs::write(x.join("job.sh"), COUNTED_JOB).unwrap();
+    let others: Vec<Other> = (1..DAEMONS)
+        .map(|i| Other::new(&env, &format!("d{i}")))
+        .collect();
+    assert!(env
+        .rch()
+        .args(["daemon", "start"])
+        .status()
+        .unwrap()
+        .success());
+    for o in &others {
+        assert!(o.run(&["daemon", "start"]).status.success());
+    }
+
+    // Each daemon gets a quarter of the builds, all at once; every build
+    // its own tiny project.
+    let clients: Vec<std::process::Child> = (0..BUILDS)
+        .map(|n| {
+            let project = env.path().join("projects").join(format!("count{n}"));
+            std::fs::create_dir_all(&project).unwrap();
+            let makefile = format!(
+                "job:\n\t@sh '{}' '{}'\n",
+                x.join("job.sh").display(),
+                x.display()
+            );
+            std::fs::write(project.join("Makefile"), makefile).unwrap();
+            let mut cmd = match n % DAEMONS {
+                0 => env.rch(),
+                d => others[d - 1].rch(&[]),
+            };
+            cmd.current_dir(&project)
+                .args(["exec", "--", "make", "job"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("rch exec")
+        })
+        .collect();
+    let starts = || {
+        std::fs::read_to_string(x.join("starts.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let capacity = SLOTS * env.lab.workers().len();
+    let homes: Vec<(String, PathBuf)> = env
+        .lab
+        .workers()
+        .iter()
+        .map(|w| (w.id.clone(), w.home()))
+        .collect();
+    let count = |home: &Path, name: &str| -> usize {
+        std::fs::read_to_string(home.join(name))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+
+    // The team's 16 slots fill, and no build starts beyond them.
+    assert!(
+        support::wait_for(Duration::from_secs(90), || starts() >= capacity),
+        "only {} builds started",
+        starts()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        starts(),
+        capacity,
+        "a build started beyond the team's slots"
+    );
+    for (id, home) in &homes {
+        assert_eq!(
+            count(home, "running"),
+            SLOTS,
+            "{id} runs {} builds",
+            count(home, "running")
+        );
+    }
+
+    // The rest run as slots free up; none ever beside four others.
+    std::fs::write(x.join("open"), "").unwrap();
+    for (n, child) in clients.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "build {n}\n{}",
+            support::describe(&out)
+        );
+        assert!(
+            stderr(&out).contains("rch: ran on w"),
+            "build {n}\n{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(starts(), BUILDS);
+    for (id, home) in &homes {
+        assert_eq!(
+            (count(home, "peak"), count(home, "running")),
+            (SLOTS, 0),
+            "{id}: (peak, running)"
+        );
+    }
+    // Every build gave its team slot back.
+    let held = || {
+        env.lab
+            .workers()
+            .iter()
+            .map(|w| redis.cli(&["ZCARD", &format!("rch:{{t}}:slots:{}", w.id)]))
+            .map(|n| n.trim().parse::<usize>().unwrap_or(usize::MAX))
+            .sum::<usize>()
+    };
+    assert!(
+        support::wait_for(Duration::from_secs(2), || held() == 0),
+        "{} team slots still held\n{}",
+        held(),
+        std::iter::once(log_of(&env.path().join("state")))
+            .chain(others.iter().map(|o| log_of(&o.dir.join("state"))))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+}
+
+/// The pid of the daemon listening on `socket`.
+fn daemon_pid(socket: &Path) -> i32 {
+    use rch::protocol::{Request, Response};
+    support::block_on(async {
+        let mut client = rch::client::Client::connect(socket)
+            .await
+            .expect("daemon up");
+        match client.call(Request::Ping).await.expect("ping") {
+            Response::Hello { pid, .. } => pid as i32,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    })
+}
+
+/// `(member, expiry)` of each lease on a worker's shared slots.
+fn team_leases(redis: &RedisServer, worker: &str) -> Vec<(String, u64)> {
+    let key = format!("rch:{{t}}:slots:{worker}");
+    let out = redis.cli(&["ZRANGE", &key, "0", "-1", "WITHSCORES"]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .filter_map(|c| Some((c.first()?.to_string(), c.get(1)?.parse().ok()?)))
+        .collect()
+}
+
+#[test]
+fn a_lease_restored_after_a_daemon_crash_keeps_its_team_slot_until_its_build_ends() {
+    let env = TestEnv::new(1);
+    let redis = RedisServer::start(&env.path().join("redis"));
+    env.write_config(&format!(
+        "[daemon]\nqueue_timeout_secs = 120\n\n\
+         [team]\nredis_url = \"{}\"\nname = \"t\"\ntimeout_ms = 2000\n\n\
+         [[workers]]\nid = \"w1\"\nslots = 1\n",
+        redis.url()
+    ));
+    std::fs::create_dir_all(env.exchange_dir()).unwrap();
+    let x = env.exchange_dir();
+    let exists = |f: &str| x.join(f).exists();
+    let b = Other::new(&env, "b");
+    assert!(b.run(&["daemon", "start"]).status.success());
+
+    // A's build holds w1's one slot, team-wide.
+    let a = spawn_job(env.rch_in(&gated_project(&env, "ga")));
+    assert!(support::wait_for(Duration::from_secs(30), || exists(
+        "started-ga"
+    )));
+    let held = team_leases(&redis, "w1");
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    // A's daemon dies mid-build and starts again: it restores the lease
+    // (its client still runs) and holds its team slot under the same name,
+    // for another full lease time from now.
+    let pid = daemon_pid(&env.socket());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let start = env.rch().args(["daemon", "start"]).output().unwrap();
+    assert!(start.status.success(), "{}", support::describe(&start));
+    let now_held = team_leases(&redis, "w1");
+    assert_eq!(now_held.len(), 1, "{now_held:?}");
+    assert_eq!(
+        now_held[0].0, held[0].0,
+        "the restored lease's slot is the same one"
+    );
+    assert!(
+        now_held[0].1 >= restarted_ms + rch::team::LEASE_TTL_MS - 1_000,
+        "not held again at the restart: expires at {}, restarted at {restarted_ms}",
+        now_held[0].1
+    );
+
+    // B's build for w1 waits while A's restored build runs ...
+    let mut cmd = b.rch(&[]);
+    cmd.current_dir(gated_project(&env, "gb"))
+        .env("RCH_WORKER", "w1");
+    let waiting = spawn_job(cmd);
+    assert!(!support::wait_for(Duration::from_secs(2), || exists(
+        "started-gb"
+    )));
+
+    // ... and gets w1 as soon as it ends: the restarted daemon gives back
+    // the slot it restored (not left to expire).
+    std::fs::write(x.join("open-ga"), "").unwrap();
+    assert!(
+        support::wait_for(Duration::from_secs(10), || exists("started-gb")),
+        "B still waits: {:?}\n{}",
+        team_leases(&redis, "w1"),
+        log_of(&env.path().join("state"))
+    );
+    assert!(exists("done-ga"), "B's build started before A's ended");
+    std::fs::write(x.join("open-gb"), "").unwrap();
+    let (a, waiting) = (
+        a.wait_with_output().unwrap(),
+        waiting.wait_with_output().unwrap(),
+    );
+    assert_eq!(a.status.code(), Some(0), "{}", support::describe(&a));
+    assert!(
+        stderr(&waiting).contains("rch: ran on w1"),
+        "{}",
+        stderr(&waiting)
+    );
+}

@@ -40,6 +40,8 @@ pub struct Grant {
     pub worker: WorkerConfig,
     pub epoch: u64,
     pub why: GrantWhy,
+    /// When it was granted (unix ms), as saved with the lease.
+    pub since_ms: u64,
 }
 
 /// Why the core chose the worker it granted.
@@ -422,6 +424,7 @@ impl Fleet {
             epoch: permit.epoch,
             worker,
             why,
+            since_ms: now_ms,
         })
     }
 

@@ -357,8 +357,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let (listener, guard) = bind(&opts.socket)?;
     let (shared, probe_jobs, team_work, restored) = open_state(opts)?;
     let shared = Arc::new(shared);
-    for (lease, holder) in restored {
-        tokio::spawn(release_when_ended(shared.clone(), lease, holder));
+    team::restore(&shared, &restored);
+    for (lease, held) in restored {
+        tokio::spawn(release_when_ended(shared.clone(), lease, held.holder));
     }
     tracing::info!(socket = %guard.socket.display(), pid = std::process::id(), "rch daemon listening");
     let timer = tokio::spawn(timer(shared.clone()));
@@ -400,6 +401,7 @@ async fn release_when_ended(shared: Arc<Shared>, lease: u64, holder: Holder) {
         "the holder of a restored lease ended"
     );
     shared.with_fleet(|f, now| f.handle_abandon(now, lease));
+    team::release_slot(&shared, lease).await;
 }
 
 /// The leases saved by an earlier daemon whose holders still run; the
@@ -421,18 +423,18 @@ fn live_leases(store: &Store) -> Vec<(u64, HeldLease)> {
 }
 
 /// The daemon's state, the prober's work queue, the team task's, and the
-/// leases restored with their holders.
+/// leases restored, as saved with their holders.
 type Opened = (
     Shared,
     mpsc::UnboundedReceiver<prober::Work>,
     Option<mpsc::UnboundedReceiver<team::Work>>,
-    Vec<(u64, Holder)>,
+    Vec<(u64, HeldLease)>,
 );
 
 fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
     let stamp = opts.files.stamp();
     let config = (opts.config)(&opts.files)?;
-    let (team, team_work) = match team::open(&config) {
+    let (team, team_work) = match team::open(&config, &opts.socket) {
         Some((link, work)) => (Some(link), Some(work)),
         None => (None, None),
     };
@@ -460,11 +462,11 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
         fleet.remember_builder(&project, &worker);
     }
     let live = live_leases(&store);
-    let holders: HashMap<u64, Holder> = live.iter().map(|(id, l)| (*id, l.holder)).collect();
-    let restored: Vec<(u64, Holder)> = fleet
+    let saved: HashMap<u64, HeldLease> = live.iter().cloned().collect();
+    let restored: Vec<(u64, HeldLease)> = fleet
         .restore(live)
         .into_iter()
-        .filter_map(|id| holders.get(&id).map(|h| (id, *h)))
+        .filter_map(|id| saved.get(&id).map(|l| (id, l.clone())))
         .collect();
     if !restored.is_empty() {
         tracing::info!(

@@ -2,8 +2,12 @@
 //! [`TeamOp`]s on the team's Redis ([`crate::team`]) and feeds the answers
 //! back to the core; follows what the rest of the team does.
 //!
-//! - Every operation runs in order on one task, so the release path of a
+//! - Breaker operations run in order on one task, so the release path of a
 //!   build never waits for Redis.
+//! - Shared slots are outside that order: a lease takes its slot in one
+//!   round trip before it is granted, and a release gives it back in one
+//!   round trip of its own, at once (never queued behind breaker work, which
+//!   would leave slots held by builds that have ended).
 //! - A shared breaker that another daemon changed is read and adopted
 //!   (a pub/sub notice, never polling).
 //! - This daemon's events go to the team's capped stream; the other
@@ -21,6 +25,7 @@ use super::Shared;
 use crate::breaker::BreakerConfig;
 use crate::config::Config;
 use crate::state::events::EventRecord;
+use crate::state::store::HeldLease;
 use crate::team::{BreakerOp, BreakerReply, Health, Notice, Team, Unavailable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,19 +37,26 @@ pub enum Work {
     Op(TeamOp),
     /// One of this daemon's events, for the team's stream.
     Publish(EventRecord),
-    /// Give a shared slot back (and wake the team's waiters).
-    ReleaseSlot {
-        worker: String,
-        token: String,
-    },
 }
 
 /// The team link of a daemon with `[team]`.
 pub struct TeamLink {
     pub team: Arc<Team>,
     pub work: mpsc::UnboundedSender<Work>,
-    /// Shared slots this daemon's leases hold: lease -> worker.
-    held: Mutex<HashMap<u64, String>>,
+    /// Names this daemon's shared slots: the same across its restarts.
+    slot_owner: String,
+    /// Shared slots this daemon's leases hold (or will hold again in Redis
+    /// once it answers): lease -> (worker, token).
+    held: Mutex<HashMap<u64, HeldSlot>>,
+    /// Slots whose release Redis did not answer: given back when it does.
+    unreleased: Mutex<Vec<HeldSlot>>,
+}
+
+/// A shared slot held by one of this daemon's leases.
+#[derive(Debug, Clone)]
+struct HeldSlot {
+    worker: String,
+    token: String,
 }
 
 /// What became of a lease's shared slot.
@@ -57,14 +69,28 @@ pub enum SlotTake {
 }
 
 /// The team link of a configuration, if it has one (it connects lazily).
-pub fn open(config: &Config) -> Option<(TeamLink, mpsc::UnboundedReceiver<Work>)> {
+/// `socket` is the daemon's: one daemon at a time listens there, so it names
+/// this daemon's slots across restarts.
+pub fn open(
+    config: &Config,
+    socket: &std::path::Path,
+) -> Option<(TeamLink, mpsc::UnboundedReceiver<Work>)> {
     let (url, name) = config.team.link()?;
     let timeout = Duration::from_millis(config.team.timeout_ms);
     match Team::new(url, name, timeout) {
         Ok(team) => {
             let (work, rx) = mpsc::unbounded_channel();
-            let held = Mutex::new(HashMap::new());
-            Some((TeamLink { team, work, held }, rx))
+            let slot_owner = slot_owner(&team, socket);
+            Some((
+                TeamLink {
+                    team,
+                    work,
+                    slot_owner,
+                    held: Mutex::new(HashMap::new()),
+                    unreleased: Mutex::new(Vec::new()),
+                },
+                rx,
+            ))
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "team link not started; using local breakers");
@@ -85,6 +111,7 @@ pub async fn start(
     team.start(shared.now_ms()).await;
     if team.health() == Health::Connected {
         shared.with_fleet(|f, now| f.team_rejoin(now));
+        retake_slots(&shared).await;
     }
     tokio::spawn(renew_slots(shared.clone()));
     tokio::spawn(run(shared, team, work, notices))
@@ -101,9 +128,6 @@ async fn run(
             item = work.recv() => match item {
                 Some(Work::Op(op)) => carry_out(&shared, &team, op).await,
                 Some(Work::Publish(event)) => publish(&shared, &team, &event).await,
-                Some(Work::ReleaseSlot { worker, token }) => {
-                    let _ = team.release_slot(&worker, &token, shared.now_ms()).await;
-                }
                 None => return,
             },
             notice = notices.recv() => match notice {
@@ -115,6 +139,8 @@ async fn run(
                 Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     if team.health() == Health::Connected {
                         shared.with_fleet(|f, now| f.team_rejoin(now));
+                        let shared = shared.clone();
+                        tokio::spawn(async move { retake_slots(&shared).await });
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -298,51 +324,161 @@ pub async fn probe_now(
     }))
 }
 
-/// The name of a lease's shared slot.
-fn slot_token(team: &Team, lease: u64) -> String {
-    format!("{}/lease-{lease}", team.origin())
+/// What names this daemon's shared slots: its user and host, and its
+/// socket (hashed: one daemon listens there at a time), so a restarted
+/// daemon names the slots of the builds it restores as before.
+fn slot_owner(team: &Team, socket: &std::path::Path) -> String {
+    let user_host = team
+        .origin()
+        .rsplit_once(':')
+        .map_or(team.origin(), |(uh, _)| uh);
+    format!(
+        "{user_host}/{:016x}",
+        fnv1a(socket.as_os_str().as_encoded_bytes())
+    )
 }
 
-/// Take the shared slot of a lease just granted here (bounded by
-/// `team.timeout_ms`; Redis unreachable: local slots only).
+/// FNV-1a: a hash that stays the same across builds of rch.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The name of a lease's shared slot: its owner, id and grant time (ids
+/// start again after a restart; a new lease never renews an old one).
+fn slot_token(link: &TeamLink, lease: u64, since_ms: u64) -> String {
+    format!("{}/lease-{lease}-{since_ms}", link.slot_owner)
+}
+
+/// Take the shared slot of a lease just granted here (one round trip,
+/// bounded by `team.timeout_ms`). Redis unreachable: local slots decide, and
+/// the build's slot is taken in Redis when it answers again.
 pub async fn take_slot(shared: &Shared, grant: &super::fleet::Grant) -> SlotTake {
     let Some(link) = shared.team.as_ref() else {
         return SlotTake::Held;
     };
-    if !shared.with_fleet(|f, _| f.team_connected()) {
-        return SlotTake::Held;
-    }
-    let worker = &grant.worker.id;
-    let token = slot_token(&link.team, grant.lease);
-    let taken = link
-        .team
-        .acquire_slot(worker, grant.worker.slots, &token, shared.now_ms())
-        .await;
+    let slot = HeldSlot {
+        worker: grant.worker.id.clone(),
+        token: slot_token(link, grant.lease, grant.since_ms),
+    };
+    let taken = if shared.with_fleet(|f, _| f.team_connected()) {
+        let now = shared.now_ms();
+        let slots = grant.worker.slots;
+        link.team
+            .acquire_slot(&slot.worker, slots, &slot.token, now)
+            .await
+    } else {
+        Err(Unavailable)
+    };
     match taken {
+        Ok(crate::team::SlotAnswer::Full { until_ms }) => SlotTake::Full { until_ms },
         Ok(crate::team::SlotAnswer::Taken { .. }) => {
-            held(link).insert(grant.lease, worker.clone());
+            held(link).insert(grant.lease, slot);
             SlotTake::Held
         }
-        Ok(crate::team::SlotAnswer::Full { until_ms }) => SlotTake::Full { until_ms },
         Err(Unavailable) => {
+            held(link).insert(grant.lease, slot);
             shared.with_fleet(|f, now| f.team_lost(now));
             SlotTake::Held
         }
     }
 }
 
-/// A lease ended here: give its shared slot back, if it holds one.
-pub fn release_slot(shared: &Shared, lease: u64) {
+/// A lease ended here: give its shared slot back, if it holds one, in a
+/// round trip of its own (never queued behind breaker work). Once this
+/// returns Redis has the slot free, or did not answer within
+/// `team.timeout_ms` and gets the release when it answers again.
+pub async fn release_slot(shared: &Shared, lease: u64) {
     let Some(link) = shared.team.as_ref() else {
         return;
     };
-    if let Some(worker) = held(link).remove(&lease) {
-        let token = slot_token(&link.team, lease);
-        let _ = link.work.send(Work::ReleaseSlot { worker, token });
+    // The lock is let go before the call (never held across an await).
+    let removed = held(link).remove(&lease);
+    let Some(slot) = removed else {
+        return;
+    };
+    let now = shared.now_ms();
+    if link
+        .team
+        .release_slot(&slot.worker, &slot.token, now)
+        .await
+        .is_err()
+    {
+        unreleased(link).push(slot);
     }
 }
 
-fn held(link: &TeamLink) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+/// [`release_slot`] for a lease whose client is gone: nobody waits for it.
+pub fn release_slot_later(shared: &Arc<Shared>, lease: u64) {
+    if shared.team.is_some() {
+        let shared = shared.clone();
+        tokio::spawn(async move { release_slot(&shared, lease).await });
+    }
+}
+
+/// Leases restored at start (their builds still run): their shared slots
+/// are this daemon's to renew and give back, under the names the previous
+/// daemon gave them.
+pub fn restore(shared: &Shared, leases: &[(u64, HeldLease)]) {
+    let Some(link) = shared.team.as_ref() else {
+        return;
+    };
+    let mut held = held(link);
+    for (lease, saved) in leases {
+        let slot = HeldSlot {
+            worker: saved.worker.clone(),
+            token: slot_token(link, *lease, saved.since_ms),
+        };
+        held.insert(*lease, slot);
+    }
+}
+
+/// Bring Redis up to date with this daemon's builds: after a restart (the
+/// previous daemon's slots may have expired meanwhile) and whenever Redis
+/// answers again (it may have lost them, or missed releases). Releases Redis
+/// missed are sent first; then every running build's slot is held, whatever
+/// the count (the builds run already). A build that ended meanwhile gets
+/// its slot released again.
+async fn retake_slots(shared: &Shared) {
+    let Some(link) = shared.team.as_ref() else {
+        return;
+    };
+    let missed = std::mem::take(&mut *unreleased(link));
+    for (i, slot) in missed.iter().enumerate() {
+        let now = shared.now_ms();
+        if link
+            .team
+            .release_slot(&slot.worker, &slot.token, now)
+            .await
+            .is_err()
+        {
+            unreleased(link).extend(missed[i..].iter().cloned());
+            return;
+        }
+    }
+    let slots: Vec<(u64, HeldSlot)> = held(link).iter().map(|(l, s)| (*l, s.clone())).collect();
+    for (lease, slot) in slots {
+        let now = shared.now_ms();
+        if link
+            .team
+            .restore_slot(&slot.worker, &slot.token, now)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if !held(link).contains_key(&lease) {
+            let _ = link.team.release_slot(&slot.worker, &slot.token, now).await;
+        }
+    }
+}
+
+fn unreleased(link: &TeamLink) -> std::sync::MutexGuard<'_, Vec<HeldSlot>> {
+    link.unreleased.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn held(link: &TeamLink) -> std::sync::MutexGuard<'_, HashMap<u64, HeldSlot>> {
     link.held.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -355,10 +491,10 @@ async fn renew_slots(shared: Arc<Shared>) {
     let every = Duration::from_millis(crate::team::LEASE_RENEW_MS);
     loop {
         tokio::time::sleep(every).await;
-        let leases: Vec<(u64, String)> = held(link).iter().map(|(l, w)| (*l, w.clone())).collect();
-        for (lease, worker) in leases {
-            let token = slot_token(&link.team, lease);
-            let _ = link.team.renew_slot(&worker, &token, shared.now_ms()).await;
+        let slots: Vec<HeldSlot> = held(link).values().cloned().collect();
+        for slot in slots {
+            let now = shared.now_ms();
+            let _ = link.team.renew_slot(&slot.worker, &slot.token, now).await;
         }
     }
 }

@@ -84,6 +84,26 @@ pub enum SlotAnswer {
     Full { until_ms: u64 },
 }
 
+/// An operation of `slots.lua`.
+#[derive(Debug, Clone, Copy)]
+enum SlotOp {
+    Take,
+    Restore,
+    Renew,
+    Release,
+}
+
+impl SlotOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            SlotOp::Take => "take",
+            SlotOp::Restore => "restore",
+            SlotOp::Renew => "renew",
+            SlotOp::Release => "release",
+        }
+    }
+}
+
 /// What other daemons of the team did, as heard by this one.
 #[derive(Debug, Clone)]
 pub enum Notice {
@@ -118,6 +138,11 @@ impl Keys {
     }
     pub fn slots(&self, worker: &str) -> String {
         format!("{}:slots:{worker}", self.prefix)
+    }
+    /// Set while a daemon waits for a slot of `worker`: the next release
+    /// announces itself.
+    pub fn waiting(&self, worker: &str) -> String {
+        format!("{}:waiting:{worker}", self.prefix)
     }
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)
@@ -288,26 +313,29 @@ impl Team {
         token: &str,
         now_ms: u64,
     ) -> Result<SlotAnswer, Unavailable> {
-        let script = &self.slots_script;
-        let key = self.keys.slots(worker);
-        let (taken, n): (u32, u64) = self
-            .link
-            .call(now_ms, |mut conn| async move {
-                script
-                    .key(key)
-                    .arg(now_ms)
-                    .arg(token)
-                    .arg(LEASE_TTL_MS)
-                    .arg(slots)
-                    .invoke_async(&mut conn)
-                    .await
-            })
+        let (taken, n) = self
+            .slots(SlotOp::Take, worker, slots, token, now_ms)
             .await?;
         Ok(if taken == 1 {
             SlotAnswer::Taken { held: n as u32 }
         } else {
             SlotAnswer::Full { until_ms: n }
         })
+    }
+
+    /// Hold a slot of `worker` for a build that already runs (restored
+    /// after a daemon restart, or re-taken after Redis lost its leases),
+    /// whatever the count: it cannot be stopped now, and no one else may
+    /// take its slot meanwhile.
+    pub async fn restore_slot(
+        &self,
+        worker: &str,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<(), Unavailable> {
+        self.slots(SlotOp::Restore, worker, 0, token, now_ms)
+            .await
+            .map(drop)
     }
 
     /// Push a held lease's expiry out by another [`LEASE_TTL_MS`].
@@ -317,43 +345,50 @@ impl Team {
         token: &str,
         now_ms: u64,
     ) -> Result<(), Unavailable> {
-        let key = self.keys.slots(worker);
-        self.link
-            .call(now_ms, |mut conn| async move {
-                redis::cmd("ZADD")
-                    .arg(&key)
-                    .arg("XX")
-                    .arg(now_ms + LEASE_TTL_MS)
-                    .arg(token)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
+        self.slots(SlotOp::Renew, worker, 0, token, now_ms)
             .await
+            .map(drop)
     }
 
-    /// Give a slot back and tell the team it is free.
+    /// Give a slot back; the team hears of it only if a daemon was refused
+    /// a slot of this worker meanwhile.
     pub async fn release_slot(
         &self,
         worker: &str,
         token: &str,
         now_ms: u64,
     ) -> Result<(), Unavailable> {
-        let key = self.keys.slots(worker);
+        self.slots(SlotOp::Release, worker, 0, token, now_ms)
+            .await
+            .map(drop)
+    }
+
+    /// One call of `slots.lua`: a single round trip (EVALSHA).
+    async fn slots(
+        &self,
+        op: SlotOp,
+        worker: &str,
+        slots: u32,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<(u64, u64), Unavailable> {
+        let script = &self.slots_script;
+        let keys = (self.keys.slots(worker), self.keys.waiting(worker));
         let channel = self.keys.changes();
         let message = format!("slot:{worker}");
         self.link
             .call(now_ms, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("ZREM")
-                    .arg(&key)
+                script
+                    .key(keys.0)
+                    .key(keys.1)
+                    .arg(op.as_str())
+                    .arg(now_ms)
                     .arg(token)
-                    .ignore()
-                    .cmd("PUBLISH")
+                    .arg(LEASE_TTL_MS)
+                    .arg(slots)
                     .arg(channel)
                     .arg(message)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
+                    .invoke_async(&mut conn)
                     .await
             })
             .await
