@@ -19,7 +19,8 @@
 //!   and daemon RSS with 1,000 workers and 100k history rows.
 //! - P4t: lease+release across 4 daemons at once, each with its own client,
 //!   without and with a `[team]` on a real redis-server on loopback (p50/p99,
-//!   leases/s over the 4).
+//!   leases/s over the 4), and one daemon with a team alone; CPU time per
+//!   lease (daemons, redis, clients) and Redis calls per lease.
 //! - `link` (`link_cases`, only when named: about 15 minutes): a worker on
 //!   loopback beside one behind the lab's link proxy (`rch::lab::link`).
 //!   `link-ws`: the published `ignore` crate (copied from the cargo registry,
@@ -458,8 +459,9 @@ fn p4_team() {
     println!("== P4t: lease + release, 4 daemons at once, without and with a team");
     let env = TestEnv::new(1);
     let redis = support::redis::RedisServer::start(&env.path().join("redis"));
+    let redis_pid = redis.pid().unwrap_or(0);
     let per_daemon = 1_000;
-    for team in [false, true] {
+    for (team, daemons) in [(false, 4), (true, 4), (true, 1)] {
         let mut config = String::new();
         if team {
             config.push_str(&format!(
@@ -469,31 +471,95 @@ fn p4_team() {
         }
         config.push_str(&fake_workers(16));
         env.write_config(&config);
-        let label = if team { "team" } else { "solo" };
-        let daemons: Vec<_> = (0..4)
-            .map(|i| own_daemon(&env, &format!("{label}{i}")))
+        let label = format!("{}{daemons}", if team { "team" } else { "solo" });
+        let vars: Vec<_> = (0..daemons)
+            .map(|i| own_daemon(&env, &format!("{label}-{i}")))
             .collect();
+        let sockets: Vec<std::path::PathBuf> = vars.iter().map(|v| v[0].1.clone()).collect();
+        let pids: Vec<u32> = sockets.iter().map(|s| daemon_pid(s)).collect();
+        let calls_before = redis.command_calls();
+        let cpu_before = (
+            cpu_ms(&pids),
+            cpu_ms(&[redis_pid]),
+            cpu_ms(&[std::process::id()]),
+        );
         let t0 = Instant::now();
-        let runs: Vec<_> = daemons
-            .iter()
-            .map(|vars| {
-                let socket = vars[0].1.clone();
-                std::thread::spawn(move || lease_loop(&socket, per_daemon))
-            })
+        let runs: Vec<_> = sockets
+            .into_iter()
+            .map(|socket| std::thread::spawn(move || lease_loop(&socket, per_daemon)))
             .collect();
         let lat: Vec<Duration> = runs.into_iter().flat_map(|h| h.join().unwrap()).collect();
         let total = t0.elapsed();
+        let n = lat.len() as f64;
+        let per_lease = |after: f64, before: f64| (after - before) * 1000.0 / n;
         println!(
-            "  {}: p50 {} p99 {}; {:.0} leases/s over 4 daemons (goal with a team: p99 <= 3 ms, >= 2k/s)",
+            "  {} daemon(s), {}: p50 {} p99 {}; {:.0} leases/s (goal with a team: p99 <= 3 ms, >= 2k/s over 4)",
+            daemons,
             if team { "with a team (redis on loopback)" } else { "without a team" },
             ms(percentile(lat.clone(), 0.5)),
             ms(percentile(lat.clone(), 0.99)),
-            lat.len() as f64 / total.as_secs_f64()
+            n / total.as_secs_f64()
         );
-        for vars in daemons {
+        println!(
+            "    CPU per lease: daemons {:.0} us, redis {:.0} us, clients {:.0} us; load average {}",
+            per_lease(cpu_ms(&pids), cpu_before.0),
+            per_lease(cpu_ms(&[redis_pid]), cpu_before.1),
+            per_lease(cpu_ms(&[std::process::id()]), cpu_before.2),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+        );
+        if team {
+            let after = redis.command_calls();
+            let per = |name: &str| {
+                (after.get(name).copied().unwrap_or(0)
+                    - calls_before.get(name).copied().unwrap_or(0)) as f64
+                    / n
+            };
+            println!(
+                "    redis per lease: {:.2} script calls (EVALSHA), {:.2} PUBLISH",
+                per("evalsha") + per("eval"),
+                per("publish"),
+            );
+        }
+        for v in vars {
             let mut stop = env.rch();
-            stop.envs(vars).args(["daemon", "stop"]);
+            stop.envs(v).args(["daemon", "stop"]);
             time(stop);
         }
     }
+}
+
+/// The pid of the daemon on `socket`.
+fn daemon_pid(socket: &Path) -> u32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = rch::client::Client::connect(socket).await.unwrap();
+        match c.call(Request::Ping).await.unwrap() {
+            Response::Hello { pid, .. } => pid,
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+/// CPU time (user + system, ms) the processes `pids` have used so far.
+fn cpu_ms(pids: &[u32]) -> f64 {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name: state is the 3rd, utime the 14th.
+            let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+            Some(ticks * 1000.0 / tick)
+        })
+        .sum()
 }

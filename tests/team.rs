@@ -437,24 +437,6 @@ fn a_worker_slot_is_held_once_for_the_whole_team() {
         == "0"));
 }
 
-/// Calls of each Redis command so far (`INFO commandstats`).
-fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
-}
-
 #[test]
 fn a_released_slot_is_free_for_the_next_lease_at_once_and_a_lease_costs_three_scripts() {
     use rch::protocol::{AttemptOutcome, LeaseRequest, Request, Response};
@@ -483,7 +465,7 @@ fn a_released_slot_is_free_for_the_next_lease_at_once_and_a_lease_costs_three_sc
         let outcome = AttemptOutcome::Success { exit_code: 0 };
         c.call(Request::Release { outcome }).await.unwrap();
     });
-    let before = command_calls(&redis);
+    let before = redis.command_calls();
 
     // One worker with one slot, leased and released back to back: the slot
     // a release gave back is free in Redis for the very next lease, even
@@ -508,7 +490,7 @@ fn a_released_slot_is_free_for_the_next_lease_at_once_and_a_lease_costs_three_sc
     // What a lease costs in Redis: one script to take the slot, one to give
     // it back, one to count the result on the shared breaker; no
     // announcement while nobody waits for a slot.
-    let after = command_calls(&redis);
+    let after = redis.command_calls();
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
     let scripts = delta("evalsha") + delta("eval");
