@@ -14,7 +14,7 @@
 
 use super::support::tally::{count_shells_on, shells_since};
 use super::support::TestEnv;
-use super::sync_cases::{crate_with, rch_cargo, rounds, script_on};
+use super::sync_cases::{crate_with, rch_cargo, rounds, script_on, ssh_to};
 use super::{before_bin, interleaved, ms, sh, stop_other, time};
 use rch::lab::link::{LinkProxy, Shape};
 use std::path::{Path, PathBuf};
@@ -76,6 +76,9 @@ enum Runner {
     Rch(Option<PathBuf>),
     /// The rsync+ssh script, with or without a ControlMaster.
     Script { mux: bool },
+    /// Only the script's ssh command over its ControlMaster, in a tree it
+    /// pushed before: what one remote command per build costs at the least.
+    Ssh,
     /// Cargo here.
     Local,
 }
@@ -87,6 +90,7 @@ impl Runner {
             Runner::Rch(Some(_)) => "rch exec, before",
             Runner::Script { mux: true } => "script over a ControlMaster",
             Runner::Script { mux: false } => "script, no ControlMaster",
+            Runner::Ssh => "its ssh command alone (no sync)",
             Runner::Local => "local cargo",
         }
     }
@@ -110,6 +114,15 @@ impl Contender {
                 &script_on(&l.env, &p.host, &script_dir(p, dir), cargo, *mux),
                 dir,
             ),
+            (Runner::Ssh, Some(p)) => {
+                let ssh = ssh_to(&l.env, &p.host, true);
+                let remote = script_dir(p, dir);
+                let line = format!(
+                    "{ssh} {} \"sh -lc 'cd {remote} && cargo {cargo} -q'\"",
+                    p.host
+                );
+                sh(&line, dir)
+            }
             _ => sh(&format!("cargo {cargo} -q"), dir),
         }
     }
@@ -122,7 +135,7 @@ impl Contender {
                 &place.base.to_string_lossy(),
                 dir,
             ))),
-            Runner::Script { .. } => Some(PathBuf::from(script_dir(place, dir))),
+            Runner::Script { .. } | Runner::Ssh => Some(PathBuf::from(script_dir(place, dir))),
             Runner::Local => None,
         }
     }
@@ -415,6 +428,7 @@ fn short(r: &Runner) -> &'static str {
         Runner::Rch(Some(_)) => "before",
         Runner::Script { mux: true } => "script(CM)",
         Runner::Script { mux: false } => "script",
+        Runner::Ssh => "ssh",
         Runner::Local => "local",
     }
 }
@@ -432,11 +446,22 @@ pub fn warm_noop() {
         .map(|p| count_shells_on(&l.env, p))
         .collect();
     let before = before_bin();
-    let runners = runners(&before, true);
+    let mut runners = runners(&before, true);
+    runners.push(Runner::Ssh);
     let cs = contenders(&runners, l.places.len());
     let dirs: Vec<PathBuf> = (0..cs.len())
         .map(|i| crate_with(&l.env.path().join(format!("projects/noop-{i}")), 1, 0))
         .collect();
+    // The ssh-alone contenders build in a tree the script pushed.
+    for (c, d) in cs.iter().zip(&dirs) {
+        if let (Runner::Ssh, Some(p)) = (&c.runner, c.place) {
+            let place = &l.places[p];
+            time(sh(
+                &script_on(&l.env, &place.host, &script_dir(place, d), "build", true),
+                d,
+            ));
+        }
+    }
     let m = interleaved(rounds(), true, |_| {
         cs.iter()
             .zip(&dirs)
@@ -479,9 +504,9 @@ pub fn warm_noop() {
     let local = find(&cs, &m, &Runner::Local, None).unwrap();
     println!("  {:<30} {:>18}", "local cargo", ms(local));
     let far = l.places.len() - 1;
+    let at = |r: &Runner, p: usize| find(&cs, &m, r, Some(p)).unwrap();
     for r in runners.iter().filter(|r| matches!(r, Runner::Rch(_))) {
-        let rch = find(&cs, &m, r, Some(far)).unwrap();
-        let script = find(&cs, &m, &Runner::Script { mux: true }, Some(far)).unwrap();
+        let (rch, script) = (at(r, far), at(&Runner::Script { mux: true }, far));
         let over = rch.saturating_sub(local);
         println!(
             "  {} at 20 ms: local + {} = {:.1} round trips (goal <= 3: {}); {:.2}x the script over a ControlMaster (goal <= 0.5x: {})",
@@ -491,6 +516,12 @@ pub fn warm_noop() {
             if over <= rtt * 3 { "met" } else { "missed" },
             rch.as_secs_f64() / script.as_secs_f64(),
             if rch.as_secs_f64() <= 0.5 * script.as_secs_f64() { "met" } else { "missed" },
+        );
+        let beyond = |p| ms(at(r, p).saturating_sub(at(&Runner::Ssh, p)));
+        println!(
+            "    beyond one ssh command over a ControlMaster: {} on loopback, {} at 20 ms",
+            beyond(0),
+            beyond(far)
         );
     }
     if let Some(bin) = &before {

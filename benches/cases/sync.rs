@@ -39,16 +39,7 @@ fn script(env: &TestEnv, worker: usize, dir: &str, mux: bool) -> String {
 /// run in a login shell, and for a build the pull of `target/debug` without
 /// what only cargo's own bookkeeping needs. `mux` adds an ssh ControlMaster.
 pub fn script_on(env: &TestEnv, host: &str, remote: &str, cargo: &str, mux: bool) -> String {
-    let cfg = env.lab.ssh_config().display().to_string();
-    let control = env.path().join(format!("cm-{host}"));
-    let ssh = if mux {
-        format!(
-            "ssh -F {cfg} -o ControlMaster=auto -o ControlPath={} -o ControlPersist=120",
-            control.display()
-        )
-    } else {
-        format!("ssh -F {cfg}")
-    };
+    let ssh = ssh_to(env, host, mux);
     let pull = if cargo == "build" {
         format!(
             " && mkdir -p target/debug \
@@ -62,6 +53,21 @@ pub fn script_on(env: &TestEnv, host: &str, remote: &str, cargo: &str, mux: bool
         "rsync -a --delete --exclude target/ --exclude .git/ -e '{ssh}' ./ {host}:{remote}/ \
          && {ssh} {host} \"sh -lc 'cd {remote} && cargo {cargo} -q'\"{pull}"
     )
+}
+
+/// The script's `ssh` command line (host not included); `mux` adds a
+/// ControlMaster, one per host, kept for two minutes.
+pub fn ssh_to(env: &TestEnv, host: &str, mux: bool) -> String {
+    let cfg = env.lab.ssh_config().display().to_string();
+    let control = env.path().join(format!("cm-{host}"));
+    if mux {
+        format!(
+            "ssh -F {cfg} -o ControlMaster=auto -o ControlPath={} -o ControlPersist=120",
+            control.display()
+        )
+    } else {
+        format!("ssh -F {cfg}")
+    }
 }
 
 fn rch_build(env: &TestEnv, dir: &Path, worker: usize) -> Command {
