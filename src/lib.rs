@@ -13,6 +13,7 @@
 //! - [`protocol`]: the messages between the CLI and the daemon, framing and version.
 //! - [`client`]: the CLI side of the daemon socket (connect, auto-start, requests).
 //! - [`needs`]: what a build needs of a worker, found on this machine (local rustc, cc, target).
+//! - [`tool_probe`]: local tools' answers about themselves (`rustc -vV`), cached while the toolchain is unchanged.
 //! - [`envcheck`]: what a cargo build read from its environment vs what the worker had; pure.
 //! - [`envrules`]: which environment variables a remote build gets (forward/withhold rules); pure.
 //! - [`build_files`]: where a build's files are, here and on a worker (synced root, mirrored path, target dirs).
@@ -76,6 +77,7 @@ mod service;
 pub mod state;
 pub mod team;
 mod tree;
+mod tool_probe;
 mod ui;
 pub mod wrap;
 

@@ -6,9 +6,9 @@
 
 use crate::caps::{Cc, Needs, Rustc};
 use crate::classify::Tool;
+use crate::tool_probe;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Files by which a project pins its Rust toolchain (rustup reads them).
 const PIN_FILES: &[&str] = &["rust-toolchain.toml", "rust-toolchain"];
@@ -70,42 +70,29 @@ fn pinned(cwd: &Path) -> bool {
         .any(|d| PIN_FILES.iter().any(|f| d.join(f).is_file()))
 }
 
-/// `rustc -vV` as cargo would run it here (`RUSTC` honoured).
+/// `rustc -vV` as cargo would run it here (`RUSTC` honoured); the answer
+/// is cached while the toolchain it comes from is unchanged.
 fn local_rustc(cwd: &Path, plus: Option<&str>) -> Option<Rustc> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let mut cmd = Command::new(rustc);
-    if let Some(tc) = plus {
-        cmd.arg(format!("+{tc}"));
-    }
-    cmd.arg("-vV");
-    Rustc::parse_verbose_version(&output(cmd, cwd)?)
+    let plus = plus.map(|tc| format!("+{tc}"));
+    let args: Vec<&str> = plus.iter().map(String::as_str).chain(["-vV"]).collect();
+    let text = tool_probe::answer(&rustc, &args, cwd, |key| {
+        key.pins(cwd, PIN_FILES);
+        key.rustup();
+    })?;
+    Rustc::parse_verbose_version(&text)
 }
 
 /// The local `cc`: its version and target machine.
 fn local_cc(cwd: &Path) -> Option<Cc> {
     let ask = |flag: &str| {
-        let mut cmd = Command::new("cc");
-        cmd.arg(flag);
-        output(cmd, cwd).map(|s| s.trim().to_string())
+        tool_probe::answer(OsStr::new("cc"), &[flag], cwd, |_| {}).map(|s| s.trim().to_string())
     };
     let machine = ask("-dumpmachine")?;
     let version = ask("-dumpfullversion")
         .or_else(|| ask("-dumpversion"))
         .unwrap_or_default();
     Some(Cc { version, machine })
-}
-
-/// Stdout of a successful run, else `None` (not installed, failed).
-fn output(mut cmd: Command, cwd: &Path) -> Option<String> {
-    let out = cmd
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("", "", "rch")
 }
 
-fn home_dir() -> PathBuf {
+/// The user's home directory (`$HOME`, else `/`).
+pub fn home_dir() -> PathBuf {
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))

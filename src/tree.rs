@@ -170,7 +170,8 @@ pub fn snapshot(rules: &Rules) -> std::io::Result<Snapshot> {
         now,
         &mut snap,
     )?;
-    snap.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    // Children are walked in name order, so the entries come out in path
+    // order (what `changes` merges on) without sorting the whole tree.
     snap.ignored.sort();
     Ok(snap)
 }
@@ -225,11 +226,16 @@ fn walk_children(
     now: i64,
     snap: &mut Snapshot,
 ) -> std::io::Result<()> {
-    for child in std::fs::read_dir(dir)? {
-        let child = child?;
-        let path = child.path();
-        let rel_path = rel.join(child.file_name());
-        let meta = match std::fs::symlink_metadata(&path) {
+    let mut children = std::fs::read_dir(dir)?
+        .map(|child| child.map(|c| (c.file_name(), c)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, child) in children {
+        let path = dir.join(&name);
+        let rel_path = rel.join(&name);
+        // Stat by the directory's handle (`fstatat`), not by the full path:
+        // the kernel does not walk every component of every file again.
+        let meta = match child.metadata() {
             Ok(m) => m,
             // Deleted while we looked: it is simply not part of this snapshot.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -523,6 +529,19 @@ mod tests {
             .iter()
             .map(|e| e.path.display().to_string())
             .collect()
+    }
+
+    #[test]
+    fn entries_come_out_in_path_order_as_changes_merges_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for rel in ["a-b", "a/b", "a.c", "a/b-c/d", "a/b/c", "b", "A", "a/b.x"] {
+            write(root, &format!("{rel}/f"), "x");
+        }
+        let snap = snapshot(&Rules::new(root, &[], true).unwrap()).unwrap();
+        let mut sorted = snap.entries.clone();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(snap.entries, sorted);
     }
 
     #[test]
