@@ -135,6 +135,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The entry of `path` (relative), if the snapshot has it.
+    pub fn entry(&self, path: &Path) -> Option<&Entry> {
+        let at = self
+            .entries
+            .binary_search_by(|e| e.path.as_path().cmp(path))
+            .ok()?;
+        self.entries.get(at)
+    }
+
     /// The bytes of its files, and its `n` largest top-level directories
     /// with the bytes of the files under each, largest first.
     pub fn largest_dirs(&self, n: usize) -> (u64, Vec<(String, u64)>) {

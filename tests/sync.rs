@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -202,6 +203,18 @@ fn pushes_follow_every_change_and_skip_only_a_tree_the_worker_still_holds() {
     assert!(on_worker(&env, &format!("rm -rf {tree}")));
     assert_eq!(cargo_build(&env, &dir), "two");
     assert!(on_worker(&env, &format!("grep -qx two {tree}/data.txt")));
+
+    // A worker that cannot unpack a carried edit (its tar fails): the tree
+    // counts as stale, is pushed in full, and the build still sees the edit.
+    let home = env.lab.workers()[0].home();
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    std::fs::write(home.join("bin/tar"), "#!/bin/sh\nexit 2\n").unwrap();
+    std::fs::set_permissions(home.join("bin/tar"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let profile = std::fs::read_to_string(home.join(".profile")).unwrap_or_default();
+    std::fs::write(home.join(".profile"), format!("{profile}\nPATH=$HOME/bin:$PATH\n")).unwrap();
+    std::fs::write(dir.join("data.txt"), "five").unwrap();
+    assert_eq!(cargo_build(&env, &dir), "five");
+    assert!(on_worker(&env, &format!("grep -qx five {tree}/data.txt")));
     assert_eq!(env.circuit("w1").failures, 0);
 }
 
@@ -231,10 +244,17 @@ fn a_warm_build_starts_one_remote_command_and_brings_back_only_what_differs() {
     assert_eq!(cargo_build(&env, &dir), "one");
     assert_eq!(shells_since(&tally, start), 2, "run + pull");
 
-    // An edit: push, run, pull.
+    // A small edit rides in the run command: run, pull.
     std::fs::write(dir.join("data.txt"), "three").unwrap();
     let start = count();
     assert_eq!(cargo_build(&env, &dir), "three");
+    assert_eq!(shells_since(&tally, start), 2, "run (with the edit) + pull");
+
+    // A large one is pushed by rsync first: push, run, pull.
+    let big = "x".repeat(600 * 1024);
+    std::fs::write(dir.join("data.txt"), format!("four{big}")).unwrap();
+    let start = count();
+    assert_eq!(cargo_build(&env, &dir), format!("four{big}"));
     assert_eq!(shells_since(&tally, start), 3, "push + run + pull");
     assert_eq!(env.circuit("w1").failures, 0);
 }

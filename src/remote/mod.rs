@@ -1,6 +1,7 @@
 //! The remote side of a build: SSH master connections ([`ssh`]), where a
 //! build lives on a worker ([`layout`], [`slot`]), rsync transfer over the
-//! masters ([`sync`]), what each build pushes ([`upload`]), remote
+//! masters ([`sync`]), what each build pushes ([`upload`]; small edits
+//! ride in the run command, [`carry`]), remote
 //! execution ([`run`], with its out-of-band status in [`status`] and the
 //! build's stdin in [`input`]), what comes back and what the build deleted
 //! ([`outputs`]), the
@@ -14,6 +15,7 @@
 //! `run`, `sync`, `probe` -> `ssh` -> `failure`; any of them may use `shell`
 //! and `layout`; nothing under `remote/` imports a sibling that imports it.
 
+pub mod carry;
 pub mod failure;
 pub mod input;
 pub mod layout;

@@ -163,7 +163,7 @@ report_env() {
 }"#;
 
 /// The part of the run script after the nonce and the report functions.
-const RUN_BODY: &str = r#"RCH_dir=$1; RCH_tree=$2; expect=$3; token=$4; RCH_input=$5; RCH_watch=$6; RCH_watched=$7; RCH_envdir=$8; ndelete=$9; shift 9
+const RUN_BODY: &str = r#"RCH_dir=$1; RCH_tree=$2; expect=$3; token=$4; RCH_input=$5; RCH_watch=$6; RCH_watched=$7; RCH_envdir=$8; ndelete=$9; carried=${10}; shift 10
 case $RCH_tree in /*|'') ;; *) RCH_tree=$HOME/$RCH_tree ;; esac
 [ -n "$RCH_tree" ] || { RCH_watch=; RCH_envdir=; }
 if [ -n "$expect" ]; then
@@ -171,6 +171,13 @@ if [ -n "$expect" ]; then
   [ "$have" = "$expect" ] || setup_failed tree stale
 fi
 while [ "$ndelete" -gt 0 ]; do [ -n "$RCH_tree" ] && rm -rf -- "$RCH_tree/$1"; shift; ndelete=$((ndelete - 1)); done
+full=
+if [ "$carried" -gt 0 ] || [ -n "$RCH_input" ]; then dd iflag=fullblock count=0 </dev/null >/dev/null 2>&1 && full=1; fi
+if [ "$carried" -gt 0 ]; then
+  if [ -n "$full" ]; then dd bs="$carried" count=1 iflag=fullblock 2>/dev/null
+  else dd bs=1 count="$carried" 2>/dev/null
+  fi | (cd -- "$RCH_tree" && tar -xpof - 2>/dev/null) || setup_failed tree stale
+fi
 if [ -n "$token" ]; then
   printf '%s\n' "$token" 2>/dev/null >"$RCH_tree/.rch-sync" || setup_failed dir 'cannot write the sync token'
 fi
@@ -196,7 +203,6 @@ exec 3<&0
 if [ -n "$RCH_input" ]; then
   pipedir=$(mktemp -d "${TMPDIR:-/tmp}/rch-in.XXXXXX" 2>/dev/null) && mkfifo "$pipedir/in" 2>/dev/null ||
     setup_failed other 'cannot make a pipe for stdin'
-  full=; dd iflag=fullblock count=0 </dev/null >/dev/null 2>&1 && full=1
   setsid "$@" <"$pipedir/in" 3<&- &
 else
   setsid "$@" </dev/null 3<&- &
@@ -266,7 +272,8 @@ pub async fn run_to(
         Some(None) => return local(STDIN_SPENT.to_string()),
         reader => reader.flatten(),
     };
-    let execution = execute(conn, command, &spec.dir, reader, stdout, stderr);
+    let carried = spec.tree.as_ref().map_or(&[][..], |t| t.carried.as_slice());
+    let execution = execute(conn, command, &spec.dir, (carried, reader), stdout, stderr);
     match tokio::time::timeout(spec.timeout, execution).await {
         Ok(report) => report,
         // The timed-out future held the ssh child; dropping it killed the
@@ -305,6 +312,7 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
             .unwrap_or_default(),
         spec.env_reads.clone().unwrap_or_default(),
         check.delete.len().to_string(),
+        check.carried.len().to_string(),
     ];
     args.extend(check.delete);
     args.extend(
@@ -324,11 +332,13 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
     Ok(login_shell_command(&run_script(), &refs))
 }
 
+/// `feed` is what follows the first line on the channel: the carried
+/// files' archive, then the build's stdin when it has one.
 async fn execute(
     conn: &Connection,
     command: String,
     dir: &str,
-    input: Option<input::Reader>,
+    (carried, input): (&[u8], Option<input::Reader>),
     out: impl AsyncWrite + Unpin,
     err: impl AsyncWrite + Unpin,
 ) -> RunReport {
@@ -358,22 +368,27 @@ async fn execute(
     let (from_out, from_err) = (child.stdout.take(), child.stderr.take());
     let pumps =
         async { tokio::join!(pump(from_out, out), pump_stderr(from_err, err, &mut filter)) };
-    // The input goes along until the command's output ends (the run is
-    // over): a command that never reads it does not wait for it.
-    let (_, stderr_mid_line) = match (input, stdin.as_mut()) {
-        (Some(reader), Some(pipe)) => {
-            let feed = async {
+    // The archive and the input go along until the command's output ends
+    // (the run is over): a command that never reads its input does not wait
+    // for it. With neither, the channel's stdin just stays open.
+    let feed = async {
+        if let Some(pipe) = stdin.as_mut() {
+            if !carried.is_empty() {
+                // A failed write shows up as a stale tree or a run without records.
+                let _ = pipe.write_all(carried).await;
+                let _ = pipe.flush().await;
+            }
+            if let Some(reader) = input {
                 if let Err(e) = input::send(reader, pipe).await {
                     tracing::debug!(error = %e, "sending stdin to the worker");
                 }
-                std::future::pending::<()>().await
-            };
-            tokio::select! {
-                done = pumps => done,
-                () = feed => unreachable!("the feed never ends"),
             }
         }
-        _ => pumps.await,
+        std::future::pending::<()>().await
+    };
+    let (_, stderr_mid_line) = tokio::select! {
+        done = pumps => done,
+        () = feed => unreachable!("the feed never ends"),
     };
     let status = child.wait().await;
     drop(stdin);

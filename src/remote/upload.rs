@@ -7,7 +7,8 @@
 //!   checks, in the same remote command as the build, that the worker still
 //!   holds the token (the tree there is ours, as we left it);
 //! - pushes only the changed and deleted paths when it changed, checked the
-//!   same way;
+//!   same way; small edited files ride in the run command itself
+//!   ([`super::carry`]) instead of a push of their own;
 //! - pushes the whole tree (rsync `--delete`) without a remembered push, or
 //!   when the check finds another tree there (another machine built the same
 //!   path, the directory was cleaned up), and then runs again.
@@ -45,6 +46,9 @@ pub struct TreeCheck {
     pub set: Option<String>,
     /// Paths of the tree to delete once the check passed (gone locally).
     pub delete: Vec<String>,
+    /// A tar archive of edited files to unpack into the tree once the check
+    /// passed ([`super::carry`]); it follows the run command's first line.
+    pub carried: Vec<u8>,
 }
 
 /// One build's upload to one build directory of one worker.
@@ -56,6 +60,8 @@ pub struct Upload<'a> {
     last: Option<(String, Snapshot)>,
     plan: Plan,
     token: String,
+    /// The planned changes, packed to ride in the run command.
+    carried: Option<Vec<u8>>,
 }
 
 impl<'a> Upload<'a> {
@@ -74,6 +80,12 @@ impl<'a> Upload<'a> {
             (Plan::Skip, Some((token, _))) => token.clone(),
             _ => new_token(),
         };
+        let carried = match (&plan, &last, &snapshot) {
+            (Plan::Changes(changes), Some((_, before)), Some(now)) => {
+                super::carry::archive(root, &changes.changed, before, now)
+            }
+            _ => None,
+        };
         Upload {
             root,
             remote_dir,
@@ -82,6 +94,7 @@ impl<'a> Upload<'a> {
             last,
             plan,
             token,
+            carried,
         }
     }
 
@@ -97,6 +110,10 @@ impl<'a> Upload<'a> {
     ) -> Result<(), RemoteFailure> {
         match &self.plan {
             Plan::Skip => Ok(()),
+            Plan::Changes(_) if self.carried.is_some() => {
+                self.forget();
+                Ok(())
+            }
             Plan::Changes(changes) => {
                 self.forget();
                 sync::push_changes(conn, self.root, self.remote_dir, &changes.changed).await
@@ -129,11 +146,16 @@ impl<'a> Upload<'a> {
             Plan::Changes(changes) if !full => utf8_paths(&changes.deleted).unwrap_or_default(),
             _ => Vec::new(),
         };
+        let carried = match &self.carried {
+            Some(bytes) if !full => bytes.clone(),
+            _ => Vec::new(),
+        };
         TreeCheck {
             dir: self.remote_dir.to_string(),
             expect,
             set,
             delete,
+            carried,
         }
     }
 
