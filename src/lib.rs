@@ -76,8 +76,8 @@ pub mod select;
 mod service;
 pub mod state;
 pub mod team;
-mod tree;
 mod tool_probe;
+mod tree;
 mod ui;
 pub mod wrap;
 

@@ -117,7 +117,12 @@ impl Key {
 /// the probe depends on beyond the program and the environment); `None`
 /// when the tool is missing or fails (never cached: a tool installed later
 /// is found).
-pub fn answer(program: &OsStr, args: &[&str], cwd: &Path, facts: impl FnOnce(&mut Key)) -> Option<String> {
+pub fn answer(
+    program: &OsStr,
+    args: &[&str],
+    cwd: &Path,
+    facts: impl FnOnce(&mut Key),
+) -> Option<String> {
     let mut key = Key::new(program, args);
     facts(&mut key);
     let file = crate::paths::cache_dir()
@@ -196,12 +201,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pin = dir.path().join("rust-toolchain.toml");
         let before = name_of(|k| k.pins(dir.path(), &["rust-toolchain.toml"]));
-        assert_eq!(before, name_of(|k| k.pins(dir.path(), &["rust-toolchain.toml"])));
+        assert_eq!(
+            before,
+            name_of(|k| k.pins(dir.path(), &["rust-toolchain.toml"]))
+        );
         std::fs::write(&pin, "[toolchain]\nchannel = \"stable\"\n").unwrap();
         let pinned = name_of(|k| k.pins(dir.path(), &["rust-toolchain.toml"]));
         assert_ne!(before, pinned);
         std::fs::write(&pin, "[toolchain]\nchannel = \"nightly\"\n").unwrap();
-        assert_ne!(pinned, name_of(|k| k.pins(dir.path(), &["rust-toolchain.toml"])));
+        assert_ne!(
+            pinned,
+            name_of(|k| k.pins(dir.path(), &["rust-toolchain.toml"]))
+        );
 
         let bin = dir.path().join("rustc");
         std::fs::write(&bin, "one").unwrap();
@@ -213,7 +224,10 @@ mod tests {
 
     #[test]
     fn programs_are_found_on_path_or_taken_as_given() {
-        assert_eq!(on_path(OsStr::new("/bin/sh")), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            on_path(OsStr::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
         assert!(on_path(OsStr::new("sh")).is_some_and(|p| p.is_absolute()));
         assert_eq!(on_path(OsStr::new("no-such-tool-anywhere")), None);
     }

@@ -21,6 +21,8 @@
 //! taken may still change without its mtime moving on a coarse filesystem;
 //! such files also get a content hash, compared on the next snapshot.
 
+mod walk;
+
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -166,21 +168,21 @@ impl Snapshot {
 }
 
 /// Walk the tree at the rules' root.
+///
+/// Directories are read by a few threads at once (stat calls dominate and
+/// the kernel serves them in parallel); the entries are then put in path
+/// order (what [`changes`] merges on) by walking the per-directory results.
 pub fn snapshot(rules: &Rules) -> std::io::Result<Snapshot> {
     let now = now_ns();
+    let root = DirJob {
+        dir: rules.root.clone(),
+        rel: PathBuf::new(),
+        stack: Vec::new(),
+        git: rules.respect_gitignore,
+    };
+    let mut listed = walk::run(root, |job| read_dir_job(rules, job, now))?;
     let mut snap = Snapshot::default();
-    let mut stack = Vec::new();
-    let git = rules.respect_gitignore;
-    walk_dir(
-        rules,
-        &rules.root,
-        Path::new(""),
-        (&mut stack, git),
-        now,
-        &mut snap,
-    )?;
-    // Children are walked in name order, so the entries come out in path
-    // order (what `changes` merges on) without sorting the whole tree.
+    assemble(&mut listed, Path::new(""), &mut snap);
     snap.ignored.sort();
     Ok(snap)
 }
@@ -192,53 +194,75 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Walk `dir`; `git` says whether `.gitignore` rules apply there. They stop
-/// at a configured build directory: meson writes a `.gitignore` of `*` into
-/// its own, and CMake's or ninja's state files are what the worker's build
-/// runs from, so all of it is sent (the excludes and `.rchignore` still apply).
-fn walk_dir(
-    rules: &Rules,
-    dir: &Path,
+/// One directory to read, with the ignore files that apply to it.
+struct DirJob {
+    dir: PathBuf,
+    rel: PathBuf,
+    /// `.gitignore`/`.ignore` of the directories above, outermost first.
+    stack: Vec<std::sync::Arc<Gitignore>>,
+    /// Whether `.gitignore` rules apply here.
+    git: bool,
+}
+
+/// One directory's children as the push sees them, in name order.
+#[derive(Default)]
+struct Listed {
+    entries: Vec<Entry>,
+    ignored: Vec<PathBuf>,
+}
+
+/// Put the per-directory results in path order: each directory's entry is
+/// followed by its own subtree.
+fn assemble(
+    listed: &mut std::collections::HashMap<PathBuf, Listed>,
     rel: &Path,
-    (stack, git): (&mut Vec<Gitignore>, bool),
-    now: i64,
     snap: &mut Snapshot,
-) -> std::io::Result<()> {
-    if git && is_build_input(dir, true) {
-        let mut none = Vec::new();
-        return walk_children(rules, dir, rel, (&mut none, false), now, snap);
+) {
+    let Some(dir) = listed.remove(rel) else {
+        return;
+    };
+    snap.ignored.extend(dir.ignored);
+    for entry in dir.entries {
+        let sub = (entry.kind == Kind::Dir).then(|| entry.path.clone());
+        snap.entries.push(entry);
+        if let Some(sub) = sub {
+            assemble(listed, &sub, snap);
+        }
     }
-    let pushed = git;
-    if pushed {
+}
+
+/// Read one directory: its children's entries, and the jobs of its
+/// subdirectories. `.gitignore` rules stop at a configured build directory:
+/// meson writes a `.gitignore` of `*` into its own, and CMake's or ninja's
+/// state files are what the worker's build runs from, so all of it is sent
+/// (the excludes and `.rchignore` still apply).
+fn read_dir_job(rules: &Rules, job: DirJob, now: i64) -> std::io::Result<(Listed, Vec<DirJob>)> {
+    let DirJob {
+        dir,
+        rel,
+        mut stack,
+        mut git,
+    } = job;
+    if git && is_build_input(&dir, true) {
+        git = false;
+        stack.clear();
+    }
+    if git {
         for name in GIT_IGNORE_FILES {
             let file = dir.join(name);
             if file.is_file() {
                 // A broken ignore file ignores nothing rather than failing the build.
-                stack.push(ignore_file(dir, &file).unwrap_or_else(|_| Gitignore::empty()));
-            } else {
-                stack.push(Gitignore::empty());
+                let rules = ignore_file(&dir, &file).unwrap_or_else(|_| Gitignore::empty());
+                stack.push(std::sync::Arc::new(rules));
             }
         }
     }
-    let result = walk_children(rules, dir, rel, (&mut *stack, git), now, snap);
-    if pushed {
-        stack.truncate(stack.len() - GIT_IGNORE_FILES.len());
-    }
-    result
-}
-
-fn walk_children(
-    rules: &Rules,
-    dir: &Path,
-    rel: &Path,
-    (stack, git): (&mut Vec<Gitignore>, bool),
-    now: i64,
-    snap: &mut Snapshot,
-) -> std::io::Result<()> {
-    let mut children = std::fs::read_dir(dir)?
+    let mut children = std::fs::read_dir(&dir)?
         .map(|child| child.map(|c| (c.file_name(), c)))
         .collect::<std::io::Result<Vec<_>>>()?;
     children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut listed = Listed::default();
+    let mut jobs = Vec::new();
     for (name, child) in children {
         let path = dir.join(&name);
         let rel_path = rel.join(&name);
@@ -257,8 +281,8 @@ fn walk_children(
         } else {
             Kind::File
         };
-        if !is_sent(rules, stack, &path, kind == Kind::Dir) {
-            snap.ignored.push(rel_path);
+        if !is_sent(rules, &stack, &path, kind == Kind::Dir) {
+            listed.ignored.push(rel_path);
             continue;
         }
         let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
@@ -273,8 +297,16 @@ fn walk_children(
         } else {
             None
         };
-        snap.entries.push(Entry {
-            path: rel_path.clone(),
+        if kind == Kind::Dir {
+            jobs.push(DirJob {
+                dir: path,
+                rel: rel_path.clone(),
+                stack: stack.clone(),
+                git,
+            });
+        }
+        listed.entries.push(Entry {
+            path: rel_path,
             kind,
             size: meta.len(),
             mtime_ns,
@@ -282,15 +314,12 @@ fn walk_children(
             mode: meta.mode(),
             hash,
         });
-        if kind == Kind::Dir {
-            walk_dir(rules, &path, &rel_path, (&mut *stack, git), now, snap)?;
-        }
     }
-    Ok(())
+    Ok((listed, jobs))
 }
 
 /// Whether `path` belongs to the push (see the module comment for the order).
-fn is_sent(rules: &Rules, stack: &[Gitignore], path: &Path, is_dir: bool) -> bool {
+fn is_sent(rules: &Rules, stack: &[std::sync::Arc<Gitignore>], path: &Path, is_dir: bool) -> bool {
     if rules.excludes.matched(path, is_dir).is_ignore() {
         return false;
     }

@@ -211,7 +211,11 @@ fn pushes_follow_every_change_and_skip_only_a_tree_the_worker_still_holds() {
     std::fs::write(home.join("bin/tar"), "#!/bin/sh\nexit 2\n").unwrap();
     std::fs::set_permissions(home.join("bin/tar"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let profile = std::fs::read_to_string(home.join(".profile")).unwrap_or_default();
-    std::fs::write(home.join(".profile"), format!("{profile}\nPATH=$HOME/bin:$PATH\n")).unwrap();
+    std::fs::write(
+        home.join(".profile"),
+        format!("{profile}\nPATH=$HOME/bin:$PATH\n"),
+    )
+    .unwrap();
     std::fs::write(dir.join("data.txt"), "five").unwrap();
     assert_eq!(cargo_build(&env, &dir), "five");
     assert!(on_worker(&env, &format!("grep -qx five {tree}/data.txt")));

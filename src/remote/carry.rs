@@ -29,7 +29,12 @@ pub const MAX_FILES: usize = 256;
 /// The archive of `changed` (relative to `root`), or `None` when they do
 /// not all qualify (see the module comment). A path gone since the snapshot
 /// is left out, as rsync's `--ignore-missing-args` would.
-pub fn archive(root: &Path, changed: &[PathBuf], before: &Snapshot, now: &Snapshot) -> Option<Vec<u8>> {
+pub fn archive(
+    root: &Path,
+    changed: &[PathBuf],
+    before: &Snapshot,
+    now: &Snapshot,
+) -> Option<Vec<u8>> {
     if changed.is_empty() || changed.len() > MAX_FILES {
         return None;
     }
@@ -71,7 +76,10 @@ fn append(
     header.set_size(data.len() as u64);
     header.set_mode(meta.mode() & 0o7777);
     header.set_mtime(meta.mtime().max(0) as u64);
-    let mut records = pax_record("mtime", &format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()));
+    let mut records = pax_record(
+        "mtime",
+        &format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()),
+    );
     if header.set_path(name).is_err() {
         records.extend(pax_record("path", name));
         header.set_path("rch-long-name")?;
@@ -148,16 +156,26 @@ mod tests {
                 std::fs::read(root.join(rel)).unwrap(),
                 std::fs::read(out.path().join(rel)).unwrap()
             );
-            assert_eq!((here.mtime(), here.mtime_nsec()), (there.mtime(), there.mtime_nsec()));
+            assert_eq!(
+                (here.mtime(), here.mtime_nsec()),
+                (there.mtime(), there.mtime_nsec())
+            );
             assert_eq!(here.mode(), there.mode());
         }
 
         std::fs::create_dir(root.join("newdir")).unwrap();
         let with_dir = snapshot(&rules).unwrap();
         let dir_change = vec![PathBuf::from("newdir")];
-        assert_eq!(archive(root, &dir_change, &now, &with_dir), None, "a directory goes by rsync");
+        assert_eq!(
+            archive(root, &dir_change, &now, &with_dir),
+            None,
+            "a directory goes by rsync"
+        );
         std::fs::write(root.join("big.bin"), vec![7u8; MAX_BYTES as usize + 1]).unwrap();
         let with_big = snapshot(&rules).unwrap();
-        assert_eq!(archive(root, &[PathBuf::from("big.bin")], &now, &with_big), None);
+        assert_eq!(
+            archive(root, &[PathBuf::from("big.bin")], &now, &with_big),
+            None
+        );
     }
 }

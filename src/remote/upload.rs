@@ -166,12 +166,23 @@ impl<'a> Upload<'a> {
         let Some(snapshot) = &self.snapshot else {
             return;
         };
-        if self.plan == Plan::Skip && !full {
+        if self.plan == Plan::Skip && !full && !self.settles_racy_files() {
             return; // remembered as it is
         }
         if let Err(e) = tree::save(&self.state, &self.token, snapshot) {
             tracing::debug!(error = %e, file = %self.state.display(), "cannot save the push snapshot");
         }
+    }
+
+    /// Whether the remembered push holds content hashes of files that were
+    /// racy then and are not now: saving this build's snapshot (same token,
+    /// same tree) spares every later build reading those files again.
+    fn settles_racy_files(&self) -> bool {
+        let Some((_, last)) = &self.last else {
+            return false;
+        };
+        let racy = |snap: &Snapshot| snap.entries.iter().filter(|e| e.hash.is_some()).count();
+        racy(last) > self.snapshot.as_ref().map_or(usize::MAX, racy)
     }
 
     /// Forget the remembered push (it is about to stop being true).
@@ -267,6 +278,57 @@ mod tests {
             Plan::Changes(c) => assert_eq!(c.changed, [PathBuf::from("b")]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_skipped_push_still_saves_a_snapshot_whose_racy_files_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a");
+        std::fs::write(&file, "a").unwrap();
+        let rules = tree::Rules::new(dir.path(), &[], true).unwrap();
+        let fresh = tree::snapshot(&rules).unwrap();
+        assert!(
+            fresh.entries[0].hash.is_some(),
+            "just written: racy, hashed"
+        );
+        // Settled: the same file, its mtime well in the past.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let racy_then = tree::snapshot(&rules).unwrap();
+        let mut last = racy_then.clone();
+        last.entries[0].hash = fresh.entries[0].hash;
+        let state = dir.path().join("state.snap");
+        let upload = |last: Snapshot| Upload {
+            root: dir.path(),
+            remote_dir: "d",
+            state: state.clone(),
+            plan: plan(
+                dir.path(),
+                Some(&("t".to_string(), last.clone())),
+                Some(&racy_then),
+            ),
+            snapshot: Some(racy_then.clone()),
+            last: Some(("t".to_string(), last)),
+            token: "t".to_string(),
+            carried: None,
+        };
+        let settled = upload(last);
+        assert_eq!(settled.plan, Plan::Skip, "same content: nothing to push");
+        settled.commit(false);
+        let (token, saved) = tree::load(&state).expect("saved with the same token");
+        assert_eq!(token, "t");
+        assert!(saved.entries.iter().all(|e| e.hash.is_none()));
+        std::fs::remove_file(&state).unwrap();
+        upload(racy_then.clone()).commit(false);
+        assert!(
+            !state.exists(),
+            "nothing settled: the remembered push stays as it is"
+        );
     }
 
     #[test]
