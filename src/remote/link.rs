@@ -26,6 +26,11 @@ pub const MIN_SAMPLE: u64 = 4 * 1000 * 1000;
 /// Below this many bytes per second (about 320 Mbit/s) rsync compresses.
 pub const SLOW_LINK: f64 = 40.0 * 1000.0 * 1000.0;
 
+/// A transfer moving less than this per file it sent is bound by per-file
+/// work (stat, create, rename), not by the link: no sample. A first push of
+/// a tree of many small files would otherwise measure a LAN as a modem.
+pub const MIN_BYTES_PER_FILE: u64 = 256 * 1024;
+
 /// How much a new sample counts in the average.
 const WEIGHT: f64 = 1.0 / 3.0;
 
@@ -100,9 +105,19 @@ pub fn record(dir: &Path, worker: &str, bytes: u64, took: Duration) {
     }
 }
 
-/// Wire bytes from rsync's `--info=stats1` summary:
-/// `sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec`.
+/// Wire bytes from rsync's `--info=stats2` summary
+/// (`sent 1,234 bytes  received 56 bytes  2,580.00 bytes/sec`), when the
+/// transfer says something about the link: enough bytes per file sent
+/// (`Number of regular files transferred: N`, see [`MIN_BYTES_PER_FILE`]).
 pub fn wire_bytes(stdout: &str) -> Option<u64> {
+    let files: u64 = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("Number of regular files transferred: "))?
+        .trim()
+        .replace(',', "")
+        .parse()
+        .ok()?;
     let line = stdout.lines().rev().find(|l| l.starts_with("sent "))?;
     let number = |after: &str| -> Option<u64> {
         let rest = line.split_once(after)?.1;
@@ -112,7 +127,8 @@ pub fn wire_bytes(stdout: &str) -> Option<u64> {
             .parse()
             .ok()
     };
-    Some(number("sent ")? + number("received ")?)
+    let bytes = number("sent ")? + number("received ")?;
+    (files > 0 && bytes / files >= MIN_BYTES_PER_FILE).then_some(bytes)
 }
 
 #[cfg(test)]
@@ -144,8 +160,16 @@ mod tests {
 
     #[test]
     fn rsync_summaries_give_the_bytes_on_the_wire() {
-        let out = "\r  1,000 100%  1.00MB/s 0:00:00\nsent 1,234,567 bytes  received 89 bytes  2,469,312.00 bytes/sec\ntotal size is 5  speedup is 1.00\n";
-        assert_eq!(wire_bytes(out), Some(1_234_656));
+        let summary = |files: &str| {
+            format!("\r  1,000 100%  1.00MB/s 0:00:00\nNumber of regular files transferred: {files}\nTotal bytes sent: 1,234,567\n\nsent 1,234,567 bytes  received 89 bytes  2,469,312.00 bytes/sec\ntotal size is 5  speedup is 1.00\n")
+        };
+        assert_eq!(wire_bytes(&summary("2")), Some(1_234_656));
+        assert_eq!(
+            wire_bytes(&summary("1,000")),
+            None,
+            "many small files: per-file work, not the link"
+        );
+        assert_eq!(wire_bytes(&summary("0")), None);
         assert_eq!(wire_bytes("nothing"), None);
     }
 }

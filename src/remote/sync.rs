@@ -292,8 +292,9 @@ pub(crate) async fn run_rsync(
     if shown {
         args.insert(0, "--info=progress2".into());
     }
-    // The summary line gives the bytes on the wire: a sample of the link.
-    args.insert(0, "--info=stats1".into());
+    // The summary gives the bytes on the wire and the files sent: a sample
+    // of the link when the bytes, not the files, took the time.
+    args.insert(0, "--info=stats2".into());
     let links = link::default_dir();
     let measured = link::measured(&links, conn.worker_id());
     if link::compresses(conn.compress(), measured) {
