@@ -488,14 +488,15 @@ fn a_released_slot_is_free_for_the_next_lease_at_once_and_a_lease_costs_three_sc
         == "0"));
 
     // What a lease costs in Redis: one script to take the slot, one to give
-    // it back, one to count the result on the shared breaker; no
-    // announcement while nobody waits for a slot.
+    // it back, one to count the result on the shared breaker (results that
+    // queue up behind one in flight are counted together); no announcement
+    // while nobody waits for a slot.
     let after = redis.command_calls();
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
     let scripts = delta("evalsha") + delta("eval");
     assert!(
-        (3 * LEASES..=3 * LEASES + 5).contains(&scripts),
+        (2 * LEASES..=3 * LEASES + 5).contains(&scripts),
         "{scripts} scripts for {LEASES} leases: {after:?}"
     );
     assert_eq!(delta("publish"), 0, "{after:?}");

@@ -25,6 +25,9 @@ enum Op {
     /// Record the result of the held permit at this index (mod the count).
     Record(usize, bool),
     Abandon(usize),
+    /// Successes of this many ordinary builds of the held permit at this
+    /// index, counted in one call (probes are never counted so).
+    Successes(usize, u32),
     Tick,
     Reset,
     Wait(u64),
@@ -36,6 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ProbeNow),
         6 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Record(i, ok)),
         1 => any::<usize>().prop_map(Op::Abandon),
+        2 => (any::<usize>(), 2u32..50).prop_map(|(i, n)| Op::Successes(i, n)),
         1 => Just(Op::Tick),
         1 => Just(Op::Reset),
         3 => prop_oneof![
@@ -149,7 +153,22 @@ async fn replay(
                     },
                 )
             }
-            Op::Record(..) | Op::Abandon(_) if held.is_empty() => continue,
+            Op::Record(..) | Op::Abandon(_) | Op::Successes(..) if held.is_empty() => continue,
+            Op::Successes(i, _) if held[i % held.len()].0.probe => continue,
+            Op::Successes(i, count) => {
+                let (permit, _) = held.remove(i % held.len());
+                let mut t = None;
+                for _ in 0..*count {
+                    t = t.or(pure.record(cfg, now, permit, Outcome::Success));
+                }
+                (
+                    (t, None),
+                    BreakerOp::RecordSuccesses {
+                        permit,
+                        count: *count,
+                    },
+                )
+            }
             Op::Record(i, ok) => {
                 let (permit, tok) = held.remove(i % held.len());
                 let outcome = if *ok {

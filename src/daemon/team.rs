@@ -3,7 +3,8 @@
 //! back to the core; follows what the rest of the team does.
 //!
 //! - Breaker operations run in order on one task, so the release path of a
-//!   build never waits for Redis.
+//!   build never waits for them; successes that queue up behind one in
+//!   flight are counted in one call.
 //! - Shared slots are outside that order: a lease takes its slot in one
 //!   round trip before it is granted, and a release gives it back in one
 //!   round trip of its own, at once (never queued behind breaker work, which
@@ -22,7 +23,7 @@
 
 use super::fleet::{probe_permit_ttl_ms, TeamOp};
 use super::Shared;
-use crate::breaker::BreakerConfig;
+use crate::breaker::{BreakerConfig, Outcome, Permit};
 use crate::config::Config;
 use crate::state::events::EventRecord;
 use crate::state::store::HeldLease;
@@ -123,11 +124,16 @@ async fn run(
     mut work: mpsc::UnboundedReceiver<Work>,
     mut notices: broadcast::Receiver<Notice>,
 ) {
+    // Work taken from the queue while gathering successes, not yet done.
+    let mut next: Option<Work> = None;
     loop {
+        if let Some(item) = next.take() {
+            next = carry_out_work(&shared, &team, item, &mut work).await;
+            continue;
+        }
         tokio::select! {
             item = work.recv() => match item {
-                Some(Work::Op(op)) => carry_out(&shared, &team, op).await,
-                Some(Work::Publish(event)) => publish(&shared, &team, &event).await,
+                Some(item) => next = carry_out_work(&shared, &team, item, &mut work).await,
                 None => return,
             },
             notice = notices.recv() => match notice {
@@ -146,6 +152,90 @@ async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// Carry out one item of work; returns the item taken from the queue
+/// after it, if any, for the caller to do next.
+async fn carry_out_work(
+    shared: &Shared,
+    team: &Team,
+    item: Work,
+    work: &mut mpsc::UnboundedReceiver<Work>,
+) -> Option<Work> {
+    match item {
+        Work::Op(op) => match ordinary_success(&op) {
+            Some((worker, permit)) => {
+                let (count, next) = gather_successes(work, worker, permit);
+                if count > 1 {
+                    record_successes(shared, team, op, count).await;
+                } else {
+                    carry_out(shared, team, op).await;
+                }
+                next
+            }
+            None => {
+                carry_out(shared, team, op).await;
+                None
+            }
+        },
+        Work::Publish(event) => {
+            publish(shared, team, &event).await;
+            None
+        }
+    }
+}
+
+/// The worker and permit of a lease's success that is not a probe: such
+/// results of one worker and epoch may be counted together.
+fn ordinary_success(op: &TeamOp) -> Option<(&str, Permit)> {
+    match op {
+        TeamOp::Record {
+            worker,
+            permit,
+            outcome: Outcome::Success,
+        } if !permit.probe => Some((worker, *permit)),
+        _ => None,
+    }
+}
+
+/// Take from the queue the successes of `worker` in `permit`'s epoch that
+/// follow (builds that ended while earlier work was in flight): how many in
+/// all, with the first other item.
+fn gather_successes(
+    work: &mut mpsc::UnboundedReceiver<Work>,
+    worker: &str,
+    permit: Permit,
+) -> (u32, Option<Work>) {
+    let mut count = 1;
+    while let Ok(item) = work.try_recv() {
+        match &item {
+            Work::Op(op) if ordinary_success(op) == Some((worker, permit)) => count += 1,
+            _ => return (count, Some(item)),
+        }
+    }
+    (count, None)
+}
+
+/// Count `count` successes like `op` on the team's breaker in one call.
+async fn record_successes(shared: &Shared, team: &Team, op: TeamOp, count: u32) {
+    let TeamOp::Record { worker, permit, .. } = &op else {
+        return;
+    };
+    let cfg = shared.with_fleet(|f, _| f.config().circuit.clone());
+    let call = BreakerOp::RecordSuccesses {
+        permit: *permit,
+        count,
+    };
+    match breaker(shared, team, worker, &cfg, call).await {
+        Ok(reply) => shared.with_fleet(|f, now| {
+            f.adopt_team_breaker(now, worker, reply.breaker, reply.transition)
+        }),
+        Err(Unavailable) => shared.with_fleet(|f, now| {
+            for _ in 0..count {
+                f.team_unavailable(now, op.clone());
+            }
+        }),
     }
 }
 

@@ -6,7 +6,7 @@
 --
 -- KEYS[1]  the breaker state (JSON, the serde form of the pure breaker)
 -- KEYS[2]  probe permits in flight (sorted set: token -> expiry, unix ms)
--- ARGV[1]  operation: get | admit | probe_now | record | abandon | tick | reset | seed | report_open
+-- ARGV[1]  operation: get | admit | probe_now | record | record_successes | abandon | tick | reset | seed | report_open
 -- ARGV[2]  now (unix ms)
 -- ARGV[3]  breaker config (JSON)
 -- ARGV[4]  operation arguments (JSON)
@@ -54,14 +54,15 @@ local function in_window(sec)
 end
 
 -- A result in the bucket of its second (a clock stepped back: the newest).
-local function count_in(window, at_ms, ok)
+local function count_in(window, at_ms, ok, n)
+  n = n or 1
   local sec = math.floor(at_ms / 1000)
   local last = window[#window]
   if last == nil or last[1] < sec then
     last = { sec, 0, 0 }
     table.insert(window, last)
   end
-  if ok then last[2] = last[2] + 1 else last[3] = last[3] + 1 end
+  if ok then last[2] = last[2] + n else last[3] = last[3] + n end
 end
 
 -- A window saved one entry per result ({at_ms, ok}) becomes buckets.
@@ -249,6 +250,17 @@ elseif op == 'probe_now' then
   permit, refusal = admit()
 elseif op == 'record' then
   transition = record()
+elseif op == 'record_successes' then
+  -- Successes of ordinary builds (no probes) of one epoch, counted in one
+  -- call: the same as as many 'record's of a success at this time. While
+  -- closed a success changes no state; otherwise the epoch moved on.
+  if args.permit.epoch == b.epoch and b.state == 'closed' then
+    forget_expired()
+    changed = true
+    b.consecutive_failures = 0
+    b.consecutive_successes = b.consecutive_successes + args.count
+    count_in(b.window, now, true, args.count)
+  end
 elseif op == 'abandon' then
   local p = args.permit
   if p.probe and p.epoch == b.epoch and b.state == 'half_open' then

@@ -52,6 +52,10 @@ pub enum BreakerOp {
         token: String,
         outcome: Outcome,
     },
+    /// `Breaker::record` of a success `count` times: ordinary builds
+    /// (not probes) of one epoch that ended while earlier work was in
+    /// flight, counted in one call.
+    RecordSuccesses { permit: Permit, count: u32 },
     /// `Breaker::abandon`.
     Abandon { permit: Permit, token: String },
     /// `Breaker::tick`.
@@ -481,6 +485,10 @@ fn op_args(op: &BreakerOp) -> (&'static str, serde_json::Value) {
         } => (
             "record",
             json!({"permit": permit, "token": token, "outcome": outcome_json(outcome)}),
+        ),
+        BreakerOp::RecordSuccesses { permit, count } => (
+            "record_successes",
+            json!({"permit": permit, "count": count}),
         ),
         BreakerOp::Abandon { permit, token } => {
             ("abandon", json!({"permit": permit, "token": token}))
