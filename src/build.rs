@@ -600,12 +600,14 @@ impl<'a> Build<'a> {
         let remote_dir = place.dir.clone();
         let excludes = &self.loaded.config.transfer.exclude;
         let t = Instant::now();
-        let snapshot = self.snapshot();
-        self.job.phases.add(Phase::Snapshot, t.elapsed());
         let root = self.root.clone();
-        let size = snapshot.as_ref().map(|s| s.largest_dirs(3));
-        let upload = Upload::prepare(&root, &target.worker.id, &remote_dir, snapshot);
-        if let (remote::upload::Plan::Full, Some((total, largest))) = (upload.plan(), size) {
+        let upload = Upload::prepare(&root, &target.worker.id, &remote_dir, || self.snapshot());
+        self.job.phases.add(Phase::Snapshot, t.elapsed());
+        let size = match upload.plan() {
+            remote::upload::Plan::Full => upload.snapshot().map(|s| s.largest_dirs(3)),
+            _ => None,
+        };
+        if let Some((total, largest)) = size {
             let line = remote::progress::first_push_line(&target.worker.id, total, &largest);
             if let Some(line) = line.filter(|_| !self.req.quiet) {
                 eprintln!("{line}");

@@ -281,7 +281,7 @@ fn read_dir_job(rules: &Rules, job: DirJob, now: i64) -> std::io::Result<(Listed
         } else {
             Kind::File
         };
-        if !is_sent(rules, &stack, &path, kind == Kind::Dir) {
+        if !is_sent(rules, &stack, (&path, &rel_path), kind == Kind::Dir) {
             listed.ignored.push(rel_path);
             continue;
         }
@@ -319,11 +319,22 @@ fn read_dir_job(rules: &Rules, job: DirJob, now: i64) -> std::io::Result<(Listed
 }
 
 /// Whether `path` belongs to the push (see the module comment for the order).
-fn is_sent(rules: &Rules, stack: &[std::sync::Arc<Gitignore>], path: &Path, is_dir: bool) -> bool {
-    if rules.excludes.matched(path, is_dir).is_ignore() {
+/// `rel` is `path` relative to the root: the root's matchers take it as it
+/// is, without comparing the root's components again for every file.
+fn is_sent(
+    rules: &Rules,
+    stack: &[std::sync::Arc<Gitignore>],
+    (path, rel): (&Path, &Path),
+    is_dir: bool,
+) -> bool {
+    if rules.excludes.matched(rel, is_dir).is_ignore() {
         return false;
     }
-    let own = rules.rchignore.matched(path, is_dir);
+    let own = if rules.rchignore.is_empty() {
+        ignore::Match::None
+    } else {
+        rules.rchignore.matched(rel, is_dir)
+    };
     if own.is_ignore() {
         return false;
     }

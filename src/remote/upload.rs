@@ -65,16 +65,22 @@ pub struct Upload<'a> {
 }
 
 impl<'a> Upload<'a> {
-    /// Decide the plan from `snapshot` (the tree now; `None` when it could
-    /// not be walked) and what was remembered for `worker` and `remote_dir`.
+    /// Decide the plan from the tree now (`walk`: `None` when it could not
+    /// be walked) and what was remembered for `worker` and `remote_dir`,
+    /// read while the tree is walked.
     pub fn prepare(
         root: &'a Path,
         worker: &str,
         remote_dir: &'a str,
-        snapshot: Option<Snapshot>,
+        walk: impl FnOnce() -> Option<Snapshot>,
     ) -> Upload<'a> {
         let state = state_file(worker, remote_dir);
-        let last = snapshot.as_ref().and_then(|_| tree::load(&state));
+        let (snapshot, last) = std::thread::scope(|scope| {
+            let last = scope.spawn(|| tree::load(&state));
+            let snapshot = walk();
+            (snapshot, last.join().ok().flatten())
+        });
+        let last = last.filter(|_| snapshot.is_some());
         let plan = plan(root, last.as_ref(), snapshot.as_ref());
         let token = match (&plan, &last) {
             (Plan::Skip, Some((token, _))) => token.clone(),
@@ -100,6 +106,11 @@ impl<'a> Upload<'a> {
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The tree as it was walked for this build.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     /// Push as planned.
