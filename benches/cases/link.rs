@@ -10,7 +10,10 @@
 //!   cold `cargo build` (a fresh copy each round), one-file edit + build,
 //!   one-file edit + check.
 //! - `link-noop`: a warm no-op `cargo build` of a tiny crate at 20 ms RTT,
-//!   no rate limit, and how many remote commands one such build starts.
+//!   no rate limit, and how many remote commands one such build starts;
+//!   beside the script with and without a ControlMaster and the script's
+//!   ssh command alone over its ControlMaster (no sync: the floor of one
+//!   remote command per build).
 
 use super::support::tally::{count_shells_on, shells_since};
 use super::support::TestEnv;
