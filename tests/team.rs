@@ -65,6 +65,15 @@ impl Drop for Other<'_> {
     }
 }
 
+/// Start this test's own daemon and the other daemons, each on its socket.
+fn start_daemons(env: &TestEnv, others: &[Other]) {
+    let own = env.rch().args(["daemon", "start"]).status().unwrap();
+    assert!(own.success());
+    for o in others {
+        assert!(o.run(&["daemon", "start"]).status.success());
+    }
+}
+
 fn status_at(socket: &Path) -> rch::state::report::FleetReport {
     use rch::protocol::{Request, Response};
     support::block_on(async {
@@ -142,13 +151,7 @@ fn a_circuit_opened_by_one_daemon_is_open_for_the_team_and_redis_down_stops_no_b
     let mut redis = RedisServer::start(&env.path().join("redis"));
     env.write_config(&team_config(&redis));
     let b = Other::new(&env, "b");
-    assert!(b.run(&["daemon", "start"]).status.success());
-    assert!(env
-        .rch()
-        .args(["daemon", "start"])
-        .status()
-        .unwrap()
-        .success());
+    start_daemons(&env, std::slice::from_ref(&b));
     let (mut follower, events) = follow(b.rch(&[]));
     let a_log = || log_of(&env.path().join("state"));
     let _pit = env.lab.tarpit("w1").unwrap();
@@ -318,15 +321,7 @@ fn one_daemon_of_three_probes_a_recovering_worker() {
         redis.url()
     ));
     let others = [Other::new(&env, "b"), Other::new(&env, "c")];
-    assert!(env
-        .rch()
-        .args(["daemon", "start"])
-        .status()
-        .unwrap()
-        .success());
-    for o in &others {
-        assert!(o.run(&["daemon", "start"]).status.success());
-    }
+    start_daemons(&env, &others);
     let sockets: Vec<PathBuf> = std::iter::once(env.socket())
         .chain(others.iter().map(Other::socket))
         .collect();
@@ -387,13 +382,7 @@ fn a_worker_slot_is_held_once_for_the_whole_team() {
     ));
     std::fs::create_dir_all(env.exchange_dir()).unwrap();
     let b = Other::new(&env, "b");
-    assert!(env
-        .rch()
-        .args(["daemon", "start"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(b.run(&["daemon", "start"]).status.success());
+    start_daemons(&env, std::slice::from_ref(&b));
     let x = env.exchange_dir();
     let exists = |f: &str| x.join(f).exists();
 
@@ -446,12 +435,7 @@ fn a_released_slot_is_free_for_the_next_lease_at_once_and_a_lease_costs_three_sc
         "[team]\nredis_url = \"{}\"\nname = \"t\"\n\n[[workers]]\nid = \"w1\"\nslots = 1\n",
         redis.url()
     ));
-    assert!(env
-        .rch()
-        .args(["daemon", "start"])
-        .status()
-        .unwrap()
-        .success());
+    start_daemons(&env, &[]);
     // Past the daemon's start (its merge, its scripts loaded).
     let socket = env.socket();
     let lease = || LeaseRequest {
@@ -553,15 +537,7 @@ fn sixty_four_builds_from_four_daemons_never_put_more_than_four_on_a_worker() {
     let others: Vec<Other> = (1..DAEMONS)
         .map(|i| Other::new(&env, &format!("d{i}")))
         .collect();
-    assert!(env
-        .rch()
-        .args(["daemon", "start"])
-        .status()
-        .unwrap()
-        .success());
-    for o in &others {
-        assert!(o.run(&["daemon", "start"]).status.success());
-    }
+    start_daemons(&env, &others);
 
     // Each daemon gets a quarter of the builds, all at once; every build
     // its own tiny project.

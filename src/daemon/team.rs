@@ -488,15 +488,18 @@ pub async fn release_slot(shared: &Shared, lease: u64) {
     let Some(slot) = removed else {
         return;
     };
-    let now = shared.now_ms();
-    if link
-        .team
-        .release_slot(&slot.worker, &slot.token, now)
-        .await
-        .is_err()
-    {
+    if !give_back(shared, link, &slot).await {
         unreleased(link).push(slot);
     }
+}
+
+/// Release one shared slot in Redis; `false` when Redis did not take it.
+async fn give_back(shared: &Shared, link: &TeamLink, slot: &HeldSlot) -> bool {
+    let now = shared.now_ms();
+    link.team
+        .release_slot(&slot.worker, &slot.token, now)
+        .await
+        .is_ok()
 }
 
 /// [`release_slot`] for a lease whose client is gone: nobody waits for it.
@@ -536,13 +539,7 @@ async fn retake_slots(shared: &Shared) {
     };
     let missed = std::mem::take(&mut *unreleased(link));
     for (i, slot) in missed.iter().enumerate() {
-        let now = shared.now_ms();
-        if link
-            .team
-            .release_slot(&slot.worker, &slot.token, now)
-            .await
-            .is_err()
-        {
+        if !give_back(shared, link, slot).await {
             unreleased(link).extend(missed[i..].iter().cloned());
             return;
         }

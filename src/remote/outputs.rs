@@ -12,7 +12,7 @@
 //! Without a complete listing (a worker without GNU find, a name holding a
 //! newline) the build falls back to the full pull.
 
-use super::failure::{FailureKind, RemoteFailure};
+use super::failure::RemoteFailure;
 use super::ssh::Connection;
 use super::sync::{self, Pull};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -339,13 +339,7 @@ pub async fn pull_listed(
         deleted: 0,
     };
     if !wanted.is_empty() {
-        std::fs::create_dir_all(&local).map_err(|e| {
-            RemoteFailure::new(
-                FailureKind::Local,
-                conn.worker_id(),
-                format!("cannot create {}: {e}", local.display()),
-            )
-        })?;
+        sync::create_local_dir(conn, &local)?;
         let mut args = sync::rsync_base_args(conn);
         args.extend(
             [

@@ -217,13 +217,7 @@ pub async fn pull(
             project_root.to_path_buf()
         }
     };
-    std::fs::create_dir_all(&local).map_err(|e| {
-        RemoteFailure::new(
-            FailureKind::Local,
-            conn.worker_id(),
-            format!("cannot create {}: {e}", local.display()),
-        )
-    })?;
+    create_local_dir(conn, &local)?;
     args.push(dir_arg(&local));
     // A build that produced no such directory has nothing to return.
     let missing_ok = matches!(what, Pull::Dir { .. } | Pull::Files { .. });
@@ -258,6 +252,17 @@ fn push_excludes<'a>(args: &mut Vec<OsString>, patterns: impl Iterator<Item = &'
     for pattern in patterns {
         args.push(format!("--exclude={pattern}").into());
     }
+}
+
+/// Create the local directory a pull lands in; failing is a local fault.
+pub(crate) fn create_local_dir(conn: &Connection, local: &Path) -> Result<(), RemoteFailure> {
+    std::fs::create_dir_all(local).map_err(|e| {
+        RemoteFailure::new(
+            FailureKind::Local,
+            conn.worker_id(),
+            format!("cannot create {}: {e}", local.display()),
+        )
+    })
 }
 
 /// A local directory with a trailing slash: rsync copies its contents.
