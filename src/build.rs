@@ -412,7 +412,7 @@ impl<'a> Build<'a> {
         };
         loop {
             let queued = Instant::now();
-            let answer = match self.lease(&mut client).await {
+            let answer = match self.lease_again_if_gone(&mut client).await {
                 Ok(a) => a,
                 Err(e) => {
                     return self
@@ -548,7 +548,7 @@ impl<'a> Build<'a> {
         (code, Placement::Remote(worker))
     }
 
-    async fn lease(&mut self, client: &mut Client) -> Result<Lease, String> {
+    async fn lease(&mut self, client: &mut Client) -> Result<Lease, LeaseError> {
         let request = Request::Lease(LeaseRequest {
             project: self.job.project.clone(),
             command: self.job.command.clone(),
@@ -558,20 +558,38 @@ impl<'a> Build<'a> {
             ssh_auth_sock: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
             config: Some(crate::config::DaemonFiles::of_this_process()),
         });
-        let mut reply = client.call(request).await.map_err(|e| e.to_string())?;
+        let mut reply = client.call(request).await.map_err(LeaseError::Gone)?;
         loop {
             match reply {
                 Response::Queued { position } => {
                     if !self.req.quiet {
                         eprintln!("rch: all workers busy; waiting in queue (position {position})");
                     }
-                    reply = client.recv().await.map_err(|e| e.to_string())?;
+                    reply = client.recv().await.map_err(LeaseError::Gone)?;
                 }
                 Response::Granted { worker, why, .. } => return Ok(Lease::Granted(worker, why)),
                 Response::Local { reason } => return Ok(Lease::Local(reason)),
-                Response::Error { message, .. } => return Err(message),
-                other => return Err(format!("unexpected answer {other:?}")),
+                Response::Error { message, .. } => return Err(LeaseError::Refused(message)),
+                other => return Err(LeaseError::Refused(format!("unexpected answer {other:?}"))),
             }
+        }
+    }
+
+    /// [`Self::lease`]; a daemon that went away before answering (it died
+    /// between accepting the connection and answering, or while the build
+    /// was queued) is started again and asked once more, as a client that
+    /// came a moment later would have done.
+    async fn lease_again_if_gone(&mut self, client: &mut Client) -> Result<Lease, String> {
+        match self.lease(client).await {
+            Err(LeaseError::Gone(e)) => {
+                tracing::debug!(error = %e, "the daemon went away before answering; asking a new one");
+                let socket = crate::paths::socket_path();
+                *client = Client::connect_or_start(&socket)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                self.lease(client).await.map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
         }
     }
 
@@ -1068,6 +1086,17 @@ enum Lease {
     /// A worker, and why the daemon chose it.
     Granted(WorkerConfig, String),
     Local(String),
+}
+
+/// Why a lease was not answered.
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    /// The connection ended or failed before an answer: the daemon is gone.
+    #[error("{0}")]
+    Gone(crate::protocol::WireError),
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// `<remote dir>/<rel>`, or the dir itself for an empty `rel`.
