@@ -119,7 +119,8 @@ impl Drop for Line {
     }
 }
 
-/// `312.4 MB`: bytes in decimal units, as rsync counts its rates.
+/// `312.4 MB`, `1.2 kB`, `0 B`: bytes in decimal units, as rsync counts
+/// its rates and `max_disk_gb` counts a worker's disk.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;

@@ -2,23 +2,8 @@
 //! lines `rch exec -- cargo clean` prints for the workers it cleaned.
 
 use crate::gc::{TargetCleaned, Why, WorkerGc};
+use crate::remote::progress::human_bytes;
 use crate::remote::RemoteFailure;
-
-/// `248.3 MB`, `12 KB`, `0 B`: decimal units, as `max_disk_gb` is.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
 
 /// One worker's result: a summary line, then one line per removed directory
 /// on a dry run or with `verbose`.
@@ -105,7 +90,7 @@ mod tests {
         };
         assert_eq!(
             worker_text(&Ok(done), false),
-            "w1: would free 2.0 MB in 1 project dir (1 kept, 1.0 KB)\n  app-0123456789ab  2.0 MB  unused"
+            "w1: would free 2.0 MB in 1 project dir (1 kept, 1.0 kB)\n  app-0123456789ab  2.0 MB  unused"
         );
     }
 }
