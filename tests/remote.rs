@@ -591,8 +591,11 @@ async fn unwritable_remote_base_is_a_remote_dir_failure() {
 #[tokio::test]
 async fn probe_reports_a_round_trip() {
     let fx = Fixture::new();
+    let began = std::time::Instant::now();
     let (rtt, caps) = remote::probe(&fx.target()).await.expect("probe");
-    assert!(rtt < Duration::from_secs(5));
+    // The round trip is measured, and is part of the probe's own time (no
+    // absolute bound: a loaded machine makes every round trip slow).
+    assert!(rtt > Duration::ZERO && rtt <= began.elapsed(), "{rtt:?}");
     assert!(caps.probed && caps.tools.contains_key("cargo"), "{caps:?}");
     assert!(caps.rustc.is_some(), "{caps:?}");
 }
