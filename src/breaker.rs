@@ -277,6 +277,17 @@ impl Breaker {
         (total > 0).then(|| f64::from(failures) / f64::from(total))
     }
 
+    /// Closed with no failure streak and no failure in the window: a
+    /// success now changes no state and no decision, only counters (a
+    /// success can never trip a breaker, and with no failure counted there
+    /// is no streak to end). Such successes may be counted a little later,
+    /// several at once, with the same result as one by one.
+    pub fn is_healthy(&self, cfg: &BreakerConfig, now_ms: u64) -> bool {
+        self.state == State::Closed
+            && self.consecutive_failures == 0
+            && self.window_counts(cfg, now_ms).1 == 0
+    }
+
     /// Results in the current window: (total, failures).
     pub fn window_counts(&self, cfg: &BreakerConfig, now_ms: u64) -> (u32, u32) {
         self.window
@@ -952,6 +963,33 @@ mod tests {
         // The first second's results leave the window with that second.
         let (total, _) = b.window_counts(&cfg, T0 + 60_000);
         assert_eq!(total, 6_000);
+    }
+
+    #[test]
+    fn healthy_means_closed_without_a_failure_counted() {
+        let cfg = cfg();
+        let mut b = Breaker::new(T0);
+        assert!(b.is_healthy(&cfg, T0));
+        run(&mut b, &cfg, T0, Outcome::Success);
+        assert!(b.is_healthy(&cfg, T0));
+        // A failure in the window: a later success would end its streak.
+        run(&mut b, &cfg, T0 + 10, fail("x"));
+        assert!(!b.is_healthy(&cfg, T0 + 10));
+        run(&mut b, &cfg, T0 + 20, Outcome::Success);
+        assert!(
+            !b.is_healthy(&cfg, T0 + 20),
+            "the failure is still in the window"
+        );
+        assert!(
+            b.is_healthy(&cfg, T0 + 60_000),
+            "the failure left the window"
+        );
+        let mut open = Breaker::new(T0);
+        for i in 0..3 {
+            run(&mut open, &cfg, T0 + i, fail("x"));
+        }
+        assert_eq!(open.state, State::Open);
+        assert!(!open.is_healthy(&cfg, T0 + 120_000));
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! sequences (admit, record, abandon, tick, reset, probe now, time passing)
 //! run through `src/breaker.rs` and through the script on a real
 //! redis-server; after every step the serialized state, the transition and
-//! the admission must be identical.
+//! the admission must be identical. Batches of successes go in one call
+//! with a second worker's batch, whose breaker must match its own pure
+//! breaker fed the same successes.
 
 mod support;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use rch::breaker::{Breaker, BreakerConfig, Outcome, Permit};
-use rch::team::{BreakerOp, Team};
+use rch::team::{BreakerOp, SuccessBatch, Team};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use support::redis::RedisServer;
@@ -113,6 +115,15 @@ async fn replay(
         .await
         .unwrap();
     prop_assert_eq!(&first.breaker, &pure);
+    // A second worker, only ever counting successes: the batch calls cover
+    // several workers at once, each on its own breaker.
+    let other = format!("{worker}-other");
+    let mut other_pure = Breaker::new(now);
+    let other_first = team
+        .breaker(&other, cfg, BreakerOp::Get, now)
+        .await
+        .unwrap();
+    prop_assert_eq!(&other_first.breaker, &other_pure);
     let mut held: Vec<(Permit, String)> = Vec::new();
     let mut tokens = 0u64;
     for (step, op) in ops.iter().enumerate() {
@@ -161,13 +172,41 @@ async fn replay(
                 for _ in 0..*count {
                     t = t.or(pure.record(cfg, now, permit, Outcome::Success));
                 }
-                (
-                    (t, None),
-                    BreakerOp::RecordSuccesses {
+                let (other_permit, _) = other_pure.try_admit(cfg, now);
+                let other_permit = other_permit.expect("only successes: closed");
+                for _ in 0..*count + 1 {
+                    other_pure.record(cfg, now, other_permit, Outcome::Success);
+                }
+                let batches = [
+                    SuccessBatch {
+                        worker: worker.to_string(),
                         permit,
                         count: *count,
                     },
-                )
+                    SuccessBatch {
+                        worker: other.clone(),
+                        permit: other_permit,
+                        count: *count + 1,
+                    },
+                ];
+                let replies = team.record_successes(cfg, &batches, now).await.unwrap();
+                prop_assert_eq!(replies.len(), 2);
+                prop_assert_eq!(
+                    &replies[0].breaker,
+                    &pure,
+                    "state after step {} {:?}",
+                    step,
+                    op
+                );
+                prop_assert_eq!(&replies[0].transition, &t, "transition at step {}", step);
+                prop_assert_eq!(
+                    &replies[1].breaker,
+                    &other_pure,
+                    "other worker after step {}",
+                    step
+                );
+                prop_assert_eq!(&replies[1].transition, &None);
+                continue;
             }
             Op::Record(i, ok) => {
                 let (permit, tok) = held.remove(i % held.len());

@@ -5,6 +5,12 @@
 //! - Breaker operations run in order on one task, so the release path of a
 //!   build never waits for them; successes that queue up behind one in
 //!   flight are counted in one call.
+//! - A success on a healthy breaker ([`Breaker::is_healthy`]: closed, no
+//!   failure in its window) is held back up to [`SUCCESS_BATCH_MS`] and
+//!   counted with the others held meanwhile, of every worker, in one call.
+//!   The team's breaker counts them as if those builds had ended that much
+//!   later; any other operation of this daemon is carried out after them,
+//!   so this daemon's own results keep their order.
 //! - Shared slots are outside that order: a lease takes its slot in one
 //!   round trip before it is granted, and a release gives it back in one
 //!   round trip of its own, at once (never queued behind breaker work, which
@@ -20,6 +26,7 @@
 //!
 //! [`Fleet::team_unavailable`]: super::fleet::Fleet::team_unavailable
 //! [`Fleet::team_rejoin`]: super::fleet::Fleet::team_rejoin
+//! [`Breaker::is_healthy`]: crate::breaker::Breaker::is_healthy
 
 use super::fleet::{probe_permit_ttl_ms, TeamOp};
 use super::Shared;
@@ -27,11 +34,44 @@ use crate::breaker::{BreakerConfig, Outcome, Permit};
 use crate::config::Config;
 use crate::state::events::EventRecord;
 use crate::state::store::HeldLease;
-use crate::team::{BreakerOp, BreakerReply, Health, Notice, Team, Unavailable};
+use crate::team::{BreakerOp, BreakerReply, Health, Notice, SuccessBatch, Team, Unavailable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+
+/// Longest time a success on a healthy breaker waits to be counted with
+/// others (see the module's comment): a busy daemon sends its successes in
+/// one script call per this time instead of one per build.
+pub const SUCCESS_BATCH_MS: u64 = 50;
+
+/// Successes held back, in the order they came, and when they are due.
+#[derive(Default)]
+struct HeldSuccesses {
+    batches: Vec<SuccessBatch>,
+    due: Option<tokio::time::Instant>,
+}
+
+impl HeldSuccesses {
+    fn add(&mut self, worker: &str, permit: Permit) {
+        if let Some(b) = self
+            .batches
+            .iter_mut()
+            .find(|b| b.worker == worker && b.permit == permit)
+        {
+            b.count += 1;
+            return;
+        }
+        self.batches.push(SuccessBatch {
+            worker: worker.to_string(),
+            permit,
+            count: 1,
+        });
+        self.due.get_or_insert_with(|| {
+            tokio::time::Instant::now() + Duration::from_millis(SUCCESS_BATCH_MS)
+        });
+    }
+}
 
 /// Work for the team task, in the order the core produced it.
 pub enum Work {
@@ -126,16 +166,22 @@ async fn run(
 ) {
     // Work taken from the queue while gathering successes, not yet done.
     let mut next: Option<Work> = None;
+    let mut held = HeldSuccesses::default();
     loop {
         if let Some(item) = next.take() {
-            next = carry_out_work(&shared, &team, item, &mut work).await;
+            next = carry_out_work(&shared, &team, item, &mut work, &mut held).await;
             continue;
         }
+        let due = held.due;
         tokio::select! {
             item = work.recv() => match item {
-                Some(item) => next = carry_out_work(&shared, &team, item, &mut work).await,
-                None => return,
+                Some(item) => next = carry_out_work(&shared, &team, item, &mut work, &mut held).await,
+                None => {
+                    count_held(&shared, &team, &mut held).await;
+                    return;
+                }
             },
+            () = sleep_until(due), if due.is_some() => count_held(&shared, &team, &mut held).await,
             notice = notices.recv() => match notice {
                 Ok(Notice::BreakerChanged(worker)) => refresh(&shared, &team, &worker).await,
                 Ok(Notice::SlotFreed(worker)) => {
@@ -155,6 +201,14 @@ async fn run(
     }
 }
 
+/// The end of `due` (never, without one: that branch is disabled then).
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Carry out one item of work; returns the item taken from the queue
 /// after it, if any, for the caller to do next.
 async fn carry_out_work(
@@ -162,7 +216,18 @@ async fn carry_out_work(
     team: &Team,
     item: Work,
     work: &mut mpsc::UnboundedReceiver<Work>,
+    held: &mut HeldSuccesses,
 ) -> Option<Work> {
+    if let Work::Op(op) = &item {
+        if let Some((worker, permit)) = ordinary_success(op) {
+            if is_healthy(shared, worker) {
+                held.add(worker, permit);
+                return None;
+            }
+        }
+        // Every other operation comes after the successes held before it.
+        count_held(shared, team, held).await;
+    }
     match item {
         Work::Op(op) => match ordinary_success(&op) {
             Some((worker, permit)) => {
@@ -219,21 +284,54 @@ fn gather_successes(
 
 /// Count `count` successes like `op` on the team's breaker in one call.
 async fn record_successes(shared: &Shared, team: &Team, op: TeamOp, count: u32) {
-    let TeamOp::Record { worker, permit, .. } = &op else {
+    let TeamOp::Record { worker, permit, .. } = op else {
         return;
     };
-    let cfg = shared.with_fleet(|f, _| f.config().circuit.clone());
-    let call = BreakerOp::RecordSuccesses {
-        permit: *permit,
+    let batch = SuccessBatch {
+        worker,
+        permit,
         count,
     };
-    match breaker(shared, team, worker, &cfg, call).await {
-        Ok(reply) => shared.with_fleet(|f, now| {
-            f.adopt_team_breaker(now, worker, reply.breaker, reply.transition)
+    count_successes(shared, team, vec![batch]).await;
+}
+
+/// Whether `worker`'s breaker (the team's, as last heard) is healthy now.
+fn is_healthy(shared: &Shared, worker: &str) -> bool {
+    shared.with_fleet(|f, now| {
+        f.breaker(worker)
+            .is_some_and(|b| b.is_healthy(&f.config().circuit, now))
+    })
+}
+
+/// Count the successes held back, if any, in one call.
+async fn count_held(shared: &Shared, team: &Team, held: &mut HeldSuccesses) {
+    held.due = None;
+    let batches = std::mem::take(&mut held.batches);
+    if !batches.is_empty() {
+        count_successes(shared, team, batches).await;
+    }
+}
+
+/// Count batches of successes on the team's breakers in one call and adopt
+/// the answers; Redis unavailable: each success counts locally.
+async fn count_successes(shared: &Shared, team: &Team, batches: Vec<SuccessBatch>) {
+    let cfg = shared.with_fleet(|f, _| f.config().circuit.clone());
+    match team.record_successes(&cfg, &batches, shared.now_ms()).await {
+        Ok(replies) => shared.with_fleet(|f, now| {
+            for (batch, reply) in batches.iter().zip(replies) {
+                f.adopt_team_breaker(now, &batch.worker, reply.breaker, reply.transition);
+            }
         }),
         Err(Unavailable) => shared.with_fleet(|f, now| {
-            for _ in 0..count {
-                f.team_unavailable(now, op.clone());
+            for batch in batches {
+                let op = TeamOp::Record {
+                    worker: batch.worker,
+                    permit: batch.permit,
+                    outcome: Outcome::Success,
+                };
+                for _ in 0..batch.count {
+                    f.team_unavailable(now, op.clone());
+                }
             }
         }),
     }

@@ -52,10 +52,6 @@ pub enum BreakerOp {
         token: String,
         outcome: Outcome,
     },
-    /// `Breaker::record` of a success `count` times: ordinary builds
-    /// (not probes) of one epoch that ended while earlier work was in
-    /// flight, counted in one call.
-    RecordSuccesses { permit: Permit, count: u32 },
     /// `Breaker::abandon`.
     Abandon { permit: Permit, token: String },
     /// `Breaker::tick`.
@@ -68,6 +64,16 @@ pub enum BreakerOp {
     /// This daemon opened the circuit while the team was out of reach: a
     /// closed team breaker opens; any other team state wins.
     ReportOpen { failures: u32, reason: String },
+}
+
+/// Successes of ordinary builds (not probes) of one worker and epoch,
+/// counted together: the same as `count` calls of `Breaker::record` with a
+/// success, at the time of the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuccessBatch {
+    pub worker: String,
+    pub permit: Permit,
+    pub count: u32,
 }
 
 /// What a breaker operation did.
@@ -309,6 +315,68 @@ impl Team {
         })
     }
 
+    /// Count batches of successes, of one or several workers, in one call
+    /// (one round trip, one script run): the replies in the batches' order.
+    pub async fn record_successes(
+        &self,
+        cfg: &BreakerConfig,
+        batches: &[SuccessBatch],
+        now_ms: u64,
+    ) -> Result<Vec<BreakerReply>, Unavailable> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cfg_json = serde_json::to_string(cfg).unwrap_or_default();
+        let args: Vec<serde_json::Value> = batches
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "permit": b.permit,
+                    "count": b.count,
+                    "message": format!("breaker:{}", b.worker),
+                })
+            })
+            .collect();
+        let args = serde_json::Value::Array(args).to_string();
+        let mut invocation = self.breaker_script.prepare_invoke();
+        for b in batches {
+            invocation
+                .key(self.keys.breaker(&b.worker))
+                .key(self.keys.probes(&b.worker));
+        }
+        invocation
+            .arg("record_successes")
+            .arg(now_ms)
+            .arg(cfg_json)
+            .arg(args)
+            .arg(self.keys.changes())
+            .arg("");
+        let invocation = &invocation;
+        let raw: String = self
+            .link
+            .call(now_ms, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        let parsed = serde_json::from_str::<Vec<RawReply>>(&raw).and_then(|replies| {
+            replies
+                .into_iter()
+                .map(reply_from)
+                .collect::<serde_json::Result<Vec<_>>>()
+        });
+        match parsed {
+            Ok(replies) if replies.len() == batches.len() => Ok(replies),
+            Ok(_) => {
+                tracing::warn!("team redis answered a batch of successes with the wrong count");
+                Err(Unavailable)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable breaker reply from team redis");
+                Err(Unavailable)
+            }
+        }
+    }
+
     /// Take a slot of `worker` (which has `slots`) as a lease named `token`.
     pub async fn acquire_slot(
         &self,
@@ -486,10 +554,6 @@ fn op_args(op: &BreakerOp) -> (&'static str, serde_json::Value) {
             "record",
             json!({"permit": permit, "token": token, "outcome": outcome_json(outcome)}),
         ),
-        BreakerOp::RecordSuccesses { permit, count } => (
-            "record_successes",
-            json!({"permit": permit, "count": count}),
-        ),
         BreakerOp::Abandon { permit, token } => {
             ("abandon", json!({"permit": permit, "token": token}))
         }
@@ -517,7 +581,10 @@ struct RawReply {
 /// Read the script's JSON. Lua's JSON encoder writes an empty list as `{}`,
 /// so an empty result window is put back into shape first.
 pub fn parse_reply(raw: &str) -> serde_json::Result<BreakerReply> {
-    let mut reply: RawReply = serde_json::from_str(raw)?;
+    reply_from(serde_json::from_str(raw)?)
+}
+
+fn reply_from(mut reply: RawReply) -> serde_json::Result<BreakerReply> {
     let breaker = decode_breaker(&mut reply.breaker)?;
     let admission = match (reply.permit, reply.refusal) {
         (Some(p), _) => Some(Ok(p)),
