@@ -3,10 +3,10 @@
 //!
 //! Run: `cargo bench --bench rch_bench` (all but the link cases), or name
 //! some of `p1 p1p p6 p7 p3 p4 p4t link link-ws link-noop` after `--`. With
-//! `RCH_BENCH_BEFORE=<path to another rch binary>`, P1', P6, P7 and the link
-//! cases also time that binary, interleaved with this one (its own daemon,
-//! state and cache; the same workers and config): before/after figures from
-//! one run. `RCH_BENCH_ROUNDS` sets their rounds (default 9).
+//! `RCH_BENCH_BEFORE=<path to another rch binary>`, P1', P6, P7, P4t (with a
+//! team, 4 daemons) and the link cases also time that binary, interleaved
+//! with this one (its own daemon, state and cache; the same workers and
+//! config): before/after figures from one run. `RCH_BENCH_ROUNDS` sets their rounds (default 9).
 //!
 //! - P1: warm no-op remote `cargo build` vs the hand-written rsync+ssh script
 //!   on the same worker, and vs a local no-op build.
@@ -404,7 +404,11 @@ fn p4_daemon() {
 
 /// Start a daemon of its own (socket, state, runtime and cache dirs under
 /// `name`) on the test's config; returns the environment to reach it.
-fn own_daemon(env: &TestEnv, name: &str) -> Vec<(&'static str, std::path::PathBuf)> {
+fn own_daemon(
+    env: &TestEnv,
+    name: &str,
+    bin: Option<&Path>,
+) -> Vec<(&'static str, std::path::PathBuf)> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = env.path().join(name);
     for sub in ["state", "cache"] {
@@ -421,10 +425,23 @@ fn own_daemon(env: &TestEnv, name: &str) -> Vec<(&'static str, std::path::PathBu
         ("XDG_RUNTIME_DIR", dir.join("run")),
         ("XDG_CACHE_HOME", dir.join("cache")),
     ];
-    let mut start = env.rch();
+    let mut start = rch_bin(env, bin);
     start.envs(vars.iter().cloned()).args(["daemon", "start"]);
     time(start);
     vars
+}
+
+/// `rch` (or the other binary `bin`) with the test environment.
+fn rch_bin(env: &TestEnv, bin: Option<&Path>) -> Command {
+    match bin {
+        Some(bin) => {
+            let mut cmd = Command::new(bin);
+            env.apply_env(&mut cmd);
+            cmd.current_dir(env.path()).stdin(Stdio::null());
+            cmd
+        }
+        None => env.rch(),
+    }
 }
 
 /// `n` lease+release round trips on the daemon at `socket`, one at a time.
@@ -461,7 +478,15 @@ fn p4_team() {
     let redis = support::redis::RedisServer::start(&env.path().join("redis"));
     let redis_pid = redis.pid().unwrap_or(0);
     let per_daemon = 1_000;
-    for (team, daemons) in [(false, 4), (true, 4), (true, 1)] {
+    // With RCH_BENCH_BEFORE, the other binary's daemons with a team too,
+    // right after this one's: before/after in one run.
+    let before = before_bin();
+    let mut cases: Vec<(bool, usize, Option<&Path>)> =
+        vec![(false, 4, None), (true, 4, None), (true, 1, None)];
+    if let Some(bin) = before.as_deref() {
+        cases.insert(2, (true, 4, Some(bin)));
+    }
+    for (team, daemons, bin) in cases {
         let mut config = String::new();
         if team {
             config.push_str(&format!(
@@ -471,9 +496,13 @@ fn p4_team() {
         }
         config.push_str(&fake_workers(16));
         env.write_config(&config);
-        let label = format!("{}{daemons}", if team { "team" } else { "solo" });
+        let label = format!(
+            "{}{daemons}{}",
+            if team { "team" } else { "solo" },
+            if bin.is_some() { "-before" } else { "" }
+        );
         let vars: Vec<_> = (0..daemons)
-            .map(|i| own_daemon(&env, &format!("{label}-{i}")))
+            .map(|i| own_daemon(&env, &format!("{label}-{i}"), bin))
             .collect();
         let sockets: Vec<std::path::PathBuf> = vars.iter().map(|v| v[0].1.clone()).collect();
         let pids: Vec<u32> = sockets.iter().map(|s| daemon_pid(s)).collect();
@@ -493,9 +522,10 @@ fn p4_team() {
         let n = lat.len() as f64;
         let per_lease = |after: f64, before: f64| (after - before) * 1000.0 / n;
         println!(
-            "  {} daemon(s), {}: p50 {} p99 {}; {:.0} leases/s (goal with a team: p99 <= 3 ms, >= 2k/s over 4)",
+            "  {} daemon(s), {}{}: p50 {} p99 {}; {:.0} leases/s (goal with a team: p99 <= 3 ms, >= 2k/s over 4)",
             daemons,
             if team { "with a team (redis on loopback)" } else { "without a team" },
+            if bin.is_some() { ", RCH_BENCH_BEFORE" } else { "" },
             ms(percentile(lat.clone(), 0.5)),
             ms(percentile(lat.clone(), 0.99)),
             n / total.as_secs_f64()
@@ -525,7 +555,7 @@ fn p4_team() {
             );
         }
         for v in vars {
-            let mut stop = env.rch();
+            let mut stop = rch_bin(&env, bin);
             stop.envs(v).args(["daemon", "stop"]);
             time(stop);
         }
