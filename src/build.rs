@@ -619,7 +619,10 @@ impl<'a> Build<'a> {
         let excludes = &self.loaded.config.transfer.exclude;
         let t = Instant::now();
         let root = self.root.clone();
-        let upload = Upload::prepare(&root, &target.worker.id, &remote_dir, || self.snapshot());
+        let marks = self.tree_marks(&target.worker.id, &remote_dir).await;
+        let mut upload = Upload::prepare(&root, &target.worker.id, &remote_dir, marks, || {
+            self.snapshot()
+        });
         self.job.phases.add(Phase::Snapshot, t.elapsed());
         let size = match upload.plan() {
             remote::upload::Plan::Full => upload.snapshot().map(|s| s.largest_dirs(3)),
@@ -631,7 +634,7 @@ impl<'a> Build<'a> {
                 eprintln!("{line}");
             }
         }
-        tracing::debug!(plan = upload.plan().label(), dir = %remote_dir, "push plan");
+        tracing::debug!(plan = upload.plan().label(), tree = if upload.vouched() { "unchanged" } else { "walked" }, dir = %remote_dir, "push plan");
         let push = upload.push(&conn, excludes);
         if let Err(f) = self.job.phases.time(Phase::Push, push).await {
             return failed(f, false);
@@ -681,6 +684,9 @@ impl<'a> Build<'a> {
                 // Not the tree we left there (another machine, a clean-up):
                 // nothing ran; send all of it and run again.
                 tracing::debug!(dir = %remote_dir, "the worker holds another tree; pushing in full");
+                if upload.vouched() {
+                    upload.walked(self.snapshot());
+                }
                 let push = upload.push_full(&conn, excludes);
                 if let Err(f) = self.job.phases.time(Phase::Push, push).await {
                     return failed(f, false);
@@ -808,6 +814,17 @@ impl<'a> Build<'a> {
 
     /// The tree as it would be pushed now; `None` when it cannot be walked
     /// (the push then applies the exclude patterns alone).
+    /// The daemon's word on this project's tree since the walk that
+    /// matched the push remembered for `worker` and `remote_dir`.
+    async fn tree_marks(&self, worker: &str, remote_dir: &str) -> crate::tree_marks::Marks {
+        let transfer = &self.loaded.config.transfer;
+        let state = remote::upload::state_file(worker, remote_dir);
+        let patterns = remote::sync::exclude_patterns(&transfer.exclude);
+        let socket = crate::paths::socket_path();
+        let respect = transfer.respect_gitignore;
+        crate::tree_marks::Marks::ask(&socket, &state, &self.root, &patterns, respect).await
+    }
+
     fn snapshot(&self) -> Option<crate::tree::Snapshot> {
         let transfer = &self.loaded.config.transfer;
         let walked = remote::sync::rules(&self.root, &transfer.exclude, transfer.respect_gitignore)

@@ -32,6 +32,7 @@
 //! - [`clock`]: time as the daemon sees it (system or manual), RFC 3339 stamps.
 //! - [`remote`]: SSH master connections, where builds live on workers, rsync transfer, remote execution.
 //! - [`tree`]: the project tree as it is pushed: ignore rules, snapshots and what changed.
+//! - [`tree_marks`]: a build's question to the daemon's tree watch, and the mark kept beside its remembered push.
 //! - [`team`]: a team's shared fleet: breakers, slots and events through Redis.
 //! - [`lab`]: throwaway local sshd workers for trying rch and for its tests.
 //! - [`diagnose`]: why a command would run where it would (`rch diagnose`); pure.
@@ -78,6 +79,7 @@ pub mod state;
 pub mod team;
 mod tool_probe;
 mod tree;
+mod tree_marks;
 mod ui;
 pub mod wrap;
 

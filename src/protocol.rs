@@ -54,6 +54,45 @@ pub enum Request {
     Reload,
     /// Stop the daemon.
     Shutdown,
+    /// Whether a project tree is unchanged since a mark the daemon gave
+    /// (answered with `Response::Tree`).
+    Tree(TreeQuery),
+}
+
+/// A build asks whether its project tree changed since its last walk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeQuery {
+    /// Absolute path of the project root.
+    pub root: String,
+    /// The exclude patterns the push applies (directories they match are
+    /// never sent, so they are not watched).
+    pub excludes: Vec<String>,
+    /// The mark given before the walk the client remembers, if any.
+    pub since: Option<TreeMark>,
+}
+
+/// A point in the daemon's watch of one tree: the tree is unchanged since
+/// the mark while the same daemon has watched it without a gap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeMark {
+    /// The daemon that gave it (random per start: a restarted daemon never
+    /// vouches for what it did not watch).
+    pub daemon: String,
+    /// Which watch of the tree (a new one after any doubt).
+    pub watch: u64,
+    /// Changes seen by that watch when the mark was given.
+    pub seq: u64,
+}
+
+/// The daemon's answer about a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "tree", rename_all = "snake_case")]
+pub enum TreeAnswer {
+    /// Nothing under the root changed since the client's mark.
+    Unchanged,
+    /// Walk the tree. With a mark (the tree is watched now): a walk made
+    /// after this answer may be vouched for later under that mark.
+    Walk { mark: Option<TreeMark> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +264,7 @@ pub enum Response {
     Metrics {
         text: String,
     },
+    Tree(TreeAnswer),
     Error {
         message: String,
         /// Known worker ids, when the error is an unknown worker.

@@ -75,13 +75,7 @@ impl Rules {
     /// Rules for the tree at `root`: `excludes` are the built-in and
     /// configured patterns; `.rchignore` is read from `root`.
     pub fn new(root: &Path, excludes: &[&str], respect_gitignore: bool) -> Result<Rules, String> {
-        let mut builder = GitignoreBuilder::new(root);
-        for pattern in excludes {
-            builder
-                .add_line(None, pattern)
-                .map_err(|e| format!("exclude pattern {pattern:?}: {e}"))?;
-        }
-        let excludes = builder.build().map_err(|e| e.to_string())?;
+        let excludes = excludes_matcher(root, excludes)?;
         let rchignore = ignore_file(root, &root.join(IGNORE_FILE))?;
         Ok(Rules {
             root: root.to_path_buf(),
@@ -90,6 +84,19 @@ impl Rules {
             respect_gitignore,
         })
     }
+}
+
+/// The exclude patterns of a tree at `root` as one matcher: a path it
+/// ignores (relative to `root`) is never sent, nor anything below it.
+pub fn excludes_matcher<S: AsRef<str>>(root: &Path, excludes: &[S]) -> Result<Gitignore, String> {
+    let mut builder = GitignoreBuilder::new(root);
+    for pattern in excludes {
+        let pattern = pattern.as_ref();
+        builder
+            .add_line(None, pattern)
+            .map_err(|e| format!("exclude pattern {pattern:?}: {e}"))?;
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 fn ignore_file(dir: &Path, file: &Path) -> Result<Gitignore, String> {
@@ -134,6 +141,9 @@ pub struct Snapshot {
     /// Paths present locally but left out by the rules (relative; not
     /// descended into), sorted.
     pub ignored: Vec<PathBuf>,
+    /// Some file has more than one name (hard links): it can change through
+    /// a name outside the tree, which no watch of the tree sees.
+    pub linked: bool,
 }
 
 impl Snapshot {
@@ -209,6 +219,7 @@ struct DirJob {
 struct Listed {
     entries: Vec<Entry>,
     ignored: Vec<PathBuf>,
+    linked: bool,
 }
 
 /// Put the per-directory results in path order: each directory's entry is
@@ -222,6 +233,7 @@ fn assemble(
         return;
     };
     snap.ignored.extend(dir.ignored);
+    snap.linked |= dir.linked;
     for entry in dir.entries {
         let sub = (entry.kind == Kind::Dir).then(|| entry.path.clone());
         snap.entries.push(entry);
@@ -297,6 +309,7 @@ fn read_dir_job(rules: &Rules, job: DirJob, now: i64) -> std::io::Result<(Listed
         } else {
             None
         };
+        listed.linked |= kind == Kind::File && meta.nlink() > 1;
         if kind == Kind::Dir {
             jobs.push(DirJob {
                 dir: path,
@@ -529,7 +542,7 @@ pub fn load(path: &Path) -> Option<(String, Snapshot)> {
     }
     let snap = Snapshot {
         entries,
-        ignored: Vec::new(),
+        ..Snapshot::default()
     };
     Some((token, snap))
 }

@@ -334,3 +334,91 @@ fn deletions_by_the_build_come_back_and_changes_made_here_meanwhile_stay() {
     );
     assert_eq!(env.circuit("w1").failures, 0);
 }
+
+/// `rch exec -- cargo build -q` with rch's debug log: what the built binary
+/// prints, and whether the daemon vouched for the tree (`unchanged`) or it
+/// was walked (`walked`), from the build's push plan line.
+fn cargo_build_watched(env: &TestEnv, dir: &Path) -> (String, String) {
+    let out = env
+        .rch_in(dir)
+        .env("RCH_LOG", "rch=debug")
+        .args(["exec", "--", "cargo", "build", "-q"])
+        .output()
+        .expect("running rch");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = stderr(&out);
+    let plan = log
+        .lines()
+        .find(|l| l.contains("push plan"))
+        .unwrap_or_else(|| panic!("no push plan line: {log}"));
+    let tree = if plan.contains("tree=\"unchanged\"") {
+        "unchanged"
+    } else {
+        assert!(plan.contains("tree=\"walked\""), "{plan}");
+        "walked"
+    };
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let run = std::process::Command::new(dir.join("target/debug").join(name))
+        .output()
+        .expect("the built binary");
+    (stdout(&run), tree.to_string())
+}
+
+/// No-op builds until the daemon vouches for the tree (the first question
+/// starts its watch, the walk after a mark is remembered, the next build
+/// is vouched for); each prints `expect`.
+fn until_vouched(env: &TestEnv, dir: &Path, expect: &str) {
+    for _ in 0..4 {
+        let (out, tree) = cargo_build_watched(env, dir);
+        assert_eq!(out, expect);
+        if tree == "unchanged" {
+            return;
+        }
+    }
+    panic!("the daemon never vouched for an unchanged tree");
+}
+
+#[test]
+fn a_watched_tree_is_walked_after_any_change_and_after_a_gap_in_the_watch() {
+    let env = TestEnv::new(1);
+    env.write_config("");
+    let dir = data_crate(&env, "watched");
+    assert_eq!(cargo_build(&env, &dir), "one");
+    until_vouched(&env, &dir, "one");
+
+    // An edit right after a vouched no-op: walked, pushed, built.
+    std::fs::write(dir.join("data.txt"), "two").unwrap();
+    assert_eq!(
+        cargo_build_watched(&env, &dir),
+        ("two".to_string(), "walked".to_string())
+    );
+
+    // A directory made after the watch started is watched too, however
+    // deep: a file written into it later is walked and pushed.
+    std::fs::create_dir_all(dir.join("new/deep/er")).unwrap();
+    until_vouched(&env, &dir, "two");
+    std::fs::write(dir.join("new/deep/er/f.txt"), "f").unwrap();
+    let (_, tree) = cargo_build_watched(&env, &dir);
+    assert_eq!(tree, "walked");
+    let remote = remote_tree(&env, &dir);
+    assert!(on_worker(
+        &env,
+        &format!("grep -qx f {remote}/new/deep/er/f.txt")
+    ));
+
+    // A change the output dir sees is none of the tree's: still vouched for.
+    until_vouched(&env, &dir, "two");
+    std::fs::write(dir.join("target/scratch"), "x").unwrap();
+    assert_eq!(cargo_build_watched(&env, &dir).1, "unchanged");
+
+    // Edited while no daemon watched: the restarted daemon cannot vouch for
+    // the old mark, the tree is walked and the edit built.
+    let stopped = env.rch().args(["daemon", "stop"]).output().unwrap();
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    std::fs::write(dir.join("data.txt"), "six").unwrap();
+    assert_eq!(
+        cargo_build_watched(&env, &dir),
+        ("six".to_string(), "walked".to_string())
+    );
+    until_vouched(&env, &dir, "six");
+}

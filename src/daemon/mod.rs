@@ -17,6 +17,7 @@ pub mod metrics_http;
 pub mod prober;
 pub mod server;
 pub mod team;
+pub mod trees;
 
 use crate::clock::Clock;
 use crate::config::{Config, DaemonFiles, FileStamp};
@@ -107,6 +108,8 @@ pub struct Shared {
     started_ms: u64,
     /// The team link, with `[team]`.
     team: Option<team::TeamLink>,
+    /// The watch over project trees builds ask about.
+    trees: trees::Trees,
 }
 
 /// Outputs to carry out once the core's lock is released.
@@ -496,6 +499,7 @@ fn open_state(opts: DaemonOptions) -> anyhow::Result<Opened> {
         shutdown: Notify::new(),
         started_ms: now,
         team,
+        trees: trees::Trees::start(&opts.socket),
     };
     Ok((shared, probe_jobs, team_work, restored))
 }

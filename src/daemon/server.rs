@@ -124,6 +124,10 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
             }
             conn.send(&Response::Ok).await
         }
+        Request::Tree(query) => {
+            let answer = shared.trees.query(query).await;
+            conn.send(&Response::Tree(answer)).await
+        }
         Request::Job(job) => {
             record_job(shared, &job);
             conn.send(&Response::Ok).await

@@ -72,10 +72,20 @@ pub fn rules(
     extra_excludes: &[String],
     respect_gitignore: bool,
 ) -> Result<tree::Rules, String> {
-    let mut patterns: Vec<&str> = DEFAULT_EXCLUDES.to_vec();
-    patterns.push(TOKEN_ANCHORED);
-    patterns.extend(extra_excludes.iter().map(String::as_str));
+    let patterns = exclude_patterns(extra_excludes);
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
     tree::Rules::new(project_root, &patterns, respect_gitignore)
+}
+
+/// Every exclude pattern a push applies: the built-in ones, the token file,
+/// then the configured `extra_excludes`.
+pub fn exclude_patterns(extra_excludes: &[String]) -> Vec<String> {
+    DEFAULT_EXCLUDES
+        .iter()
+        .chain([&TOKEN_ANCHORED])
+        .map(|p| p.to_string())
+        .chain(extra_excludes.iter().cloned())
+        .collect()
 }
 
 /// [`TOKEN_FILE`] as an exclude pattern anchored at the tree's root.

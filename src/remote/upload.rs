@@ -16,11 +16,16 @@
 //! The remembered snapshot is forgotten before any push starts, so a push
 //! that fails half-way leaves "unknown" (the next build pushes in full),
 //! never a wrong "unchanged".
+//!
+//! When the daemon vouches that nothing under the root changed since the
+//! walk that matched the remembered push ([`crate::tree_marks`]), the tree
+//! is not walked at all: the plan is a skip, checked by the token as ever.
 
 use super::ssh::Connection;
 use super::sync;
 use super::RemoteFailure;
 use crate::tree::{self, Changes, Snapshot};
+use crate::tree_marks::Marks;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -62,19 +67,37 @@ pub struct Upload<'a> {
     token: String,
     /// The planned changes, packed to ride in the run command.
     carried: Option<Vec<u8>>,
+    /// The daemon's word on the tree, and the mark to keep after the build.
+    marks: Marks,
 }
 
 impl<'a> Upload<'a> {
     /// Decide the plan from the tree now (`walk`: `None` when it could not
     /// be walked) and what was remembered for `worker` and `remote_dir`,
-    /// read while the tree is walked.
+    /// read while the tree is walked. When `marks` vouch for the tree,
+    /// neither is read: nothing changed since the remembered push.
     pub fn prepare(
         root: &'a Path,
         worker: &str,
         remote_dir: &'a str,
+        marks: Marks,
         walk: impl FnOnce() -> Option<Snapshot>,
     ) -> Upload<'a> {
         let state = state_file(worker, remote_dir);
+        if let Some(token) = marks.vouched() {
+            let token = token.to_string();
+            return Upload {
+                root,
+                remote_dir,
+                state,
+                snapshot: None,
+                last: Some((token.clone(), Snapshot::default())),
+                plan: Plan::Skip,
+                token,
+                carried: None,
+                marks,
+            };
+        }
         let (snapshot, last) = std::thread::scope(|scope| {
             let last = scope.spawn(|| tree::load(&state));
             let snapshot = walk();
@@ -101,6 +124,7 @@ impl<'a> Upload<'a> {
             plan,
             token,
             carried,
+            marks,
         }
     }
 
@@ -111,6 +135,16 @@ impl<'a> Upload<'a> {
     /// The tree as it was walked for this build.
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref()
+    }
+
+    /// Whether the tree was left unwalked because the daemon vouched for it.
+    pub fn vouched(&self) -> bool {
+        self.snapshot.is_none() && self.marks.vouched().is_some()
+    }
+
+    /// The tree walked after all (a full push follows a vouched skip).
+    pub fn walked(&mut self, snapshot: Option<Snapshot>) {
+        self.snapshot = snapshot;
     }
 
     /// Push as planned.
@@ -178,10 +212,15 @@ impl<'a> Upload<'a> {
             return;
         };
         if self.plan == Plan::Skip && !full && !self.settles_racy_files() {
-            return; // remembered as it is
+            // Remembered as it is; this walk matched it.
+            self.marks.remember(&self.token, snapshot.linked);
+            return;
         }
-        if let Err(e) = tree::save(&self.state, &self.token, snapshot) {
-            tracing::debug!(error = %e, file = %self.state.display(), "cannot save the push snapshot");
+        match tree::save(&self.state, &self.token, snapshot) {
+            Ok(()) => self.marks.remember(&self.token, snapshot.linked),
+            Err(e) => {
+                tracing::debug!(error = %e, file = %self.state.display(), "cannot save the push snapshot")
+            }
         }
     }
 
@@ -198,6 +237,7 @@ impl<'a> Upload<'a> {
 
     /// Forget the remembered push (it is about to stop being true).
     fn forget(&self) {
+        self.marks.forget();
         let _ = std::fs::remove_file(&self.state);
     }
 }
@@ -327,6 +367,7 @@ mod tests {
             last: Some(("t".to_string(), last)),
             token: "t".to_string(),
             carried: None,
+            marks: Marks::none(&state),
         };
         let settled = upload(last);
         assert_eq!(settled.plan, Plan::Skip, "same content: nothing to push");
