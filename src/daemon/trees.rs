@@ -377,7 +377,9 @@ impl Inner {
         }
         let wd = match self.inotify.add_watch(dir, mask()) {
             Ok(wd) => wd,
-            Err(Errno::ENOENT | Errno::ENOTDIR) => return true,
+            // Gone or replaced since it was listed: its parent's watch
+            // counted that. Not so the root (a symlink, say): unwatched.
+            Err(Errno::ENOENT | Errno::ENOTDIR) if dir != r.path => return true,
             Err(e) => {
                 r.phase = Phase::Broken;
                 tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a directory");
@@ -647,6 +649,13 @@ mod tests {
         let m = mark(&trees, &root).await;
         let restarted = Trees::start(&dir.path().join("other.sock"));
         assert!(!unchanged(&restarted, &root, &m).await);
+
+        // A root that is a symlink is not watched: never vouched for.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        for _ in 0..3 {
+            assert_eq!(trees.query(query(&link, None)).await, walk());
+        }
 
         // The root replaced by another directory of the same name.
         let m = mark(&trees, &root).await;
