@@ -601,7 +601,11 @@ impl<'a> Build<'a> {
             agent: None,
         };
         let failed = |failure, started| Attempt::Failed { failure, started };
-        let connect = remote::ssh::connect(&target);
+        let connect = async {
+            let mut conn = remote::ssh::connect(&target).await?;
+            remote::agent::attach(&mut conn, target.worker.agent).await;
+            Ok(conn)
+        };
         let conn = match self.job.phases.time(Phase::Connect, connect).await {
             Ok(c) => c,
             Err(f) => return failed(f, false),

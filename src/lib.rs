@@ -30,6 +30,7 @@
 //! - [`daemon`]: the daemon: its sans-IO fleet core, and the socket server, timer and prober around it.
 //! - [`state`]: the fleet's state as daemon and client read it: events, reports, the SQLite store, the offline view.
 //! - [`clock`]: time as the daemon sees it (system or manual), RFC 3339 stamps.
+//! - [`agent`]: the worker agent (`rch-agent`): runs a build's remote commands without a login shell each time.
 //! - [`remote`]: SSH master connections, where builds live on workers, rsync transfer, remote execution.
 //! - [`tree`]: the project tree as it is pushed: ignore rules, snapshots and what changed.
 //! - [`tree_marks`]: a build's question to the daemon's tree watch, and the mark kept beside its remembered push.
@@ -44,6 +45,7 @@
 //!
 //! Modules the binary, the tests or the benchmarks use are public; the rest are private to the crate.
 
+pub mod agent;
 pub mod breaker;
 mod build;
 mod build_files;

@@ -207,6 +207,14 @@ pub struct WorkerConfig {
     /// Whether rsync compresses transfers to and from this worker.
     #[serde(default)]
     pub compress: Compress,
+    /// Whether builds on this worker go through the worker agent
+    /// (`rch-agent`, installed by rch) instead of a login shell each.
+    #[serde(default = "yes")]
+    pub agent: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `compress`: `"auto"` (when this worker's transfers measured a slow
@@ -320,6 +328,7 @@ impl WorkerConfig {
             max_disk_gb: None,
             mirror_paths: MirrorPaths::Auto,
             compress: Compress::Auto,
+            agent: true,
         }
     }
 }

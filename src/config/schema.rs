@@ -141,6 +141,7 @@ pub const WORKER: &[Key] = &[
     key("max_disk_gb", Kind::Positive),
     key("mirror_paths", Kind::AutoBool),
     key("compress", Kind::AutoBool),
+    key("agent", Kind::Bool),
 ];
 
 /// Worker keys without which a worker entry is an error.

@@ -504,12 +504,13 @@ impl Lab {
     }
 
     /// What runs on the worker for its ssh sessions other than sshd itself:
-    /// commands and their children. An idle shared master connection (kept
-    /// on purpose for reuse) shows up in [`Lab::session_processes`] but not here.
+    /// commands and their children. An idle shared master connection and
+    /// the worker agent (both kept on purpose for reuse) show up in
+    /// [`Lab::session_processes`] but not here; what the agent runs does.
     pub fn leftover_processes(&self, id: &str) -> Vec<i32> {
         self.session_processes(id)
             .into_iter()
-            .filter(|pid| !procs::is_sshd(*pid))
+            .filter(|pid| !procs::is_sshd(*pid) && !procs::is_worker_agent(*pid))
             .collect()
     }
 

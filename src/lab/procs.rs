@@ -59,6 +59,18 @@ pub fn is_sshd(pid: i32) -> bool {
     command_name(pid).is_some_and(|name| name.starts_with("sshd"))
 }
 
+/// Whether `pid` is a worker agent serving (`rch-agent-<id> serve`): kept
+/// running between builds on purpose, as a shared master is.
+pub fn is_worker_agent(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|&b| b == 0);
+    let program = args.next().unwrap_or_default();
+    let name = program.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    name.starts_with(b"rch-agent") && args.next() == Some(&b"serve"[..])
+}
+
 /// All living descendants of `root`, nearest first.
 pub fn descendants(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();

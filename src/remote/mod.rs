@@ -15,6 +15,7 @@
 //! `run`, `sync`, `probe` -> `ssh` -> `failure`; any of them may use `shell`
 //! and `layout`; nothing under `remote/` imports a sibling that imports it.
 
+pub mod agent;
 pub mod carry;
 pub mod failure;
 pub mod input;

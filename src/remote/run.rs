@@ -10,6 +10,7 @@
 //! open for the whole run (also after its own stdin ended), so a timeout, a
 //! killed client or a lost connection all leave nothing running on the worker.
 
+use super::agent;
 use super::failure::{FailureKind, RemoteFailure};
 use super::input::{self, Input};
 use super::outputs::{Listing, ListingBuilder, Watch};
@@ -17,6 +18,7 @@ use super::shell::login_shell_command;
 use super::ssh::Connection;
 use super::status::{self, Record, SetupFault, StatusFilter};
 use super::upload::TreeCheck;
+use crate::agent::wire::{Frame, Request};
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -96,7 +98,8 @@ fn is_exportable(name: &str) -> bool {
 /// anything is touched. Everything a build needs from the worker besides
 /// its output comes back in records of this one remote command: one shell
 /// start per build.
-/// The first line of its stdin is the run's nonce; it reports on stderr in
+/// The first line of its stdin is the run's nonce (or, through the worker
+/// agent, its environment: [`NonceFrom`]); it reports on stderr in
 /// records only rch can tell apart from the build's output ([`status`]).
 /// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
 /// wrappers on the worker run the real tool instead of calling rch again.
@@ -115,11 +118,24 @@ fn is_exportable(name: &str) -> bool {
 /// exactly that many bytes), closes it at the end frame (the command reads
 /// EOF) and only then watches for the channel's end. A command that does not
 /// read its stdin is never held by it: when it ends, the relay is killed.
-fn run_script() -> String {
+fn run_script(nonce: NonceFrom) -> String {
+    let first = match nonce {
+        NonceFrom::Stdin => "IFS= read -r RCH_nonce || exit 125",
+        NonceFrom::Env => "RCH_nonce=$RCH_NONCE; unset RCH_NONCE",
+    };
     format!(
-        "IFS= read -r RCH_nonce || exit 125\n{}\n{LIST_FUNCTIONS}\n{RUN_BODY}",
+        "{first}\n{}\n{LIST_FUNCTIONS}\n{RUN_BODY}",
         status::SCRIPT_FUNCTIONS
     )
+}
+
+/// How the run script learns its nonce: the first line of its stdin over
+/// ssh; in its environment from the worker agent, which gets it in the
+/// request (one round trip less: nothing waits for a line to arrive).
+#[derive(Clone, Copy, Debug)]
+enum NonceFrom {
+    Stdin,
+    Env,
 }
 
 /// The listing functions of the run script (GNU find's `-printf`; without
@@ -264,8 +280,8 @@ pub async fn run_to(
             RemoteFailure::new(FailureKind::Local, conn.worker_id(), detail),
         )
     };
-    let command = match remote_command(spec) {
-        Ok(c) => c,
+    let args = match script_args(spec) {
+        Ok(a) => a,
         Err(detail) => return local(detail),
     };
     let reader = match spec.input.as_ref().map(Input::reader) {
@@ -273,11 +289,12 @@ pub async fn run_to(
         reader => reader.flatten(),
     };
     let carried = spec.tree.as_ref().map_or(&[][..], |t| t.carried.as_slice());
-    let execution = execute(conn, command, &spec.dir, (carried, reader), stdout, stderr);
+    let execution = execute(conn, &args, &spec.dir, (carried, reader), stdout, stderr);
     match tokio::time::timeout(spec.timeout, execution).await {
         Ok(report) => report,
-        // The timed-out future held the ssh child; dropping it killed the
-        // client, which closes the channel and sets off the remote watcher.
+        // The timed-out future held the ssh child (or the agent's
+        // connection); dropping it closes the channel, which sets off the
+        // remote watcher.
         Err(_) => RunReport::failed(
             true,
             RemoteFailure::new(
@@ -293,8 +310,8 @@ pub async fn run_to(
 pub const STDIN_SPENT: &str =
     "its stdin was already read past what rch keeps to give it again (64 MiB)";
 
-/// The full remote command string, or why the spec cannot be sent verbatim.
-fn remote_command(spec: &RunSpec) -> Result<String, String> {
+/// The run script's positional arguments, or why the spec cannot be sent verbatim.
+fn script_args(spec: &RunSpec) -> Result<Vec<String>, String> {
     if spec.argv.is_empty() {
         return Err("empty command".to_string());
     }
@@ -328,35 +345,103 @@ fn remote_command(spec: &RunSpec) -> Result<String, String> {
             .ok_or_else(|| format!("argument {arg:?} is not valid UTF-8"))?;
         args.push(arg.to_string());
     }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Ok(login_shell_command(&run_script(), &refs))
+    Ok(args)
 }
 
-/// `feed` is what follows the first line on the channel: the carried
-/// files' archive, then the build's stdin when it has one.
+/// The remote command string for ssh: the script in a login shell.
+fn ssh_command(args: &[String]) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    login_shell_command(&run_script(NonceFrom::Stdin), &refs)
+}
+
+/// The request for the worker agent: the same script and arguments in
+/// `sh` (the agent already has the login environment), the nonce in the
+/// environment.
+fn agent_request(args: &[String], nonce: &str) -> Request {
+    let mut argv = vec![
+        b"sh".to_vec(),
+        b"-c".to_vec(),
+        run_script(NonceFrom::Env).into_bytes(),
+        b"rch".to_vec(),
+    ];
+    argv.extend(args.iter().map(|a| a.clone().into_bytes()));
+    Request {
+        argv,
+        env: vec![(b"RCH_NONCE".to_vec(), nonce.as_bytes().to_vec())],
+    }
+}
+
+/// Runs the script through the worker agent when the connection has one,
+/// else (or when the agent cannot start it) through ssh. `feed` is what the
+/// script reads after its nonce: the carried files' archive, then the
+/// build's stdin when it has one.
 async fn execute(
     conn: &Connection,
-    command: String,
+    args: &[String],
     dir: &str,
+    (carried, mut input): (&[u8], Option<input::Reader>),
+    mut out: impl AsyncWrite + Unpin,
+    mut err: impl AsyncWrite + Unpin,
+) -> RunReport {
+    let nonce = status::nonce();
+    let mut filter = StatusFilter::new(&nonce);
+    if let Some(forward) = conn.agent_forward() {
+        let request = agent_request(args, &nonce);
+        let mut opened = agent::open(forward, &request, carried).await;
+        if let Err(agent::NotStarted(why)) = &opened {
+            tracing::debug!(worker = conn.worker_id(), reason = %why, "the worker agent did not answer; starting it again");
+            if agent::restart(conn).await {
+                opened = agent::open(forward, &request, carried).await;
+            }
+        }
+        match opened {
+            Ok(opened) => {
+                let ended = via_agent(opened, input, &mut out, &mut err, &mut filter).await;
+                return report(conn, dir, &filter, ended).await;
+            }
+            Err(agent::NotStarted(why)) => {
+                tracing::debug!(worker = conn.worker_id(), reason = %why, "running through a login shell instead");
+            }
+        }
+    }
+    let ended = via_ssh(
+        conn,
+        args,
+        &nonce,
+        (carried, input.take()),
+        out,
+        err,
+        &mut filter,
+    )
+    .await;
+    report(conn, dir, &filter, ended).await
+}
+
+/// How the channel that carried the script ended.
+enum Ended {
+    /// ssh exited (or could not be waited for).
+    Ssh(std::io::Result<ExitStatus>),
+    /// The agent reported the script's exit code.
+    Agent(i32),
+    /// The agent's connection ended before an exit code.
+    AgentLost,
+    /// ssh could not be started here.
+    NoSsh(std::io::Error),
+}
+
+async fn via_ssh(
+    conn: &Connection,
+    args: &[String],
+    nonce: &str,
     (carried, input): (&[u8], Option<input::Reader>),
     out: impl AsyncWrite + Unpin,
     err: impl AsyncWrite + Unpin,
-) -> RunReport {
-    let worker = conn.worker_id();
-    let mut child = match conn.command(&command).spawn() {
+    filter: &mut StatusFilter,
+) -> (Ended, bool) {
+    let mut child = match conn.command(&ssh_command(args)).spawn() {
         Ok(child) => child,
-        Err(e) => {
-            return RunReport::failed(
-                false,
-                RemoteFailure::new(
-                    FailureKind::Local,
-                    worker,
-                    format!("cannot run ssh here: {e}"),
-                ),
-            )
-        }
+        Err(e) => return (Ended::NoSsh(e), false),
     };
-    let nonce = status::nonce();
     // Held open until the end: its EOF is the remote watcher's kill signal.
     let mut stdin = child.stdin.take();
     if let Some(stdin) = stdin.as_mut() {
@@ -364,10 +449,8 @@ async fn execute(
         let _ = stdin.write_all(format!("{nonce}\n").as_bytes()).await;
         let _ = stdin.flush().await;
     }
-    let mut filter = StatusFilter::new(&nonce);
     let (from_out, from_err) = (child.stdout.take(), child.stderr.take());
-    let pumps =
-        async { tokio::join!(pump(from_out, out), pump_stderr(from_err, err, &mut filter)) };
+    let pumps = async { tokio::join!(pump(from_out, out), pump_stderr(from_err, err, filter)) };
     // The archive and the input go along until the command's output ends
     // (the run is over): a command that never reads its input does not wait
     // for it. With neither, the channel's stdin just stays open.
@@ -378,26 +461,92 @@ async fn execute(
                 let _ = pipe.write_all(carried).await;
                 let _ = pipe.flush().await;
             }
-            if let Some(reader) = input {
-                if let Err(e) = input::send(reader, pipe).await {
-                    tracing::debug!(error = %e, "sending stdin to the worker");
-                }
-            }
+            feed_input(input, pipe).await;
         }
         std::future::pending::<()>().await
     };
-    let (_, stderr_mid_line) = tokio::select! {
+    let (_, mid_line) = tokio::select! {
         done = pumps => done,
         () = feed => unreachable!("the feed never ends"),
     };
     let status = child.wait().await;
     drop(stdin);
+    (Ended::Ssh(status), mid_line)
+}
+
+/// The build's stdin, in frames, to the script (a failure shows as the
+/// build's own reaction to a short input).
+async fn feed_input(input: Option<input::Reader>, to: &mut (impl AsyncWrite + Unpin)) {
+    if let Some(reader) = input {
+        if let Err(e) = input::send(reader, to).await {
+            tracing::debug!(error = %e, "sending stdin to the worker");
+        }
+    }
+}
+
+/// The script's frames from the agent, to our stdout and stderr; the input
+/// goes along (the archive went with the request). The connection stays
+/// open until the exit frame: its end is the watcher's kill signal.
+async fn via_agent(
+    mut opened: agent::Opened,
+    input: Option<input::Reader>,
+    out: &mut (impl AsyncWrite + Unpin),
+    err: &mut (impl AsyncWrite + Unpin),
+    filter: &mut StatusFilter,
+) -> (Ended, bool) {
+    let mut sink = StderrSink::new(err, filter);
+    let mut out_open = true;
+    let frames = async {
+        loop {
+            match agent::read_frame(&mut opened.frames).await {
+                Ok(Some(Frame::Stdout(bytes))) => {
+                    if out_open {
+                        out_open = out.write_all(&bytes).await.is_ok() && out.flush().await.is_ok();
+                    }
+                }
+                Ok(Some(Frame::Stderr(bytes))) => sink.feed(&bytes).await,
+                Ok(Some(Frame::Exit(code))) => return Ended::Agent(code),
+                Ok(Some(Frame::Started | Frame::Refused(_))) => {}
+                Ok(None) | Err(_) => return Ended::AgentLost,
+            }
+        }
+    };
+    let feed = async {
+        feed_input(input, &mut opened.stdin).await;
+        std::future::pending::<()>().await
+    };
+    let ended = tokio::select! {
+        ended = frames => ended,
+        () = feed => unreachable!("the feed never ends"),
+    };
+    let mid_line = sink.finish().await;
+    (ended, mid_line)
+}
+
+/// The report from the script's records and how its channel ended.
+async fn report(
+    conn: &Connection,
+    dir: &str,
+    filter: &StatusFilter,
+    (ended, stderr_mid_line): (Ended, bool),
+) -> RunReport {
+    let worker = conn.worker_id();
     let (end, listing, env_reads) = read_records(filter.records());
     let stale_tree = end == Some(Record::Setup(SetupFault::StaleTree));
     let (started, result) = match end {
         Some(Record::Exit(code)) => (true, Ok(code)),
         Some(Record::Setup(fault)) => (false, Err(setup_failure(worker, dir, fault))),
-        Some(_) | None => (true, Err(unreported_end(conn, status).await)),
+        Some(_) | None => match ended {
+            Ended::NoSsh(e) => (
+                false,
+                Err(RemoteFailure::new(
+                    FailureKind::Local,
+                    worker,
+                    format!("cannot run ssh here: {e}"),
+                )),
+            ),
+            ended => (true, Err(unreported_end(conn, ended).await)),
+        },
     };
     RunReport {
         started,
@@ -456,19 +605,32 @@ fn setup_failure(worker: &str, dir: &str, fault: SetupFault) -> RemoteFailure {
 
 /// The script never reported how the run ended: the connection (or the
 /// channel) went away, or the worker's shell could not run the script.
-async fn unreported_end(conn: &Connection, status: std::io::Result<ExitStatus>) -> RemoteFailure {
+async fn unreported_end(conn: &Connection, ended: Ended) -> RemoteFailure {
     let worker = conn.worker_id();
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => return RemoteFailure::new(FailureKind::Local, worker, format!("ssh: {e}")),
+    let code = match ended {
+        Ended::NoSsh(e) => {
+            return RemoteFailure::new(
+                FailureKind::Local,
+                worker,
+                format!("cannot run ssh here: {e}"),
+            )
+        }
+        Ended::Ssh(Err(e)) => {
+            return RemoteFailure::new(FailureKind::Local, worker, format!("ssh: {e}"))
+        }
+        Ended::Ssh(Ok(status)) => {
+            if let Some(signal) = status.signal() {
+                return RemoteFailure::new(
+                    FailureKind::Killed,
+                    worker,
+                    format!("ssh client killed by signal {signal}"),
+                );
+            }
+            Some(status.code().unwrap_or(-1))
+        }
+        Ended::Agent(code) => Some(code),
+        Ended::AgentLost => None,
     };
-    if let Some(signal) = status.signal() {
-        return RemoteFailure::new(
-            FailureKind::Killed,
-            worker,
-            format!("ssh client killed by signal {signal}"),
-        );
-    }
     if conn.session().check().await.is_err() {
         return RemoteFailure::new(
             FailureKind::ConnectionLost,
@@ -476,12 +638,18 @@ async fn unreported_end(conn: &Connection, status: std::io::Result<ExitStatus>) 
             "connection lost during the build",
         );
     }
-    let code = status.code().unwrap_or(-1);
-    RemoteFailure::new(
-        FailureKind::Other,
-        worker,
-        format!("the worker's shell ended without running the build (status {code})"),
-    )
+    match code {
+        Some(code) => RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            format!("the worker's shell ended without running the build (status {code})"),
+        ),
+        None => RemoteFailure::new(
+            FailureKind::Other,
+            worker,
+            "the worker agent's connection ended during the build",
+        ),
+    }
 }
 
 /// Copies a remote stream to a local one chunk by chunk, flushing each chunk
@@ -501,37 +669,67 @@ async fn pump(from: Option<impl AsyncRead + Unpin>, mut to: impl AsyncWrite + Un
     }
 }
 
-/// Like [`pump`], but passes the stream through the script's [`StatusFilter`]:
-/// the build's bytes go on at once, the script's records stay in the filter.
-/// Returns whether the output written ends in the middle of a line.
+/// Like [`pump`], but passes the stream through the script's [`StatusFilter`]
+/// ([`StderrSink`]). Returns whether the output written ends in the middle
+/// of a line.
 async fn pump_stderr(
     from: Option<impl AsyncRead + Unpin>,
-    mut to: impl AsyncWrite + Unpin,
+    to: impl AsyncWrite + Unpin,
     filter: &mut StatusFilter,
 ) -> bool {
-    let Some(mut from) = from else { return false };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut writable = true;
-    let mut last = None;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let output = filter.feed(&buf[..n]);
-        // Keep reading after the local side closed: the records still matter.
-        if writable && !output.is_empty() {
-            writable = to.write_all(&output).await.is_ok() && to.flush().await.is_ok();
-            last = output.last().copied();
+    let mut sink = StderrSink::new(to, filter);
+    if let Some(mut from) = from {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.feed(&buf[..n]).await,
+            };
         }
     }
-    let rest = filter.finish();
-    if writable && !rest.is_empty() {
-        let _ = to.write_all(&rest).await;
-        let _ = to.flush().await;
-        last = rest.last().copied();
+    sink.finish().await
+}
+
+/// The remote stderr on its way to ours: the build's bytes go on at once,
+/// the script's records stay in the filter. A closed local side stops the
+/// writing, not the reading: the records still matter.
+struct StderrSink<'f, W> {
+    to: W,
+    filter: &'f mut StatusFilter,
+    writable: bool,
+    last: Option<u8>,
+}
+
+impl<'f, W: AsyncWrite + Unpin> StderrSink<'f, W> {
+    fn new(to: W, filter: &'f mut StatusFilter) -> Self {
+        StderrSink {
+            to,
+            filter,
+            writable: true,
+            last: None,
+        }
     }
-    last.is_some_and(|b| b != b'\n')
+
+    async fn feed(&mut self, chunk: &[u8]) {
+        let output = self.filter.feed(chunk);
+        self.write(&output).await;
+    }
+
+    async fn write(&mut self, output: &[u8]) {
+        if self.writable && !output.is_empty() {
+            self.writable =
+                self.to.write_all(output).await.is_ok() && self.to.flush().await.is_ok();
+            self.last = output.last().copied();
+        }
+    }
+
+    /// Writes what the filter still held; whether the output written ends
+    /// in the middle of a line.
+    async fn finish(mut self) -> bool {
+        let rest = self.filter.finish();
+        self.write(&rest).await;
+        self.last.is_some_and(|b| b != b'\n')
+    }
 }
 
 #[cfg(test)]
@@ -565,10 +763,10 @@ mod tests {
             watch: None,
             env_reads: None,
         };
-        let cmd = remote_command(&spec).unwrap();
+        let cmd = ssh_command(&script_args(&spec).unwrap());
         let words = shlex::split(&cmd).unwrap();
         assert_eq!(&words[..2], ["sh", "-lc"]);
-        assert_eq!(words[2], run_script());
+        assert_eq!(words[2], run_script(NonceFrom::Stdin));
         assert_eq!(
             &words[3..],
             [

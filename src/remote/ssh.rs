@@ -42,6 +42,9 @@ pub struct Connection {
     control_path: PathBuf,
     worker_id: String,
     compress: crate::config::Compress,
+    /// The local end of the master's forward to the worker agent's socket,
+    /// once [`super::agent::attach`] found or set it up.
+    agent_forward: Option<PathBuf>,
 }
 
 impl Connection {
@@ -58,6 +61,21 @@ impl Connection {
     /// The id of the worker this connection reaches.
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// The directory of this master's control socket, which lives and dies
+    /// with the master (the agent's forward and its marks are kept there).
+    pub fn master_dir(&self) -> &Path {
+        self.control_path.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// Where the worker agent answers, when this connection has one.
+    pub fn agent_forward(&self) -> Option<&Path> {
+        self.agent_forward.as_deref()
+    }
+
+    pub(crate) fn set_agent_forward(&mut self, forward: Option<PathBuf>) {
+        self.agent_forward = forward;
     }
 
     /// The worker's `compress` setting.
@@ -196,7 +214,7 @@ fn path_string(p: Option<&Path>) -> String {
 }
 
 /// Takes the exclusive lock of a target's master files; released on drop.
-async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
+pub(crate) async fn lock(path: &Path, worker: &str) -> Result<File, RemoteFailure> {
     let path = path.to_path_buf();
     let locked = tokio::task::spawn_blocking(move || {
         let file = File::options()
@@ -243,6 +261,7 @@ fn connection_for(control_path: &Path, target: &Target) -> Connection {
         control_path: control_path.to_path_buf(),
         worker_id: target.worker.id.clone(),
         compress: target.worker.compress,
+        agent_forward: None,
     }
 }
 
@@ -434,6 +453,7 @@ mod tests {
                 max_disk_gb: None,
                 mirror_paths: Default::default(),
                 compress: Default::default(),
+                agent: true,
             },
             ssh: SshConfig::default(),
             agent: None,

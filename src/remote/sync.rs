@@ -240,13 +240,16 @@ const RSYNC_VANISHED: i32 = 24;
 /// What rsync reports when the source directory does not exist.
 const MISSING_SOURCE: &str = "No such file or directory";
 
-/// `-a`, and ssh through the master's control socket.
+/// `-a`, and ssh through the master's control socket (or the worker agent).
 pub(crate) fn rsync_base_args(conn: &Connection) -> Vec<OsString> {
-    let control = conn.control_path().to_string_lossy();
-    let ssh = format!(
-        "ssh -S {} -o ControlMaster=no -o BatchMode=yes",
-        quote(&control)
-    );
+    // Through the worker agent when there is one: no login shell for rsync.
+    let ssh = super::agent::rsync_shell(conn).unwrap_or_else(|| {
+        let control = conn.control_path().to_string_lossy();
+        format!(
+            "ssh -S {} -o ControlMaster=no -o BatchMode=yes",
+            quote(&control)
+        )
+    });
     // Compare mtimes to the nanosecond, both ways: an edit, or a relink on
     // the worker, that keeps a file's size within the same second must
     // still be sent.
