@@ -225,7 +225,9 @@ fn pushes_follow_every_change_and_skip_only_a_tree_the_worker_still_holds() {
 #[test]
 fn a_warm_build_starts_one_remote_command_and_brings_back_only_what_differs() {
     let env = TestEnv::new(1);
-    env.write_config("");
+    // Counted on the login-shell path: through the worker agent, a warm
+    // build starts none (tests/agent.rs).
+    env.write_config("[[workers]]\nid = \"w1\"\nagent = false\n");
     let dir = data_crate(&env, "onetrip");
     assert_eq!(cargo_build(&env, &dir), "one");
     let tally = count_shells(&env);

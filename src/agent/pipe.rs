@@ -62,6 +62,10 @@ fn open(mut stream: UnixStream, command: &[u8]) -> io::Result<UnixStream> {
 /// Our stdin goes to the command; its frames come out on our stdout and
 /// stderr; its exit code becomes ours.
 fn relay(stream: UnixStream) -> i32 {
+    // rsync hands its remote shell non-blocking ends; these copies are ours
+    // alone, and blocking reads and writes are what the relay expects.
+    set_blocking(0);
+    set_blocking(1);
     let Ok(mut to_agent) = stream.try_clone() else {
         return LINK_LOST;
     };
@@ -98,6 +102,18 @@ fn relay(stream: UnixStream) -> i32 {
                 let _ = writeln!(err, "rch-agent: the link to the worker agent was lost");
                 return LINK_LOST;
             }
+        }
+    }
+}
+
+/// Clears `O_NONBLOCK` on one of our standard descriptors.
+fn set_blocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor number only reads and sets its flags;
+    // a descriptor that is not open makes it fail, which changes nothing.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
 }

@@ -31,7 +31,7 @@ pub fn main(args: &[OsString]) -> i32 {
         eprintln!("rch-agent serve: which socket?");
         return 2;
     };
-    let Some(_lock) = super::start::lock_for(&socket) else {
+    let Some(lock) = super::start::lock_for(&socket) else {
         // Another agent of this version serves this socket already.
         return 0;
     };
@@ -43,26 +43,102 @@ pub fn main(args: &[OsString]) -> i32 {
             return 1;
         }
     };
-    serve(listener, &socket, IDLE);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let agent = Arc::new(Agent {
+        inode: std::fs::metadata(&socket).map(|m| m.ino()).ok(),
+        socket,
+        lock: Mutex::new(Some(lock)),
+        login: login_files(&home),
+        home,
+        activity: Activity::default(),
+    });
+    serve(listener, agent, IDLE);
     0
 }
 
-/// Accepts until `idle` passes with no connection open, then removes the
-/// socket (when it is still this agent's) and returns.
-pub fn serve(listener: UnixListener, socket: &Path, idle: Duration) {
-    let inode = std::fs::metadata(socket).map(|m| m.ino()).ok();
-    let activity = Arc::new(Activity::default());
-    activity.touch();
-    spawn_idle_watch(Arc::clone(&activity), socket.to_path_buf(), inode, idle);
+/// One serving agent: its socket (and which inode it bound), its lock, the
+/// login files its environment came from.
+struct Agent {
+    socket: PathBuf,
+    inode: Option<u64>,
+    lock: Mutex<Option<std::fs::File>>,
+    home: PathBuf,
+    login: Vec<Option<(i64, i64, u64)>>,
+    activity: Activity,
+}
+
+impl Agent {
+    fn socket_is_ours(&self) -> bool {
+        std::fs::metadata(&self.socket).map(|m| m.ino()).ok() == self.inode
+    }
+
+    /// Stops taking connections: the socket goes and the lock is let go,
+    /// so the next `start` starts a new agent at once; commands already
+    /// running finish, then this process exits (see [`spawn_idle_watch`]).
+    fn retire(&self) {
+        if self.socket_is_ours() {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Whether a login shell started now would read what this agent's did.
+    fn login_unchanged(&self) -> bool {
+        login_files(&self.home) == self.login
+    }
+}
+
+/// The files a login shell reads, in the shells rch's workers use: their
+/// times and sizes (or absence). The agent carries the environment of the
+/// login shell that started it; when one of these changes (a tool's PATH
+/// added to `~/.profile`), it makes way for a new agent.
+fn login_files(home: &Path) -> Vec<Option<(i64, i64, u64)>> {
+    const IN_HOME: &[&str] = &[
+        ".profile",
+        ".bash_profile",
+        ".bash_login",
+        ".bashrc",
+        ".zshenv",
+        ".zprofile",
+        ".zlogin",
+        ".zshrc",
+        ".config/fish/config.fish",
+    ];
+    const SYSTEM: &[&str] = &[
+        "/etc/profile",
+        "/etc/profile.d",
+        "/etc/environment",
+        "/etc/bash.bashrc",
+        "/etc/zsh/zshenv",
+        "/etc/zshenv",
+    ];
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.mtime(), m.mtime_nsec(), m.size()))
+    };
+    IN_HOME
+        .iter()
+        .map(|name| stamp(&home.join(name)))
+        .chain(SYSTEM.iter().map(|path| stamp(Path::new(path))))
+        .collect()
+}
+
+/// Accepts until the agent is idle for `idle`, or retired and idle.
+fn serve(listener: UnixListener, agent: Arc<Agent>, idle: Duration) {
+    agent.activity.touch();
+    spawn_idle_watch(Arc::clone(&agent), idle);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let activity = Arc::clone(&activity);
-        activity.open.fetch_add(1, Ordering::SeqCst);
-        activity.touch();
+        let agent = Arc::clone(&agent);
+        agent.activity.open.fetch_add(1, Ordering::SeqCst);
+        agent.activity.touch();
         std::thread::spawn(move || {
-            handle(stream);
-            activity.touch();
-            activity.open.fetch_sub(1, Ordering::SeqCst);
+            handle(stream, &agent);
+            agent.activity.touch();
+            agent.activity.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -93,20 +169,16 @@ fn now_secs() -> u64 {
 }
 
 /// Exits the process once idle long enough, or once idle and its socket is
-/// gone or replaced (the account's cache was cleared, a newer agent took
-/// the name): nobody can reach it any more. The socket is removed only if
-/// it is still the one this agent bound.
-fn spawn_idle_watch(activity: Arc<Activity>, socket: PathBuf, inode: Option<u64>, idle: Duration) {
+/// gone or replaced (retired, the account's cache was cleared, a newer
+/// agent took the name): nobody can reach it any more.
+fn spawn_idle_watch(agent: Arc<Agent>, idle: Duration) {
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_secs(2).min(idle));
-        let Some(idle_for) = activity.idle_for() else {
+        let Some(idle_for) = agent.activity.idle_for() else {
             continue;
         };
-        let ours = std::fs::metadata(&socket).map(|m| m.ino()).ok() == inode;
-        if idle_for >= idle || !ours {
-            if ours {
-                let _ = std::fs::remove_file(&socket);
-            }
+        if idle_for >= idle || !agent.socket_is_ours() {
+            agent.retire();
             std::process::exit(0);
         }
     });
@@ -115,7 +187,7 @@ fn spawn_idle_watch(activity: Arc<Activity>, socket: PathBuf, inode: Option<u64>
 /// One connection: read the request, run the command, send its output and
 /// exit code. Writes that fail (the client left) are dropped, but the
 /// command's output is still drained so it never blocks on a full pipe.
-fn handle(mut stream: UnixStream) {
+fn handle(mut stream: UnixStream, agent: &Agent) {
     let request = match Request::read_from(&mut stream) {
         Ok(r) => r,
         Err(RequestError::Io(_)) => return,
@@ -124,6 +196,12 @@ fn handle(mut stream: UnixStream) {
             return;
         }
     };
+    if !agent.login_unchanged() {
+        agent.retire();
+        let why = "the login environment changed; start a new agent";
+        let _ = Frame::Refused(why.to_string()).write_to(&mut stream);
+        return;
+    }
     let Ok(from_client) = stream.try_clone() else {
         return;
     };

@@ -158,7 +158,11 @@ mod tests {
         let deep = shallow.path().join("d".repeat(90));
         fs::create_dir_all(&deep).unwrap();
         let path = socket_path(&deep, "abc").unwrap();
-        assert!(path.starts_with("/tmp/rch-agent-"), "{}", path.display());
+        assert!(
+            path.to_string_lossy().starts_with("/tmp/rch-agent-"),
+            "{}",
+            path.display()
+        );
         assert!(path.as_os_str().len() <= MAX_SOCKET_PATH);
     }
 }
