@@ -5,7 +5,7 @@
 mod support;
 
 use rch::breaker::{BreakerConfig, Outcome, Permit, State};
-use rch::team::{BreakerOp, Health, Notice, SlotAnswer, Team, Unavailable, LEASE_TTL_MS};
+use rch::team::{BreakerOp, Health, Notice, Slot, SlotAnswer, Team, Unavailable, LEASE_TTL_MS};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::redis::RedisServer;
@@ -54,22 +54,22 @@ fn slots_are_leases_and_a_release_wakes_the_team() {
         // Subscribed: from here on no release is missed.
         next_notice(&mut notices, |n| matches!(n, Notice::Resync)).await;
         assert_eq!(
-            team.acquire_slot("w1", 2, "a", T0).await,
+            team.acquire_slot("w1", 2, "a", &[], T0).await,
             Ok(SlotAnswer::Taken { held: 1 })
         );
         assert_eq!(
-            team.acquire_slot("w1", 2, "b", T0 + 5).await,
+            team.acquire_slot("w1", 2, "b", &[], T0 + 5).await,
             Ok(SlotAnswer::Taken { held: 2 })
         );
         assert_eq!(
-            team.acquire_slot("w1", 2, "c", T0 + 10).await,
+            team.acquire_slot("w1", 2, "c", &[], T0 + 10).await,
             Ok(SlotAnswer::Full {
                 until_ms: T0 + LEASE_TTL_MS
             })
         );
         // Asking again with a held token renews, it does not take a second slot.
         assert_eq!(
-            team.acquire_slot("w1", 2, "a", T0 + 20).await,
+            team.acquire_slot("w1", 2, "a", &[], T0 + 20).await,
             Ok(SlotAnswer::Taken { held: 2 })
         );
         team.release_slot("w1", "b", T0 + 30).await.unwrap();
@@ -79,30 +79,51 @@ fn slots_are_leases_and_a_release_wakes_the_team() {
         )
         .await;
         assert_eq!(
-            team.acquire_slot("w1", 2, "c", T0 + 40).await,
+            team.acquire_slot("w1", 2, "c", &[], T0 + 40).await,
             Ok(SlotAnswer::Taken { held: 2 })
         );
         // A holder that stops renewing loses its slot at the expiry, never before.
         team.renew_slot("w1", "c", T0 + 1_000).await.unwrap();
         let a_expires = T0 + 20 + LEASE_TTL_MS;
         assert!(matches!(
-            team.acquire_slot("w1", 2, "d", a_expires - 1).await,
+            team.acquire_slot("w1", 2, "d", &[], a_expires - 1).await,
             Ok(SlotAnswer::Full { until_ms }) if until_ms == a_expires
         ));
         assert_eq!(
-            team.acquire_slot("w1", 2, "d", a_expires).await,
+            team.acquire_slot("w1", 2, "d", &[], a_expires).await,
             Ok(SlotAnswer::Taken { held: 2 })
         );
         // A build that runs already (restored after a daemon restart) holds
         // its slot whatever the count: nobody else may take it meanwhile.
         team.restore_slot("w1", "r", a_expires + 1).await.unwrap();
         assert!(matches!(
-            team.acquire_slot("w1", 2, "e", a_expires + 2).await,
+            team.acquire_slot("w1", 2, "e", &[], a_expires + 2).await,
             Ok(SlotAnswer::Full { .. })
         ));
         assert_eq!(redis.cli(&["ZCARD", "rch:{t}:slots:w1"]).trim(), "3");
         let keys = redis.cli(&["KEYS", "*"]);
         assert!(keys.lines().all(|k| k.starts_with("rch:{t}:")), "{keys}");
+        // A take first gives back the slots sent along, in the same call
+        // (announced: "e" was refused).
+        let slot = |token: &str| Slot {
+            worker: "w1".into(),
+            token: token.into(),
+        };
+        assert_eq!(
+            team.acquire_slot("w1", 2, "f", &[slot("d"), slot("r")], a_expires + 3)
+                .await,
+            Ok(SlotAnswer::Taken { held: 2 })
+        );
+        next_notice(
+            &mut notices,
+            |n| matches!(n, Notice::SlotFreed(w) if w == "w1"),
+        )
+        .await;
+        // Several slots given back in one call.
+        team.release_slots(&[slot("c"), slot("f")], a_expires + 4)
+            .await
+            .unwrap();
+        assert_eq!(redis.cli(&["ZCARD", "rch:{t}:slots:w1"]).trim(), "0");
     });
 }
 
@@ -191,7 +212,7 @@ fn a_dead_redis_costs_one_timeout_then_nothing_and_is_rejoined() {
         assert_eq!(team.health(), Health::Down { since_ms: T0 });
         let again = Instant::now();
         assert_eq!(
-            team.acquire_slot("w1", 1, "x", T0 + 1).await,
+            team.acquire_slot("w1", 1, "x", &[], T0 + 1).await,
             Err(Unavailable)
         );
         assert!(

@@ -379,6 +379,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let disk = tokio::spawn(disk::enforce_disk_limits(shared.clone()));
     let result = server::accept_loop(listener, shared.clone()).await;
     shared.with_fleet(|f, now| f.flush_lazy(now));
+    // Slots of builds that ended are not left to expire.
+    team::send_released(&shared).await;
     timer.abort();
     prober.abort();
     signals.abort();
@@ -404,7 +406,7 @@ async fn release_when_ended(shared: Arc<Shared>, lease: u64, holder: Holder) {
         "the holder of a restored lease ended"
     );
     shared.with_fleet(|f, now| f.handle_abandon(now, lease));
-    team::release_slot(&shared, lease).await;
+    team::release_slot(&shared, lease);
 }
 
 /// The leases saved by an earlier daemon whose holders still run; the

@@ -85,7 +85,7 @@ async fn serve_connection(stream: UnixStream, pid: Option<u32>, shared: Arc<Shar
     }
     if let Some(lease) = conn.lease.take() {
         shared.with_fleet(|f, now| f.handle_abandon(now, lease));
-        super::team::release_slot_later(&shared, lease);
+        super::team::release_slot(&shared, lease);
     }
 }
 
@@ -117,10 +117,9 @@ async fn handle(conn: &mut Conn, request: Request, shared: &Arc<Shared>) -> Resu
             if let Some(lease) = conn.lease.take() {
                 let span = tracing::debug_span!("release", outcome = ?outcome);
                 span.in_scope(|| {
-                    shared.with_fleet(|f, now| f.handle_release(now, lease, &outcome))
+                    shared.with_fleet(|f, now| f.handle_release(now, lease, &outcome));
+                    super::team::release_slot(shared, lease);
                 });
-                let released = super::team::release_slot(shared, lease);
-                tracing::Instrument::instrument(released, span).await;
             }
             conn.send(&Response::Ok).await
         }
@@ -187,7 +186,7 @@ async fn lease(conn: &mut Conn, req: LeaseRequest, shared: &Arc<Shared>) -> Resu
     if let Some(old) = conn.lease.take() {
         // One lease per connection: a new request ends the previous one.
         shared.with_fleet(|f, now| f.handle_abandon(now, old));
-        super::team::release_slot(shared, old).await;
+        super::team::release_slot(shared, old);
     }
     // A configuration changed since: in effect for this very request.
     shared.follow_config(req.config.as_ref());

@@ -12,9 +12,13 @@
 //!   later; any other operation of this daemon is carried out after them,
 //!   so this daemon's own results keep their order.
 //! - Shared slots are outside that order: a lease takes its slot in one
-//!   round trip before it is granted, and a release gives it back in one
-//!   round trip of its own, at once (never queued behind breaker work, which
-//!   would leave slots held by builds that have ended).
+//!   round trip before it is granted (never queued behind breaker work,
+//!   which would leave slots held by builds that have ended). A slot given
+//!   back goes along with this daemon's next slot call, or on its own after
+//!   [`RELEASE_BATCH_MS`], whichever comes first: this daemon's next lease
+//!   finds it free (its take releases it first, in the same script), the
+//!   rest of the team at most that much later. Holding a slot longer never
+//!   lets two builds share it.
 //! - A shared breaker that another daemon changed is read and adopted
 //!   (a pub/sub notice, never polling).
 //! - This daemon's events go to the team's capped stream; the other
@@ -73,6 +77,10 @@ impl HeldSuccesses {
     }
 }
 
+/// Longest time a slot given back here waits for this daemon's next slot
+/// call to go along with (see the module's comment).
+pub const RELEASE_BATCH_MS: u64 = 20;
+
 /// Work for the team task, in the order the core produced it.
 pub enum Work {
     Op(TeamOp),
@@ -89,16 +97,17 @@ pub struct TeamLink {
     /// Shared slots this daemon's leases hold (or will hold again in Redis
     /// once it answers): lease -> (worker, token).
     held: Mutex<HashMap<u64, HeldSlot>>,
+    /// Slots given back here, to release in Redis with the next slot call.
+    released: Mutex<Vec<HeldSlot>>,
+    /// Told when `released` gets its first slot: released alone if no
+    /// call takes them along in time.
+    release_due: tokio::sync::Notify,
     /// Slots whose release Redis did not answer: given back when it does.
     unreleased: Mutex<Vec<HeldSlot>>,
 }
 
 /// A shared slot held by one of this daemon's leases.
-#[derive(Debug, Clone)]
-struct HeldSlot {
-    worker: String,
-    token: String,
-}
+type HeldSlot = crate::team::Slot;
 
 /// What became of a lease's shared slot.
 pub enum SlotTake {
@@ -128,6 +137,8 @@ pub fn open(
                     work,
                     slot_owner,
                     held: Mutex::new(HashMap::new()),
+                    released: Mutex::new(Vec::new()),
+                    release_due: tokio::sync::Notify::new(),
                     unreleased: Mutex::new(Vec::new()),
                 },
                 rx,
@@ -155,6 +166,7 @@ pub async fn start(
         retake_slots(&shared).await;
     }
     tokio::spawn(renew_slots(shared.clone()));
+    tokio::spawn(release_in_time(shared.clone()));
     tokio::spawn(run(shared, team, work, notices))
 }
 
@@ -550,15 +562,19 @@ pub async fn take_slot(shared: &Shared, grant: &super::fleet::Grant) -> SlotTake
         worker: grant.worker.id.clone(),
         token: slot_token(link, grant.lease, grant.since_ms),
     };
+    let released = std::mem::take(&mut *released(link));
     let taken = if shared.with_fleet(|f, _| f.team_connected()) {
         let now = shared.now_ms();
         let slots = grant.worker.slots;
         link.team
-            .acquire_slot(&slot.worker, slots, &slot.token, now)
+            .acquire_slot(&slot.worker, slots, &slot.token, &released, now)
             .await
     } else {
         Err(Unavailable)
     };
+    if taken.is_err() {
+        unreleased(link).extend(released);
+    }
     match taken {
         Ok(crate::team::SlotAnswer::Full { until_ms }) => SlotTake::Full { until_ms },
         Ok(crate::team::SlotAnswer::Taken { .. }) => {
@@ -573,21 +589,54 @@ pub async fn take_slot(shared: &Shared, grant: &super::fleet::Grant) -> SlotTake
     }
 }
 
-/// A lease ended here: give its shared slot back, if it holds one, in a
-/// round trip of its own (never queued behind breaker work). Once this
-/// returns Redis has the slot free, or did not answer within
-/// `team.timeout_ms` and gets the release when it answers again.
-pub async fn release_slot(shared: &Shared, lease: u64) {
+/// A lease ended here: give its shared slot back, if it holds one, with
+/// this daemon's next slot call (its next take finds it free) or on its
+/// own within [`RELEASE_BATCH_MS`]. Never waits for Redis.
+pub fn release_slot(shared: &Shared, lease: u64) {
     let Some(link) = shared.team.as_ref() else {
         return;
     };
-    // The lock is let go before the call (never held across an await).
     let removed = held(link).remove(&lease);
     let Some(slot) = removed else {
         return;
     };
-    if !give_back(shared, link, &slot).await {
-        unreleased(link).push(slot);
+    let mut released = released(link);
+    released.push(slot);
+    if released.len() == 1 {
+        link.release_due.notify_one();
+    }
+}
+
+/// Release in Redis, in one call, the slots no take went along with in
+/// time; runs until the daemon stops.
+async fn release_in_time(shared: Arc<Shared>) {
+    let Some(link) = shared.team.as_ref() else {
+        return;
+    };
+    loop {
+        link.release_due.notified().await;
+        tokio::time::sleep(Duration::from_millis(RELEASE_BATCH_MS)).await;
+        send_released(&shared).await;
+    }
+}
+
+/// Release in Redis now the slots given back here and not yet sent (also
+/// when the daemon stops). Redis unavailable: sent when it answers again.
+pub async fn send_released(shared: &Shared) {
+    let Some(link) = shared.team.as_ref() else {
+        return;
+    };
+    let slots = std::mem::take(&mut *released(link));
+    if slots.is_empty() {
+        return;
+    }
+    let sent = if shared.with_fleet(|f, _| f.team_connected()) {
+        link.team.release_slots(&slots, shared.now_ms()).await
+    } else {
+        Err(Unavailable)
+    };
+    if sent.is_err() {
+        unreleased(link).extend(slots);
     }
 }
 
@@ -598,14 +647,6 @@ async fn give_back(shared: &Shared, link: &TeamLink, slot: &HeldSlot) -> bool {
         .release_slot(&slot.worker, &slot.token, now)
         .await
         .is_ok()
-}
-
-/// [`release_slot`] for a lease whose client is gone: nobody waits for it.
-pub fn release_slot_later(shared: &Arc<Shared>, lease: u64) {
-    if shared.team.is_some() {
-        let shared = shared.clone();
-        tokio::spawn(async move { release_slot(&shared, lease).await });
-    }
 }
 
 /// Leases restored at start (their builds still run): their shared slots
@@ -657,6 +698,10 @@ async fn retake_slots(shared: &Shared) {
             let _ = link.team.release_slot(&slot.worker, &slot.token, now).await;
         }
     }
+}
+
+fn released(link: &TeamLink) -> std::sync::MutexGuard<'_, Vec<HeldSlot>> {
+    link.released.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unreleased(link: &TeamLink) -> std::sync::MutexGuard<'_, Vec<HeldSlot>> {

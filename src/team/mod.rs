@@ -94,6 +94,13 @@ pub enum SlotAnswer {
     Full { until_ms: u64 },
 }
 
+/// A shared slot lease: the worker and the lease's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub worker: String,
+    pub token: String,
+}
+
 /// An operation of `slots.lua`.
 #[derive(Debug, Clone, Copy)]
 enum SlotOp {
@@ -101,6 +108,8 @@ enum SlotOp {
     Restore,
     Renew,
     Release,
+    /// Only the releases sent along.
+    None,
 }
 
 impl SlotOp {
@@ -110,6 +119,7 @@ impl SlotOp {
             SlotOp::Restore => "restore",
             SlotOp::Renew => "renew",
             SlotOp::Release => "release",
+            SlotOp::None => "none",
         }
     }
 }
@@ -377,16 +387,18 @@ impl Team {
         }
     }
 
-    /// Take a slot of `worker` (which has `slots`) as a lease named `token`.
+    /// Take a slot of `worker` (which has `slots`) as a lease named `token`,
+    /// after giving back the slots `released` (in the same call).
     pub async fn acquire_slot(
         &self,
         worker: &str,
         slots: u32,
         token: &str,
+        released: &[Slot],
         now_ms: u64,
     ) -> Result<SlotAnswer, Unavailable> {
         let (taken, n) = self
-            .slots(SlotOp::Take, worker, slots, token, now_ms)
+            .slots(SlotOp::Take, worker, slots, token, released, now_ms)
             .await?;
         Ok(if taken == 1 {
             SlotAnswer::Taken { held: n as u32 }
@@ -405,7 +417,7 @@ impl Team {
         token: &str,
         now_ms: u64,
     ) -> Result<(), Unavailable> {
-        self.slots(SlotOp::Restore, worker, 0, token, now_ms)
+        self.slots(SlotOp::Restore, worker, 0, token, &[], now_ms)
             .await
             .map(drop)
     }
@@ -417,7 +429,7 @@ impl Team {
         token: &str,
         now_ms: u64,
     ) -> Result<(), Unavailable> {
-        self.slots(SlotOp::Renew, worker, 0, token, now_ms)
+        self.slots(SlotOp::Renew, worker, 0, token, &[], now_ms)
             .await
             .map(drop)
     }
@@ -430,38 +442,57 @@ impl Team {
         token: &str,
         now_ms: u64,
     ) -> Result<(), Unavailable> {
-        self.slots(SlotOp::Release, worker, 0, token, now_ms)
+        self.slots(SlotOp::Release, worker, 0, token, &[], now_ms)
             .await
             .map(drop)
     }
 
-    /// One call of `slots.lua`: a single round trip (EVALSHA).
+    /// Give several slots back in one call; the team hears of each only if
+    /// a daemon was refused a slot of its worker meanwhile.
+    pub async fn release_slots(&self, released: &[Slot], now_ms: u64) -> Result<(), Unavailable> {
+        let Some(first) = released.first() else {
+            return Ok(());
+        };
+        // The first pair of keys names the first release's worker (a call
+        // declares the keys it touches); the operation itself does nothing.
+        self.slots(SlotOp::None, &first.worker, 0, "", released, now_ms)
+            .await
+            .map(drop)
+    }
+
+    /// One call of `slots.lua`, releasing `released` first: a single round
+    /// trip (EVALSHA).
     async fn slots(
         &self,
         op: SlotOp,
         worker: &str,
         slots: u32,
         token: &str,
+        released: &[Slot],
         now_ms: u64,
     ) -> Result<(u64, u64), Unavailable> {
-        let script = &self.slots_script;
-        let keys = (self.keys.slots(worker), self.keys.waiting(worker));
-        let channel = self.keys.changes();
-        let message = format!("slot:{worker}");
+        let mut invocation = self.slots_script.prepare_invoke();
+        invocation
+            .key(self.keys.slots(worker))
+            .key(self.keys.waiting(worker))
+            .arg(op.as_str())
+            .arg(now_ms)
+            .arg(token)
+            .arg(LEASE_TTL_MS)
+            .arg(slots)
+            .arg(self.keys.changes())
+            .arg(format!("slot:{worker}"));
+        for slot in released {
+            invocation
+                .key(self.keys.slots(&slot.worker))
+                .key(self.keys.waiting(&slot.worker))
+                .arg(&slot.token)
+                .arg(format!("slot:{}", slot.worker));
+        }
+        let invocation = &invocation;
         self.link
             .call(now_ms, |mut conn| async move {
-                script
-                    .key(keys.0)
-                    .key(keys.1)
-                    .arg(op.as_str())
-                    .arg(now_ms)
-                    .arg(token)
-                    .arg(LEASE_TTL_MS)
-                    .arg(slots)
-                    .arg(channel)
-                    .arg(message)
-                    .invoke_async(&mut conn)
-                    .await
+                invocation.invoke_async(&mut conn).await
             })
             .await
     }

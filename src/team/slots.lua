@@ -2,13 +2,17 @@
 --
 -- KEYS[1]  the worker's leases (sorted set: lease token -> expiry, unix ms)
 -- KEYS[2]  set while a daemon was refused a slot and may be waiting for one
--- ARGV[1]  operation: take | restore | renew | release
+-- ARGV[1]  operation: take | restore | renew | release | none
 -- ARGV[2]  now (unix ms)
 -- ARGV[3]  lease token
 -- ARGV[4]  lease time to live (ms)
 -- ARGV[5]  the worker's slot count
 -- ARGV[6]  channel to announce a freed slot on
 -- ARGV[7]  message announcing it
+-- KEYS[2i+1], KEYS[2i+2], ARGV[2i+6], ARGV[2i+7] (i >= 1): slots this
+--          daemon's builds gave back since its last call, released first
+--          (a worker's leases, its key for waiters, the lease token, the
+--          message announcing it), whatever the operation.
 --
 -- take     {1, leases held} when taken (or already held: renewed), else
 --          {0, the earliest expiry among the holders}. Expired leases (their
@@ -21,17 +25,32 @@
 -- release  gives the slot back; a freed slot is announced only when a
 --          daemon was refused one since the last announcement, so releases
 --          cost the rest of the team nothing while slots are free. {1, 0}.
+-- none     only the releases that follow. {1, 0}.
 
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 local token = ARGV[3]
 local ttl = tonumber(ARGV[4])
 
-if op == 'release' then
-  redis.call('ZREM', KEYS[1], token)
-  if redis.call('DEL', KEYS[2]) == 1 then
-    redis.call('PUBLISH', ARGV[6], ARGV[7])
+local function release(leases, waiting, lease, message)
+  redis.call('ZREM', leases, lease)
+  if redis.call('DEL', waiting) == 1 then
+    redis.call('PUBLISH', ARGV[6], message)
   end
+end
+
+local i = 1
+while KEYS[2 * i + 2] do
+  release(KEYS[2 * i + 1], KEYS[2 * i + 2], ARGV[2 * i + 6], ARGV[2 * i + 7])
+  i = i + 1
+end
+
+if op == 'none' then
+  return { 1, 0 }
+end
+
+if op == 'release' then
+  release(KEYS[1], KEYS[2], token, ARGV[7])
   return { 1, 0 }
 end
 
