@@ -100,8 +100,34 @@ impl Mismatch {
     }
 }
 
+/// Variables cargo itself sets for each compilation (the package's
+/// metadata, its paths, a build script's output dir): a crate
+/// reading them with `env!` sees cargo's value on any machine, never the
+/// client's environment, so they are no difference to report.
+const SET_BY_CARGO: &[&str] = &[
+    "CARGO",
+    "CARGO_PKG_*",
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_BIN_EXE_*",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "CARGO_CFG_*",
+    "CARGO_FEATURE_*",
+    "OUT_DIR",
+];
+
+fn set_by_cargo(name: &str) -> bool {
+    SET_BY_CARGO.iter().any(|p| envrules::matches(p, name))
+}
+
 /// The variables the build read that differ between the client (`local`)
-/// and the worker. Machine-local names are left out: they differ by design.
+/// and the worker. Machine-local names and the ones cargo sets itself are
+/// left out: they differ by design.
 pub fn mismatches(
     reads: &[Read],
     local: &dyn Fn(&str) -> Option<String>,
@@ -111,6 +137,7 @@ pub fn mismatches(
     let sent = |name: &str| plan.forwarded.iter().any(|(k, _)| k == name);
     reads
         .iter()
+        .filter(|read| !set_by_cargo(&read.name))
         .filter_map(|read| {
             let why = envrules::decide(&read.name, config);
             if why == Some(Withheld::MachineLocal) {
@@ -219,6 +246,11 @@ mod tests {
         let found = mismatches(&reads, &local, &plan, &EnvConfig::default());
         let names: Vec<&str> = found.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["API_TOKEN", "BUILD_STAMP"]);
+        // What cargo sets for the crate is no difference, whatever is set here.
+        let cargo_set = parse(
+            "# env-dep:CARGO_PKG_VERSION_MAJOR=1\n# env-dep:OUT_DIR=/w/target/debug/build/x/out\n# env-dep:CARGO_MANIFEST_DIR=/w/x\n",
+        );
+        assert!(mismatches(&cargo_set, &local, &plan, &EnvConfig::default()).is_empty());
         assert!(!found[0].may_forward());
         assert!(found[1].may_forward());
         assert_eq!(
