@@ -99,9 +99,11 @@ fn a_build_time_variable_and_encoded_rustflags_reach_the_compiler() {
     let project = env.project("stamped");
     std::fs::write(
         project.join("src/main.rs"),
-        "fn main() {\n    println!(\"stamp={:?} cfg={}\", option_env!(\"BUILD_STAMP\"), cfg!(stamped));\n}\n",
+        "fn main() {\n    println!(\"stamp={:?} cfg={} v={}\", option_env!(\"BUILD_STAMP\"), cfg!(stamped), env!(\"CARGO_PKG_VERSION_MAJOR\"));\n}\n",
     )
     .unwrap();
+    // What cargo itself sets for the crate (`env!("CARGO_PKG_…")`) is read
+    // too, and is no reason to run the build again here.
     let o = env
         .rch_in(&project)
         .env("BUILD_STAMP", "stamp-42")
@@ -115,7 +117,7 @@ fn a_build_time_variable_and_encoded_rustflags_reach_the_compiler() {
     let run = std::process::Command::new(&binary).output().unwrap();
     assert_eq!(
         out(&run).trim(),
-        "stamp=Some(\"stamp-42\") cfg=true",
+        "stamp=Some(\"stamp-42\") cfg=true v=0",
         "{}",
         describe(&run)
     );
