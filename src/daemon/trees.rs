@@ -191,6 +191,16 @@ impl Inner {
             .name("rch-tree-watch".into())
             .spawn(move || reader.read_events())
             .map_err(|e| format!("thread: {e}"))?;
+        // Idle roots are also dropped when no build asks about any tree.
+        let sweeper = inner.clone();
+        std::thread::Builder::new()
+            .name("rch-tree-sweep".into())
+            .spawn(move || loop {
+                std::thread::sleep(IDLE / 12);
+                let mut s = sweeper.lock();
+                s.drop_idle(&sweeper);
+            })
+            .map_err(|e| format!("thread: {e}"))?;
         Ok(inner)
     }
 
@@ -662,5 +672,33 @@ mod tests {
         std::fs::rename(&root, dir.path().join("old")).unwrap();
         std::fs::create_dir(&root).unwrap();
         assert!(!unchanged(&trees, &root, &m).await);
+    }
+
+    #[tokio::test]
+    async fn roots_are_bounded_and_a_nested_root_replaces_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let trees = Trees::start(&dir.path().join("rch.sock"));
+        let root = |i: usize| {
+            let p = dir.path().join(format!("r{i}"));
+            std::fs::create_dir_all(p.join("sub")).unwrap();
+            p
+        };
+        let first = mark(&trees, &root(0)).await;
+        assert!(unchanged(&trees, &root(0), &first).await);
+        for i in 1..MAX_ROOTS {
+            mark(&trees, &root(i)).await;
+        }
+        assert!(unchanged(&trees, &root(0), &first).await, "32 roots fit");
+        let last = mark(&trees, &root(MAX_ROOTS)).await;
+        // r1 was asked about least recently: dropped, r0 kept.
+        assert!(unchanged(&trees, &root(0), &first).await);
+        assert_eq!(trees.inner.as_ref().unwrap().lock().roots.len(), MAX_ROOTS);
+        assert!(unchanged(&trees, &root(MAX_ROOTS), &last).await);
+
+        // A root inside a watched one takes its place, and back.
+        let inside = root(0).join("sub");
+        let m = mark(&trees, &inside).await;
+        assert!(!unchanged(&trees, &root(0), &first).await);
+        assert!(!unchanged(&trees, &inside, &m).await);
     }
 }
