@@ -718,10 +718,13 @@ impl<'a> Build<'a> {
                 EnvCheck::Refuse { line, fail } => return Attempt::EnvMismatch { line, fail },
             }
         };
-        // A build that may have changed the tree itself (make & co) leaves it
-        // unlike the snapshot: its next build pushes in full.
+        // A build that may have changed the tree itself (make & co) is
+        // remembered after its changes came back (below); a failed one
+        // left changes there that are not known here.
         if !matches!(self.offload.artifacts, classify::Artifacts::Tree) {
             upload.commit(full);
+        } else if code != 0 {
+            upload.commit_tree_build(|| None, None);
         }
         if code == 0 {
             let t = Instant::now();
@@ -735,12 +738,24 @@ impl<'a> Build<'a> {
                 &pull,
                 listing.as_ref(),
                 excludes,
-                began,
+                remote::outputs::Began {
+                    at: began,
+                    tree: upload.snapshot(),
+                },
             );
+            let tree_build = matches!(self.offload.artifacts, classify::Artifacts::Tree);
             if let Err(f) = self.job.phases.time(Phase::Pull, pulled).await {
+                if tree_build {
+                    upload.commit_tree_build(|| None, None);
+                }
                 return failed(f, true);
             }
             self.job.return_ms += t.elapsed().as_millis() as u64;
+            if tree_build {
+                let t = Instant::now();
+                upload.commit_tree_build(|| self.snapshot(), listing.as_ref());
+                self.job.phases.add(Phase::Snapshot, t.elapsed());
+            }
             self.print_test_executables();
         }
         Attempt::Ran(code)
@@ -988,7 +1003,8 @@ impl<'a> Build<'a> {
 
 /// Bring back what the build made: from the run's listing only what
 /// differs here (and, for a tree, its deletions), else everything.
-/// `began`: when the last run started; what changed here since stays.
+/// `began`: when the last run started (and the tree then); what changed
+/// here since stays.
 async fn pull_back(
     conn: &remote::Connection,
     root: &Path,
@@ -996,7 +1012,7 @@ async fn pull_back(
     pull: &remote::Pull,
     listing: Option<&remote::outputs::Listing>,
     excludes: &[String],
-    began: std::time::SystemTime,
+    began: remote::outputs::Began<'_>,
 ) -> Result<(), RemoteFailure> {
     let Some(listing) = listing else {
         tracing::debug!("no listing of the build's outputs; pulling in full");

@@ -429,3 +429,64 @@ fn a_watched_tree_is_walked_after_any_change_and_after_a_gap_in_the_watch() {
     );
     until_vouched(&env, &dir, "six");
 }
+
+#[test]
+fn make_builds_that_change_their_tree_stay_warm_and_a_file_deleted_here_meanwhile_still_goes() {
+    let env = TestEnv::new(1);
+    // Counted on the login-shell path: a push is one more remote command.
+    env.write_config("[[workers]]\nid = \"w1\"\nagent = false\n");
+    let gate = env.exchange_dir();
+    let recipes = format!(
+        "out.txt: in.txt\n  cp in.txt out.txt\n\
+         .PHONY: wait\n\
+         wait:\n  touch {g}/running; while [ ! -e {g}/go ]; do sleep 0.05; done\n",
+        g = gate.display()
+    );
+    let dir = make_project(&env, "warmmake", &recipes);
+    std::fs::write(dir.join("in.txt"), "one\n").unwrap();
+    std::fs::write(dir.join("extra.txt"), "x\n").unwrap();
+    let out = make(&env, &dir, "out.txt");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "one\n"
+    );
+    let tree = remote_tree(&env, &dir);
+    let tally = count_shells(&env);
+
+    // The build made out.txt and it came back: nothing is pushed again.
+    let out = make(&env, &dir, "out.txt");
+    assert!(stderr(&out).contains("ran on w1"), "{}", stderr(&out));
+    assert_eq!(shells_since(&tally, 0), 1, "the run only");
+    std::fs::write(dir.join("in.txt"), "two\n").unwrap();
+    let out = make(&env, &dir, "out.txt");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(
+        shells_since(&tally, 1),
+        2,
+        "the run (carrying the edit) and the pull"
+    );
+
+    // A file deleted here while a build runs is deleted on the worker too.
+    let waiting = {
+        let mut cmd = env.rch_in(&dir);
+        cmd.args(["exec", "--", "make", "-s", "wait"]);
+        cmd.spawn().unwrap()
+    };
+    while !gate.join("running").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_file(dir.join("extra.txt")).unwrap();
+    std::fs::write(gate.join("go"), "").unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = make(&env, &dir, "out.txt");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(on_worker(&env, &format!("test ! -e {tree}/extra.txt")));
+    assert!(on_worker(&env, &format!("grep -qx two {tree}/out.txt")));
+    assert_eq!(env.circuit("w1").failures, 0);
+}

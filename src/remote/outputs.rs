@@ -15,6 +15,7 @@
 use super::failure::RemoteFailure;
 use super::ssh::Connection;
 use super::sync::{self, Pull};
+use crate::tree::Snapshot;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -300,10 +301,17 @@ pub struct Returned {
     pub deleted: usize,
 }
 
+/// When the build began, and the tree as it was walked then (if it was).
+#[derive(Clone, Copy, Debug)]
+pub struct Began<'a> {
+    pub at: SystemTime,
+    pub tree: Option<&'a Snapshot>,
+}
+
 /// Bring back what `listing` shows differs, as `pull` says where it goes,
 /// and, for a tree, apply the build's deletions. No differing file, no
-/// transfer. A file changed here since the build began (`since`) is never
-/// replaced or deleted.
+/// transfer. A file changed here since the build began is never replaced
+/// or deleted, and one deleted here since then is not brought back.
 pub async fn pull_listed(
     conn: &Connection,
     root: &Path,
@@ -311,8 +319,9 @@ pub async fn pull_listed(
     pull: &Pull,
     listing: &Listing,
     extra_excludes: &[String],
-    since: SystemTime,
+    began: Began<'_>,
 ) -> Result<Returned, RemoteFailure> {
+    let since = began.at;
     let (rel, local, filter, update, only) = match pull {
         Pull::Nothing => return Ok(Returned::default()),
         Pull::Files { files, .. } if files.is_empty() => return Ok(Returned::default()),
@@ -329,6 +338,10 @@ pub async fn pull_listed(
         ),
     };
     let mut wanted = differing(listing, &local, filter.as_ref(), since);
+    if let (Pull::Tree, Some(start)) = (pull, began.tree) {
+        // Here when the build began and gone now: deleted here meanwhile.
+        wanted.retain(|p| start.entry(p).is_none() || local.join(p).symlink_metadata().is_ok());
+    }
     if let Some(files) = only {
         restrict(&mut wanted, listing, files);
     }

@@ -21,6 +21,7 @@
 //! walk that matched the remembered push ([`crate::tree_marks`]), the tree
 //! is not walked at all: the plan is a skip, checked by the token as ever.
 
+use super::outputs::Listing;
 use super::ssh::Connection;
 use super::sync;
 use super::RemoteFailure;
@@ -224,6 +225,40 @@ impl<'a> Upload<'a> {
         }
     }
 
+    /// A build that changed the tree itself (make & co) ran, and its
+    /// listing's changes came back: remember the tree as it is here now
+    /// (`now`, walked after the pull), keeping only what the worker is known
+    /// to hold the same (the listing's size and mtime, which the transfers
+    /// keep), so the next build sends only what differs instead of the
+    /// whole tree. A path deleted here while the build ran (gone now, not
+    /// deleted by the build) would stay on the worker unseen: then nothing
+    /// is remembered and the next build pushes in full.
+    ///
+    /// Without a listing (the build failed, or listed a name it could not
+    /// carry) the worker's tree changed in ways not known here: the
+    /// remembered push is forgotten.
+    pub fn commit_tree_build(
+        &self,
+        now: impl FnOnce() -> Option<Snapshot>,
+        listing: Option<&Listing>,
+    ) {
+        let Some(listing) = listing else {
+            self.forget();
+            return;
+        };
+        self.marks.forget();
+        let (Some(now), Some(before)) = (now(), self.snapshot.as_ref()) else {
+            return;
+        };
+        let Some(kept) = tree_after_build(before, now, listing) else {
+            tracing::debug!("a path was deleted here during the build; the next push sends it");
+            return;
+        };
+        if let Err(e) = tree::save(&self.state, &self.token, &kept) {
+            tracing::debug!(error = %e, file = %self.state.display(), "cannot save the push snapshot");
+        }
+    }
+
     /// Whether the remembered push holds content hashes of files that were
     /// racy then and are not now: saving this build's snapshot (same token,
     /// same tree) spares every later build reading those files again.
@@ -309,6 +344,68 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The snapshot to remember after a build that changed the tree (see
+/// [`Upload::commit_tree_build`]), or `None` when a path was deleted here
+/// during the build.
+fn tree_after_build(before: &Snapshot, now: Snapshot, listing: &Listing) -> Option<Snapshot> {
+    use std::collections::{HashMap, HashSet};
+    let present: HashSet<&Path> = now.entries.iter().map(|e| e.path.as_path()).collect();
+    let gone_by_build: HashSet<&Path> = listing.gone.iter().map(|g| Path::new(&g.path)).collect();
+    let deleted_here = before
+        .entries
+        .iter()
+        .any(|e| !present.contains(e.path.as_path()) && !gone_by_build.contains(e.path.as_path()));
+    if deleted_here {
+        return None;
+    }
+    let on_worker: HashMap<&Path, (u64, i64)> = listing
+        .files
+        .iter()
+        .map(|f| (Path::new(&f.path), (f.size, f.mtime_ns)))
+        .collect();
+    let had_dir: HashSet<&Path> = before
+        .entries
+        .iter()
+        .filter(|e| e.kind == tree::Kind::Dir)
+        .map(|e| e.path.as_path())
+        .collect();
+    let mut entries: Vec<tree::Entry> = now
+        .entries
+        .iter()
+        .filter(|e| match e.kind {
+            tree::Kind::Dir => had_dir.contains(e.path.as_path()),
+            _ => on_worker.get(e.path.as_path()) == Some(&(e.size, e.mtime_ns)),
+        })
+        .cloned()
+        .collect();
+    // A directory the build made holds files the worker has: it is there too.
+    let parents: HashSet<PathBuf> = entries
+        .iter()
+        .filter(|e| e.kind != tree::Kind::Dir)
+        .flat_map(|e| {
+            e.path
+                .ancestors()
+                .skip(1)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for e in &now.entries {
+        if e.kind == tree::Kind::Dir
+            && !had_dir.contains(e.path.as_path())
+            && parents.contains(&e.path)
+        {
+            entries.push(e.clone());
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Some(Snapshot {
+        entries,
+        ignored: now.ignored,
+        linked: now.linked,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +426,59 @@ mod tests {
             Plan::Changes(c) => assert_eq!(c.changed, [PathBuf::from("b")]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn after_a_tree_build_only_what_the_worker_holds_the_same_is_remembered() {
+        use super::super::outputs::{Gone, RemoteFile};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("a.c"), "int a;").unwrap();
+        std::fs::write(root.join("notes.txt"), "n").unwrap();
+        let rules = tree::Rules::new(root, &[], true).unwrap();
+        let before = tree::snapshot(&rules).unwrap();
+        // The build made obj/a.o (pulled); here someone edited notes.txt.
+        std::fs::create_dir(root.join("obj")).unwrap();
+        std::fs::write(root.join("obj/a.o"), "o").unwrap();
+        std::fs::write(root.join("notes.txt"), "edited").unwrap();
+        let now = tree::snapshot(&rules).unwrap();
+        let listed = |path: &str, snap: &Snapshot| {
+            let e = snap.entry(Path::new(path)).unwrap();
+            RemoteFile {
+                path: path.to_string(),
+                size: e.size,
+                mtime_ns: e.mtime_ns,
+            }
+        };
+        let listing = Listing {
+            files: vec![
+                listed("a.c", &before),
+                listed("notes.txt", &before),
+                listed("obj/a.o", &now),
+            ],
+            gone: Vec::new(),
+        };
+        let kept = tree_after_build(&before, now.clone(), &listing).unwrap();
+        let paths: Vec<&Path> = kept.entries.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [Path::new("a.c"), Path::new("obj"), Path::new("obj/a.o")]
+        );
+        // notes.txt differs from the worker's: left out, so the next build sends it.
+        // A file deleted here while the build ran (not by the build): nothing kept.
+        std::fs::remove_file(root.join("a.c")).unwrap();
+        let later = tree::snapshot(&rules).unwrap();
+        assert!(tree_after_build(&before, later.clone(), &listing).is_none());
+        let by_build = Listing {
+            gone: vec![Gone {
+                path: "a.c".into(),
+                dir: false,
+                size: 6,
+                mtime_ns: 0,
+            }],
+            ..listing
+        };
+        assert!(tree_after_build(&before, later, &by_build).is_some());
     }
 
     #[test]
