@@ -122,13 +122,11 @@ fn an_agent_that_went_away_or_a_changed_login_profile_is_started_again_and_the_b
     let out = make(&env, &dir, "show");
     assert_eq!(stdout(&out), "one\nmark=\n", "{}", stderr(&out));
     assert!(stderr(&out).contains("ran on w1"), "{}", stderr(&out));
-    // make's builds change the tree, so each pushes in full: that transfer
-    // finds the agent gone and goes by ssh, then the run starts it again.
     let commands = std::fs::read_to_string(&tally).unwrap_or_default();
     assert_eq!(
         shells_since(&tally, 0),
-        2,
-        "push by ssh, then the agent's start: {commands}"
+        1,
+        "one shell starts the agent again: {commands}"
     );
     let second = agents(&env);
     assert_eq!(second.len(), 1);
@@ -144,15 +142,11 @@ fn an_agent_that_went_away_or_a_changed_login_profile_is_started_again_and_the_b
     .unwrap();
     let out = make(&env, &dir, "show");
     assert_eq!(stdout(&out), "one\nmark=profiled\n", "{}", stderr(&out));
-    // The old agent refuses the push and makes way: push by ssh, new agent.
-    assert_eq!(
-        shells_since(&tally, 0),
-        4,
-        "two more: push by ssh, a new agent"
-    );
+    // The old agent refuses the run and makes way: one shell, a new agent.
+    assert_eq!(shells_since(&tally, 0), 2, "one more, for a new agent");
     let out = make(&env, &dir, "show");
     assert_eq!(stdout(&out), "one\nmark=profiled\n", "{}", stderr(&out));
-    assert_eq!(shells_since(&tally, 0), 4);
+    assert_eq!(shells_since(&tally, 0), 2);
     assert_eq!(env.circuit("w1").failures, 0);
 }
 
@@ -170,7 +164,7 @@ fn agent_false_or_a_worker_of_another_system_keeps_the_login_shell_path() {
     assert!(agents(&env).is_empty());
 
     // A worker whose `uname` names another system gets no agent; the
-    // refusal is remembered, so the next build costs only its own shells.
+    // refusal is remembered, so the next build costs only its own shell.
     env.write_config("");
     let home = env.lab.workers()[0].home();
     std::fs::create_dir_all(home.join("bin")).unwrap();
@@ -193,11 +187,7 @@ fn agent_false_or_a_worker_of_another_system_keeps_the_login_shell_path() {
     let before = shells_since(&tally, 0);
     let out = make(&env, &dir, "fail");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(
-        shells_since(&tally, before),
-        2,
-        "the build's push and run only"
-    );
+    assert_eq!(shells_since(&tally, before), 1, "the build's own run only");
     assert!(agents(&env).is_empty());
     assert_eq!(env.circuit("w1").failures, 0);
 }

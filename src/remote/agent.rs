@@ -63,12 +63,12 @@ pub async fn attach(conn: &mut Connection, wanted: bool) {
         return;
     };
     let forward = forward_path(conn, &program);
-    if forward.exists() {
-        conn.set_agent_forward(Some(forward));
-        return;
-    }
     let refused = refused_mark(conn, &program);
     if refused.exists() {
+        return;
+    }
+    if forward.exists() {
+        conn.set_agent_forward(Some(forward));
         return;
     }
     let Ok(_lock) = ssh::lock(&conn.master_dir().join("agent.lock"), conn.worker_id()).await else {
@@ -95,9 +95,14 @@ pub async fn attach(conn: &mut Connection, wanted: bool) {
     }
 }
 
+/// How often one master may start its agent again. A worker whose agent
+/// keeps going away (a login manager that ends what a session started)
+/// would otherwise cost each build one more shell than no agent at all.
+const RESTARTS_PER_MASTER: u32 = 3;
+
 /// Starts the agent again after it stopped answering (it exits when idle
-/// for long, or the worker restarted); the forward stays, pointing at the
-/// same socket. Returns whether it answers now.
+/// for long, the worker restarted, its login files changed); the forward
+/// stays, pointing at the same socket. Returns whether it answers now.
 pub async fn restart(conn: &Connection) -> bool {
     let Some(program) = local_program() else {
         return false;
@@ -106,6 +111,22 @@ pub async fn restart(conn: &Connection) -> bool {
     if conn.agent_forward() != Some(expected.as_path()) {
         return false;
     }
+    let count = conn
+        .master_dir()
+        .join(format!("agent-{}.restarts", program.id));
+    let restarts: u32 = std::fs::read_to_string(&count)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    if restarts >= RESTARTS_PER_MASTER {
+        refuse(
+            conn,
+            &refused_mark(conn, &program),
+            "the agent keeps going away",
+        );
+        return false;
+    }
+    let _ = std::fs::write(&count, format!("{}\n", restarts + 1));
     let started = tokio::time::timeout(SETUP_WITHIN, start(conn, &program)).await;
     matches!(started, Ok(Ok(_)))
 }
