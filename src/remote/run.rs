@@ -98,8 +98,8 @@ fn is_exportable(name: &str) -> bool {
 /// anything is touched. Everything a build needs from the worker besides
 /// its output comes back in records of this one remote command: one shell
 /// start per build.
-/// The first line of its stdin is the run's nonce (or, through the worker
-/// agent, its environment: [`NonceFrom`]); it reports on stderr in
+/// The first line of its stdin is the run's nonce (never in argv or the
+/// environment, which the build could read in /proc); it reports on stderr in
 /// records only rch can tell apart from the build's output ([`status`]).
 /// It marks the command as running under rch (`RCH_INSIDE=1`), so build-tool
 /// wrappers on the worker run the real tool instead of calling rch again.
@@ -118,24 +118,11 @@ fn is_exportable(name: &str) -> bool {
 /// exactly that many bytes), closes it at the end frame (the command reads
 /// EOF) and only then watches for the channel's end. A command that does not
 /// read its stdin is never held by it: when it ends, the relay is killed.
-fn run_script(nonce: NonceFrom) -> String {
-    let first = match nonce {
-        NonceFrom::Stdin => "IFS= read -r RCH_nonce || exit 125",
-        NonceFrom::Env => "RCH_nonce=$RCH_NONCE; unset RCH_NONCE",
-    };
+fn run_script() -> String {
     format!(
-        "{first}\n{}\n{LIST_FUNCTIONS}\n{RUN_BODY}",
+        "IFS= read -r RCH_nonce || exit 125\n{}\n{LIST_FUNCTIONS}\n{RUN_BODY}",
         status::SCRIPT_FUNCTIONS
     )
-}
-
-/// How the run script learns its nonce: the first line of its stdin over
-/// ssh; in its environment from the worker agent, which gets it in the
-/// request (one round trip less: nothing waits for a line to arrive).
-#[derive(Clone, Copy, Debug)]
-enum NonceFrom {
-    Stdin,
-    Env,
 }
 
 /// The listing functions of the run script (GNU find's `-printf`; without
@@ -353,23 +340,22 @@ fn script_args(spec: &RunSpec) -> Result<Vec<String>, String> {
 /// The remote command string for ssh: the script in a login shell.
 fn ssh_command(args: &[String]) -> String {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    login_shell_command(&run_script(NonceFrom::Stdin), &refs)
+    login_shell_command(&run_script(), &refs)
 }
 
 /// The request for the worker agent: the same script and arguments in
-/// `sh` (the agent already has the login environment), the nonce in the
-/// environment.
-fn agent_request(args: &[String], nonce: &str) -> Request {
+/// `sh` (the agent already has the login environment).
+fn agent_request(args: &[String]) -> Request {
     let mut argv = vec![
         b"sh".to_vec(),
         b"-c".to_vec(),
-        run_script(NonceFrom::Env).into_bytes(),
+        run_script().into_bytes(),
         b"rch".to_vec(),
     ];
     argv.extend(args.iter().map(|a| a.clone().into_bytes()));
     Request {
         argv,
-        env: vec![(b"RCH_NONCE".to_vec(), nonce.as_bytes().to_vec())],
+        env: Vec::new(),
     }
 }
 
@@ -388,12 +374,15 @@ async fn execute(
     let nonce = status::nonce();
     let mut filter = StatusFilter::new(&nonce);
     if let Some(forward) = conn.agent_forward() {
-        let request = agent_request(args, &nonce);
-        let mut opened = agent::open(forward, &request, carried).await;
+        let request = agent_request(args);
+        // The nonce line and the archive go with the request, in one write:
+        // the agent feeds them to the script's stdin at once, no round trip.
+        let early = [format!("{nonce}\n").as_bytes(), carried].concat();
+        let mut opened = agent::open(forward, &request, &early).await;
         if let Err(agent::NotStarted(why)) = &opened {
             tracing::debug!(worker = conn.worker_id(), reason = %why, "the worker agent did not answer; starting it again");
             if agent::restart(conn).await {
-                opened = agent::open(forward, &request, carried).await;
+                opened = agent::open(forward, &request, &early).await;
             }
         }
         match opened {
@@ -768,7 +757,7 @@ mod tests {
         let cmd = ssh_command(&script_args(&spec).unwrap());
         let words = shlex::split(&cmd).unwrap();
         assert_eq!(&words[..2], ["sh", "-lc"]);
-        assert_eq!(words[2], run_script(NonceFrom::Stdin));
+        assert_eq!(words[2], run_script());
         assert_eq!(
             &words[3..],
             [
