@@ -297,7 +297,54 @@ fn local_program() -> Option<LocalProgram> {
 /// stdin goes to `stdin`.
 pub(crate) struct Opened {
     pub frames: BufReader<OwnedReadHalf>,
-    pub stdin: OwnedWriteHalf,
+    pub stdin: NoSigPipe,
+}
+
+/// The write side of an agent connection, written with `MSG_NOSIGNAL`: a
+/// connection the other side closed is an error to handle, never a SIGPIPE
+/// (`rch exec` keeps SIGPIPE's default so `rch exec … | head` ends as the
+/// local command would).
+pub(crate) struct NoSigPipe(OwnedWriteHalf);
+
+impl tokio::io::AsyncWrite for NoSigPipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        use std::task::{ready, Poll};
+        let stream: &UnixStream = self.0.as_ref();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                nix::sys::socket::send(
+                    stream.as_raw_fd(),
+                    buf,
+                    nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Why a command did not start on the agent (nothing of it ran).
@@ -315,7 +362,8 @@ pub(crate) async fn open(
     let stream = UnixStream::connect(forward)
         .await
         .map_err(|e| NotStarted(format!("cannot reach the agent's forward: {e}")))?;
-    let (read, mut stdin) = stream.into_split();
+    let (read, stdin) = stream.into_split();
+    let mut stdin = NoSigPipe(stdin);
     let mut message = request.encode();
     message.extend_from_slice(early);
     // A failed write shows as the missing `Started` below.
