@@ -60,6 +60,11 @@ pub async fn attach(conn: &mut Connection, wanted: bool) {
         return;
     }
     let Some(program) = local_program() else {
+        tracing::debug!(
+            worker = conn.worker_id(),
+            reason = "no rch-agent program next to rch here",
+            "no worker agent; builds start a login shell"
+        );
         return;
     };
     let forward = forward_path(conn, &program);
