@@ -29,6 +29,7 @@
 //! - [`gc`]: worker disk clean-up (`rch workers gc`, `max_disk_gb`, `cargo clean` on workers).
 //! - [`daemon`]: the daemon: its sans-IO fleet core, and the socket server, timer and prober around it.
 //! - [`state`]: the fleet's state as daemon and client read it: events, reports, the SQLite store, the offline view.
+//! - [`random`]: unpredictable names and secrets (nonces, tokens) from the system's random source.
 //! - [`clock`]: time as the daemon sees it (system or manual), RFC 3339 stamps.
 //! - [`agent`]: the worker agent (`rch-agent`): runs a build's remote commands without a login shell each time.
 //! - [`remote`]: SSH master connections, where builds live on workers, rsync transfer, remote execution.
@@ -73,6 +74,7 @@ pub mod needs;
 mod paths;
 mod phases;
 pub mod protocol;
+mod random;
 mod recorded;
 pub mod remote;
 pub mod select;

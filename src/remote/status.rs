@@ -19,17 +19,7 @@
 
 /// A fresh per-run secret: 16 hex digits from the system's random source.
 pub fn nonce() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        // Without a random source: still nothing the build could predict.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes = (t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex::<8>()
 }
 
 /// Why the run script did not start the command.

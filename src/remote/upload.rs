@@ -330,18 +330,7 @@ pub fn state_file(worker: &str, remote_dir: &str) -> PathBuf {
 
 /// 32 hex digits from the system's random source.
 fn new_token() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        // No random source: time and pid still differ between pushes.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        bytes = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex::<16>()
 }
 
 /// The snapshot to remember after a build that changed the tree (see
