@@ -41,6 +41,12 @@ fn make(env: &TestEnv, dir: &Path, target: &str) -> Output {
         .expect("running rch")
 }
 
+/// Appends `line` to the worker account's `~/.profile` (under `home`).
+fn add_to_profile(home: &Path, line: &str) {
+    let profile = std::fs::read_to_string(home.join(".profile")).unwrap_or_default();
+    std::fs::write(home.join(".profile"), format!("{profile}\n{line}\n")).unwrap();
+}
+
 /// The worker's agent processes (`rch-agent-<id> serve`).
 fn agents(env: &TestEnv) -> Vec<i32> {
     let home = env.lab.workers()[0].home();
@@ -134,12 +140,7 @@ fn an_agent_that_went_away_or_a_changed_login_profile_is_started_again_and_the_b
 
     // A login profile edited on the worker: the next build sees it.
     let home = env.lab.workers()[0].home();
-    let profile = std::fs::read_to_string(home.join(".profile")).unwrap_or_default();
-    std::fs::write(
-        home.join(".profile"),
-        format!("{profile}\nMARK=profiled; export MARK\n"),
-    )
-    .unwrap();
+    add_to_profile(&home, "MARK=profiled; export MARK");
     let out = make(&env, &dir, "show");
     assert_eq!(stdout(&out), "one\nmark=profiled\n", "{}", stderr(&out));
     // The old agent refuses the run and makes way: one shell, a new agent.
@@ -176,12 +177,7 @@ fn agent_false_or_a_worker_of_another_system_keeps_the_login_shell_path() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&uname, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let profile = std::fs::read_to_string(home.join(".profile")).unwrap_or_default();
-    std::fs::write(
-        home.join(".profile"),
-        format!("{profile}\nPATH=$HOME/bin:$PATH\n"),
-    )
-    .unwrap();
+    add_to_profile(&home, "PATH=$HOME/bin:$PATH");
     let out = make(&env, &dir, "show");
     assert_eq!(stdout(&out), "one\nmark=\n", "{}", stderr(&out));
     let before = shells_since(&tally, 0);

@@ -50,7 +50,6 @@ fn join_words(words: &[OsString]) -> Vec<u8> {
 fn open(mut stream: UnixStream, command: &[u8]) -> io::Result<UnixStream> {
     let request = Request {
         argv: vec![b"sh".to_vec(), b"-c".to_vec(), command.to_vec()],
-        env: Vec::new(),
     };
     stream.write_all(&request.encode())?;
     match Frame::read_from(&mut stream)? {

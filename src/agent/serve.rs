@@ -243,12 +243,6 @@ fn command(request: Request) -> Command {
     let mut argv = request.argv.into_iter().map(OsString::from_vec);
     let mut cmd = Command::new(argv.next().unwrap_or_default());
     cmd.args(argv)
-        .envs(
-            request
-                .env
-                .into_iter()
-                .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v))),
-        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

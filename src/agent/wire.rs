@@ -1,7 +1,7 @@
 //! What travels on one agent connection.
 //!
-//! The client opens it with a [`Request`]: the program and its arguments,
-//! and environment variables to add. Everything the client writes after
+//! The client opens it with a [`Request`]: the program and its arguments.
+//! Everything the client writes after
 //! the request is the command's stdin, byte for byte (rsync's protocol, the
 //! run script's archive and input frames). The agent answers in
 //! [`Frame`]s: `Started` once the command runs, its stdout and stderr as
@@ -20,11 +20,11 @@ pub const VERSION: u8 = 1;
 const MAX_ITEMS: u32 = 1 << 16;
 const MAX_ITEM_LEN: u32 = 16 << 20;
 
-/// A command to run: `argv[0]` is looked up in the agent's PATH.
+/// A command to run: `argv[0]` is looked up in the agent's PATH; it gets
+/// the agent's environment (what a build adds travels in its arguments).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
     pub argv: Vec<Vec<u8>>,
-    pub env: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Request {
@@ -36,11 +36,6 @@ impl Request {
         put_len(&mut out, self.argv.len());
         for arg in &self.argv {
             put_bytes(&mut out, arg);
-        }
-        put_len(&mut out, self.env.len());
-        for (name, value) in &self.env {
-            put_bytes(&mut out, name);
-            put_bytes(&mut out, value);
         }
         out
     }
@@ -61,15 +56,10 @@ impl Request {
         for _ in 0..argc {
             argv.push(read_bytes(r)?);
         }
-        let envc = read_count(r)?;
-        let mut env = Vec::with_capacity(envc as usize);
-        for _ in 0..envc {
-            env.push((read_bytes(r)?, read_bytes(r)?));
-        }
         if argv.is_empty() {
             return Err(RequestError::Empty);
         }
-        Ok(Request { argv, env })
+        Ok(Request { argv })
     }
 }
 
@@ -226,7 +216,6 @@ mod tests {
                 b"-c".to_vec(),
                 b"echo \"$1\" 'x'\n".to_vec(),
             ],
-            env: vec![(b"A".to_vec(), b"b c".to_vec())],
         };
         let mut bytes = req.encode();
         bytes.extend_from_slice(b"stdin bytes");
@@ -239,7 +228,6 @@ mod tests {
     fn another_version_or_garbage_is_refused_not_run() {
         let mut bytes = Request {
             argv: vec![b"true".to_vec()],
-            env: vec![],
         }
         .encode();
         bytes[4] = VERSION + 1;

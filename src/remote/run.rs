@@ -353,10 +353,7 @@ fn agent_request(args: &[String]) -> Request {
         b"rch".to_vec(),
     ];
     argv.extend(args.iter().map(|a| a.clone().into_bytes()));
-    Request {
-        argv,
-        env: Vec::new(),
-    }
+    Request { argv }
 }
 
 /// Runs the script through the worker agent when the connection has one,
